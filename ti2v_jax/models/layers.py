@@ -1,0 +1,213 @@
+"""Layers shared by the U-Net, the VAE and the text encoder.
+
+Attribute names mirror diffusers/transformers module names, so that
+`ti2v_jax.weights.mapping` turns a parameter path into its PyTorch name
+mechanically. Everything is channels-last: images (N, H, W, C), videos
+(B, F, H, W, C), sequences (B, T, C).
+"""
+
+from __future__ import annotations
+
+import jax
+import jax.numpy as jnp
+from flax import nnx
+
+# Which `jax.nn.dot_product_attention` implementation to ask for. None lets
+# JAX choose (XLA everywhere); "cudnn" is the fused flash kernel on NVIDIA GPUs
+# (fp16/bf16 only). Changed through `set_attention_implementation`.
+_ATTENTION_IMPL: str | None = None
+
+
+def set_attention_implementation(impl: str | None) -> None:
+    """Select the attention kernel: None (XLA) or "cudnn" (GPU, half precision)."""
+    global _ATTENTION_IMPL
+    if impl not in (None, "xla", "cudnn"):
+        raise ValueError(f"attention implementation must be None, 'xla' or 'cudnn', got {impl!r}")
+    _ATTENTION_IMPL = impl
+
+
+def attention(q, k, v, heads: int, *, is_causal: bool = False):
+    """Multi-head scaled dot-product attention: the only one in the package.
+
+    q: (B, Tq, heads*D); k, v: (B, Tk, heads*D). Returns (B, Tq, heads*D).
+    """
+    b, tq, c = q.shape
+    tk = k.shape[1]
+    d = c // heads
+    q = q.reshape(b, tq, heads, d)
+    k = k.reshape(b, tk, heads, d)
+    v = v.reshape(b, tk, heads, d)
+    impl = _ATTENTION_IMPL
+    if impl == "cudnn" and q.dtype not in (jnp.float16, jnp.bfloat16):
+        impl = None
+    out = jax.nn.dot_product_attention(q, k, v, is_causal=is_causal, implementation=impl)
+    return out.reshape(b, tq, c)
+
+
+class GroupNorm(nnx.Module):
+    """torch.nn.GroupNorm over channels-last input, statistics in float32.
+
+    Normalises over every axis but the batch axis (0) within each group, which is
+    what torch does for (N, C, H, W) and for (B, C, F, H, W) alike.
+    """
+
+    def __init__(self, num_groups: int, num_channels: int, eps: float, *, dtype=jnp.float32,
+                 param_dtype=jnp.float32, rngs: nnx.Rngs):
+        self.num_groups = num_groups
+        self.eps = eps
+        self.dtype = dtype
+        self.scale = nnx.Param(jnp.ones((num_channels,), param_dtype))
+        self.bias = nnx.Param(jnp.zeros((num_channels,), param_dtype))
+
+    def __call__(self, x):
+        shape = x.shape
+        c = shape[-1]
+        g = self.num_groups
+        xf = x.astype(jnp.float32).reshape(shape[0], -1, g, c // g)
+        mean = xf.mean(axis=(1, 3), keepdims=True)
+        var = jnp.square(xf - mean).mean(axis=(1, 3), keepdims=True)
+        xf = ((xf - mean) * jax.lax.rsqrt(var + self.eps)).reshape(shape)
+        out = xf * self.scale[...].astype(jnp.float32) + self.bias[...].astype(jnp.float32)
+        return out.astype(self.dtype)
+
+
+class LayerNorm(nnx.Module):
+    """torch.nn.LayerNorm over the last axis, statistics in float32."""
+
+    def __init__(self, num_features: int, eps: float = 1e-5, *, elementwise_affine: bool = True,
+                 dtype=jnp.float32, param_dtype=jnp.float32, rngs: nnx.Rngs):
+        self.eps = eps
+        self.dtype = dtype
+        self.elementwise_affine = elementwise_affine
+        if elementwise_affine:
+            self.scale = nnx.Param(jnp.ones((num_features,), param_dtype))
+            self.bias = nnx.Param(jnp.zeros((num_features,), param_dtype))
+
+    def __call__(self, x):
+        xf = x.astype(jnp.float32)
+        mean = xf.mean(axis=-1, keepdims=True)
+        var = jnp.square(xf - mean).mean(axis=-1, keepdims=True)
+        xf = (xf - mean) * jax.lax.rsqrt(var + self.eps)
+        if self.elementwise_affine:
+            xf = xf * self.scale[...].astype(jnp.float32) + self.bias[...].astype(jnp.float32)
+        return xf.astype(self.dtype)
+
+
+def linear(in_features, out_features, *, bias=True, dtype=jnp.float32, param_dtype=jnp.float32, rngs):
+    return nnx.Linear(in_features, out_features, use_bias=bias, dtype=dtype, param_dtype=param_dtype, rngs=rngs)
+
+
+def conv(in_channels, out_channels, kernel_size, *, stride=1, padding=0, bias=True, dtype=jnp.float32,
+         param_dtype=jnp.float32, rngs):
+    """torch.nn.Conv{1,2,3}d with torch's symmetric integer padding (channels-last)."""
+    ks = (kernel_size,) * 2 if isinstance(kernel_size, int) else tuple(kernel_size)
+    pads = (padding,) * len(ks) if isinstance(padding, int) else tuple(padding)
+    strides = (stride,) * len(ks) if isinstance(stride, int) else tuple(stride)
+    return nnx.Conv(in_channels, out_channels, ks, strides=strides, padding=[(p, p) for p in pads],
+                    use_bias=bias, dtype=dtype, param_dtype=param_dtype, rngs=rngs)
+
+
+class Attention(nnx.Module):
+    """diffusers `Attention` (to_q/to_k/to_v/to_out.0): self- or cross-attention."""
+
+    def __init__(self, query_dim: int, *, heads: int, dim_head: int, cross_attention_dim: int | None = None,
+                 bias: bool = False, out_bias: bool = True, dtype=jnp.float32, param_dtype=jnp.float32,
+                 rngs: nnx.Rngs):
+        inner = heads * dim_head
+        kv_dim = cross_attention_dim or query_dim
+        kw = dict(dtype=dtype, param_dtype=param_dtype, rngs=rngs)
+        self.heads = heads
+        self.to_q = linear(query_dim, inner, bias=bias, **kw)
+        self.to_k = linear(kv_dim, inner, bias=bias, **kw)
+        self.to_v = linear(kv_dim, inner, bias=bias, **kw)
+        self.to_out = nnx.List([linear(inner, query_dim, bias=out_bias, **kw)])
+
+    def __call__(self, x, context=None):
+        context = x if context is None else context
+        out = attention(self.to_q(x), self.to_k(context), self.to_v(context), self.heads)
+        return self.to_out[0](out)
+
+
+class GEGLU(nnx.Module):
+    """diffusers GEGLU: a projection to 2x width, one half gating the other with exact GELU."""
+
+    def __init__(self, dim_in: int, dim_out: int, *, dtype=jnp.float32, param_dtype=jnp.float32, rngs: nnx.Rngs):
+        self.proj = linear(dim_in, dim_out * 2, dtype=dtype, param_dtype=param_dtype, rngs=rngs)
+
+    def __call__(self, x):
+        h, gate = jnp.split(self.proj(x), 2, axis=-1)
+        return h * jax.nn.gelu(gate, approximate=False)
+
+
+class FeedForward(nnx.Module):
+    """diffusers FeedForward with GEGLU: net.0 (GEGLU), net.1 (dropout, no weights), net.2 (Linear)."""
+
+    def __init__(self, dim: int, *, mult: int = 4, dtype=jnp.float32, param_dtype=jnp.float32, rngs: nnx.Rngs):
+        inner = dim * mult
+        kw = dict(dtype=dtype, param_dtype=param_dtype, rngs=rngs)
+        self.net = nnx.List([GEGLU(dim, inner, **kw), nnx.Dropout(0.0), linear(inner, dim, **kw)])
+
+    def __call__(self, x):
+        return self.net[2](self.net[0](x))
+
+
+class ResnetBlock2D(nnx.Module):
+    """diffusers ResnetBlock2D ("default" time-embedding norm, output_scale_factor 1) on (N, H, W, C)."""
+
+    def __init__(self, in_channels: int, out_channels: int | None = None, *, temb_channels: int | None = 512,
+                 groups: int = 32, eps: float = 1e-6, dtype=jnp.float32, param_dtype=jnp.float32,
+                 rngs: nnx.Rngs):
+        out_channels = out_channels or in_channels
+        kw = dict(dtype=dtype, param_dtype=param_dtype, rngs=rngs)
+        self.norm1 = GroupNorm(groups, in_channels, eps, **kw)
+        self.conv1 = conv(in_channels, out_channels, 3, padding=1, **kw)
+        self.time_emb_proj = linear(temb_channels, out_channels, **kw) if temb_channels else None
+        self.norm2 = GroupNorm(groups, out_channels, eps, **kw)
+        self.conv2 = conv(out_channels, out_channels, 3, padding=1, **kw)
+        self.conv_shortcut = conv(in_channels, out_channels, 1, **kw) if in_channels != out_channels else None
+
+    def __call__(self, x, temb=None):
+        h = self.conv1(jax.nn.silu(self.norm1(x)))
+        if self.time_emb_proj is not None and temb is not None:
+            h = h + self.time_emb_proj(jax.nn.silu(temb))[:, None, None, :]
+        h = self.conv2(jax.nn.silu(self.norm2(h)))
+        if self.conv_shortcut is not None:
+            x = self.conv_shortcut(x)
+        return x + h
+
+
+class Downsample2D(nnx.Module):
+    """diffusers Downsample2D with a conv: stride 2, padding 1; padding 0 means the VAE's (0, 1, 0, 1) pad."""
+
+    def __init__(self, channels: int, *, padding: int = 1, dtype=jnp.float32, param_dtype=jnp.float32,
+                 rngs: nnx.Rngs):
+        self.padding = padding
+        self.conv = conv(channels, channels, 3, stride=2, padding=padding, dtype=dtype, param_dtype=param_dtype,
+                         rngs=rngs)
+
+    def __call__(self, x):
+        if self.padding == 0:
+            x = jnp.pad(x, ((0, 0), (0, 1), (0, 1), (0, 0)))
+        return self.conv(x)
+
+
+def nearest_resize(x, size):
+    """torch F.interpolate(mode="nearest") on (N, H, W, C): source index floor(i * in / out)."""
+    h, w = x.shape[1], x.shape[2]
+    oh, ow = size
+    if (oh, ow) == (2 * h, 2 * w):
+        return jnp.repeat(jnp.repeat(x, 2, axis=1), 2, axis=2)
+    ih = jnp.floor(jnp.arange(oh) * (h / oh)).astype(jnp.int32)
+    iw = jnp.floor(jnp.arange(ow) * (w / ow)).astype(jnp.int32)
+    return x[:, ih][:, :, iw]
+
+
+class Upsample2D(nnx.Module):
+    """diffusers Upsample2D with a conv: nearest 2x (or to `output_size`), then 3x3 conv."""
+
+    def __init__(self, channels: int, *, dtype=jnp.float32, param_dtype=jnp.float32, rngs: nnx.Rngs):
+        self.conv = conv(channels, channels, 3, padding=1, dtype=dtype, param_dtype=param_dtype, rngs=rngs)
+
+    def __call__(self, x, output_size=None):
+        size = output_size or (2 * x.shape[1], 2 * x.shape[2])
+        return self.conv(nearest_resize(x, size))
