@@ -1,0 +1,198 @@
+"""The `ti2v-jax` command line."""
+
+from __future__ import annotations
+
+import argparse
+import json
+import sys
+import time
+
+DTYPES = ("float32", "bfloat16", "float16")
+
+
+def _positive_int(name):
+    def parse(s):
+        try:
+            v = int(s)
+        except ValueError:
+            raise argparse.ArgumentTypeError(f"{name} must be an integer, got {s!r}")
+        if v < 1:
+            raise argparse.ArgumentTypeError(f"{name} must be >= 1, got {v}")
+        return v
+    return parse
+
+
+def _nonneg_int(name):
+    def parse(s):
+        try:
+            v = int(s)
+        except ValueError:
+            raise argparse.ArgumentTypeError(f"{name} must be an integer, got {s!r}")
+        if v < 0:
+            raise argparse.ArgumentTypeError(f"{name} must be >= 0, got {v}")
+        return v
+    return parse
+
+
+def _nonneg_float(name):
+    def parse(s):
+        try:
+            v = float(s)
+        except ValueError:
+            raise argparse.ArgumentTypeError(f"{name} must be a number, got {s!r}")
+        if v < 0:
+            raise argparse.ArgumentTypeError(f"{name} must be >= 0, got {v}")
+        return v
+    return parse
+
+
+def _add_model(p, required=False):
+    p.add_argument("--model", required=required, default=None,
+                   help="converted ti2v-jax directory, diffusers-layout directory (converted on the fly), "
+                        "original ModelScope directory, or hub repo id (online only). "
+                        "Default: the small model shipped with the package, if present.")
+    p.add_argument("--dtype", choices=DTYPES, default="float32",
+                   help="parameter and activation dtype (default float32; bfloat16 on GPU/TPU is much faster)")
+
+
+def _add_sampler(p, video_default_frames=15):
+    p.add_argument("--prompt", required=True, help="text prompt (may be empty)")
+    p.add_argument("--out", required=True,
+                   help="output: .gif, .mp4, or a directory for PNG frames (no extension or trailing /)")
+    p.add_argument("--steps", type=_positive_int("--steps"), default=10, help="DDIM steps S (default 10)")
+    p.add_argument("--guidance", type=_nonneg_float("--guidance"), default=9.0,
+                   help="classifier-free guidance scale g (default 9.0; 1 disables the empty-text pass)")
+    p.add_argument("--eta", type=_nonneg_float("--eta"), default=0.0, help="DDIM eta (default 0)")
+    p.add_argument("--seed", type=int, default=0, help="random seed (default 0); same seed, same video")
+    p.add_argument("--height", type=_positive_int("--height"), default=None,
+                   help="video height in pixels (default: the model's native size)")
+    p.add_argument("--width", type=_positive_int("--width"), default=None,
+                   help="video width in pixels (default: the model's native size)")
+    p.add_argument("--fps", type=_positive_int("--fps"), default=8, help="frames per second of the output (default 8)")
+    p.add_argument("--parallel", choices=("none", "mesh", "pmap"), default="none",
+                   help="batch over devices: none, mesh (jit over a device mesh), pmap")
+
+
+def build_parser() -> argparse.ArgumentParser:
+    parser = argparse.ArgumentParser(
+        prog="ti2v-jax",
+        description="TI2V-Zero in JAX: animate an image with a frozen text-to-video diffusion model.")
+    sub = parser.add_subparsers(dest="command", required=True, metavar="COMMAND")
+
+    g = sub.add_parser("generate", help="image + text -> video (TI2V-Zero)",
+                       description="Animate IMAGE following PROMPT with TI2V-Zero (repeat-and-slide, "
+                                   "DDPM inversion, resampling).")
+    _add_model(g)
+    g.add_argument("--image", required=True, action="append",
+                   help="start image (path); repeat --image for video prediction from several frames")
+    _add_sampler(g)
+    g.add_argument("--num-new-frames", type=_positive_int("--num-new-frames"), default=15,
+                   help="frames N to generate after the given image (default 15: a 16-frame video)")
+    g.add_argument("--resample", type=_nonneg_int("--resample"), default=4,
+                   help="resampling iterations R per step (default 4)")
+    g.add_argument("--no-inversion", action="store_true",
+                   help="start each frame from pure noise instead of DDPM inversion of the last queue frame")
+    g.add_argument("--slide", choices=("pixel", "latent"), default="pixel",
+                   help="pixel: decode each new frame and re-encode the queue (as published); "
+                        "latent: slide latents (cheaper, different algorithm)")
+    g.add_argument("--baseline", action="store_true",
+                   help="the paper's replacing-based baseline instead of repeat-and-slide")
+
+    t = sub.add_parser("t2v", help="text -> video (plain DDIM sampling of the video model)")
+    _add_model(t)
+    _add_sampler(t)
+
+    c = sub.add_parser("convert", help="convert a PyTorch checkpoint directory to a ti2v-jax directory")
+    c.add_argument("src", help="diffusers-layout directory (model_index.json, unet/, vae/, ...) "
+                              "or original ModelScope directory (configuration.json)")
+    c.add_argument("dst", help="output directory (must not exist unless --overwrite)")
+    c.add_argument("--dtype", choices=DTYPES, default="float32", help="stored parameter dtype")
+    c.add_argument("--from", dest="source_format", choices=("auto", "diffusers", "modelscope"), default="auto",
+                   help="source layout (default: auto-detect)")
+    c.add_argument("--overwrite", action="store_true", help="replace an existing DST")
+
+    i = sub.add_parser("info", help="show the configs, parameter counts and dtypes of a checkpoint directory")
+    i.add_argument("dir")
+    i.add_argument("--json", action="store_true", help="print JSON")
+
+    m = sub.add_parser("make-tiny", help="write a tiny random-weight checkpoint in diffusers layout "
+                                         "(for trying the tool and for tests: its videos are noise)")
+    m.add_argument("dir")
+    m.add_argument("--seed", type=int, default=0)
+    return parser
+
+
+def _cmd_convert(a):
+    from ti2v_jax.weights.convert import convert_checkpoint
+    convert_checkpoint(a.src, a.dst, dtype=a.dtype, source_format=a.source_format, overwrite=a.overwrite)
+    print(f"converted {a.src} -> {a.dst}")
+
+
+def _cmd_info(a):
+    from ti2v_jax.loading import describe
+    info = describe(a.dir)
+    if a.json:
+        print(json.dumps(info, indent=2))
+        return
+    for name, comp in info["components"].items():
+        print(f"{name}: {comp['class']}  params={comp['num_params']:,}  dtype={comp['dtype']}")
+        for k, v in comp["config"].items():
+            if not k.startswith("_"):
+                print(f"    {k}: {v}")
+    for k, v in info.items():
+        if k != "components":
+            print(f"{k}: {v}")
+
+
+def _cmd_make_tiny(a):
+    from ti2v_jax.tiny import make_tiny
+    make_tiny(a.dir, seed=a.seed)
+    print(f"wrote a tiny RANDOM-weight checkpoint (diffusers layout) to {a.dir}; its videos are noise")
+
+
+def _sampler_kwargs(a):
+    return dict(num_inference_steps=a.steps, guidance_scale=a.guidance, eta=a.eta, seed=a.seed,
+                height=a.height, width=a.width, parallel=a.parallel)
+
+
+def _cmd_generate(a):
+    from ti2v_jax.io import check_output_path, save_video
+    from ti2v_jax.pipeline import TI2VZeroPipeline
+    check_output_path(a.out)
+    pipe = TI2VZeroPipeline.from_pretrained(a.model, dtype=a.dtype)
+    t0 = time.perf_counter()
+    images = a.image if len(a.image) > 1 else a.image[0]
+    video = pipe(images, a.prompt, num_new_frames=a.num_new_frames, resample_iters=a.resample,
+                 ddpm_inversion=not a.no_inversion, slide=a.slide, baseline=a.baseline,
+                 given_frames_as_video=len(a.image) > 1, progress=True, **_sampler_kwargs(a))
+    save_video(video, a.out, fps=a.fps)
+    print(f"wrote {a.out}: {video.shape[0]} frames of {video.shape[1]}x{video.shape[2]} "
+          f"in {time.perf_counter() - t0:.1f} s")
+
+
+def _cmd_t2v(a):
+    from ti2v_jax.io import check_output_path, save_video
+    from ti2v_jax.pipeline import TI2VZeroPipeline
+    check_output_path(a.out)
+    pipe = TI2VZeroPipeline.from_pretrained(a.model, dtype=a.dtype)
+    video = pipe.text_to_video(a.prompt, **_sampler_kwargs(a))
+    save_video(video, a.out, fps=a.fps)
+    print(f"wrote {a.out}: {video.shape[0]} frames of {video.shape[1]}x{video.shape[2]}")
+
+
+COMMANDS = {"generate": _cmd_generate, "t2v": _cmd_t2v, "convert": _cmd_convert, "info": _cmd_info,
+            "make-tiny": _cmd_make_tiny}
+
+
+def main(argv=None) -> int:
+    args = build_parser().parse_args(argv)
+    try:
+        COMMANDS[args.command](args)
+    except (FileNotFoundError, FileExistsError, ValueError, NotADirectoryError) as e:
+        print(f"ti2v-jax {args.command}: error: {e}", file=sys.stderr)
+        return 2
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())
