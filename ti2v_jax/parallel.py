@@ -1,0 +1,231 @@
+"""Data-parallel batching over devices, with the same results as one device.
+
+`run_batched(fn, args, mode=...)` splits a batch over devices three ways:
+
+- "none": `jax.jit(fn)` on one device (the reference result);
+- "mesh": `jax.jit` over a 1-D `jax.sharding.Mesh` whose axis is named
+  "data"; inputs and outputs are `NamedSharding(mesh, P("data"))`. This is the
+  path for TPU pods and multi-GPU hosts;
+- "pmap": `jax.pmap` over a (devices, per_device, ...) reshape of the batch.
+
+The contract with `fn`: it takes batched arrays (leading axis = items) and
+every output item depends only on the same input item. In particular all
+randomness must come from a per-item key passed in the batch
+(`per_item_keys`), never from one key split by position, so an item's result
+does not depend on which batch it is in, where, or on how many devices.
+A batch that does not divide by the device count is padded by repeating its
+last item and the padding is cut from the outputs, which the contract makes
+harmless. Every output leaf must have the leading batch axis.
+
+Running on a multi-host TPU pod (or several GPU hosts): start the same
+program on every host, call `jax.distributed.initialize()` first thing, and
+have each process pass ITS OWN items (its slice of the global batch):
+
+    jax.distributed.initialize()
+    seeds = all_seeds[jax.process_index()::jax.process_count()]
+    out = run_batched(sample, (per_item_keys(seeds), images), replicated=state,
+                      mode="mesh")
+    # `out` holds this process's items, in the order given.
+
+The global batch is assembled with `jax.make_array_from_process_local_data`
+over a mesh of all `jax.devices()`, and each process gets its rows back.
+Processes may hold different numbers of items; each is padded to the largest.
+With "pmap" each process simply maps over its local devices (`fn` has no
+cross-item collectives), so it also works on a pod, one process per host.
+"""
+
+from __future__ import annotations
+
+import functools
+from collections import OrderedDict
+from typing import Any, Callable, Sequence
+
+import jax
+import jax.numpy as jnp
+import numpy as np
+from jax.sharding import Mesh, NamedSharding
+from jax.sharding import PartitionSpec as P
+
+MODES = ("none", "mesh", "pmap")
+_CACHE_SIZE = 32
+_cache: OrderedDict = OrderedDict()
+
+
+def per_item_keys(seeds: Sequence[int], *, typed: bool = True, impl: str | None = None):
+    """One PRNG key per seed: (B,) typed keys, or raw uint32 (B, 2) with typed=False.
+
+    Item i is exactly `jax.random.key(seeds[i])` (resp. `jax.random.PRNGKey`),
+    whatever the other seeds, so a seed gives the same item in any batch.
+    """
+    seeds = [int(s) for s in np.asarray(seeds).reshape(-1).tolist()]
+    if not seeds:
+        raise ValueError("per_item_keys needs at least one seed")
+    data = np.stack([np.asarray(jax.random.key_data(jax.random.key(s, impl=impl))) for s in seeds])
+    return jax.random.wrap_key_data(data, impl=impl) if typed else jnp.asarray(data)
+
+
+def run_batched(fn: Callable, args, *, replicated: Any = None, mode: str = "none",
+                devices: Sequence[jax.Device] | None = None):
+    """`fn(*args)` (or `fn(replicated, *args)`) over a batch split across devices.
+
+    args: a tuple of positional arguments (a single non-tuple is one argument),
+    each a pytree whose leaves have the batch axis first, all of the same size.
+    replicated: an optional pytree given whole to every device (model weights,
+    contexts); it is passed as `fn`'s first argument.
+    mode: "none", "mesh" or "pmap" (see the module docstring). devices: the
+    devices to use; default all devices ("mesh"), the local ones ("pmap"), the
+    default device ("none").
+
+    The jitted/pmapped callable is built once per (fn, mode, devices) and kept
+    (an LRU of the last 32), so repeated calls with the same shapes do not
+    recompile. Give static options with `functools.partial(fn, ...)`: partials
+    of the same function with equal hashable arguments share one entry; a
+    partial holding arrays is keyed by identity, so build it once and reuse it.
+    Keep weights in `replicated`, not in a partial: closed-over arrays become
+    compile-time constants.
+    """
+    return batched(fn, mode=mode, devices=devices, replicated=replicated is not None)(
+        *_as_tuple(args), replicated=replicated)
+
+
+def batched(fn: Callable, *, mode: str = "none", devices=None, replicated: bool = False):
+    """The cached callable behind `run_batched`: `b(*args, replicated=...)`."""
+    if mode not in MODES:
+        raise ValueError(f"mode must be one of {MODES}, got {mode!r}")
+    devs = None if devices is None else tuple(devices)
+    if devs is not None and not devs:
+        raise ValueError("devices is empty")
+    key = (_fn_key(fn), mode, devs, replicated)
+    hit = _cache.get(key)
+    if hit is None:
+        hit = _Batched(fn, mode, devs, replicated)
+        _cache[key] = hit
+        if len(_cache) > _CACHE_SIZE:
+            _cache.popitem(last=False)
+    else:
+        _cache.move_to_end(key)
+    return hit
+
+
+def clear_cache() -> None:
+    """Drop the cached jitted/pmapped callables (and what their functions hold)."""
+    _cache.clear()
+
+
+def _fn_key(fn):
+    if isinstance(fn, functools.partial):
+        key = ("partial", _fn_key(fn.func), fn.args, tuple(sorted(fn.keywords.items())))
+        try:
+            hash(key)
+            return key
+        except TypeError:
+            pass
+    # Identity; safe because the cache entry keeps `fn` alive, so its id is not reused.
+    return ("id", id(fn))
+
+
+def _as_tuple(args) -> tuple:
+    return args if isinstance(args, tuple) else (args,)
+
+
+class _Batched:
+    def __init__(self, fn, mode, devices, replicated):
+        self.fn, self.mode, self.devices, self.has_rep = fn, mode, devices, replicated
+        if replicated:
+            def body(rep, batch):
+                return fn(rep, *batch)
+        else:
+            def body(batch):
+                return fn(*batch)
+        if mode == "none":
+            self.n = 1
+            self.compiled = jax.jit(body)
+        elif mode == "pmap":
+            # devices=None lets pmap use the local devices of each process (pods).
+            self.n = len(devices) if devices is not None else jax.local_device_count()
+            self.compiled = jax.pmap(body, in_axes=(None, 0) if replicated else 0,
+                                     devices=None if devices is None else list(devices))
+        else:
+            devs = devices if devices is not None else tuple(jax.devices())
+            self.mesh = Mesh(np.array(devs, dtype=object), ("data",))
+            self.data = NamedSharding(self.mesh, P("data"))
+            self.whole = NamedSharding(self.mesh, P())
+            self.local_n = sum(d.process_index == jax.process_index() for d in devs)
+            self.multiprocess = jax.process_count() > 1
+            self.compiled = jax.jit(body, out_shardings=self.data)
+
+    def __call__(self, *args, replicated=None):
+        if self.has_rep != (replicated is not None):
+            raise ValueError("this callable was built with" + ("" if self.has_rep else "out")
+                             + " a replicated argument")
+        b = _batch_size(args)
+        if self.mode == "none":
+            if self.devices is not None:
+                args, replicated = jax.device_put((args, replicated), self.devices[0])
+            return self._call(replicated, args)
+        if self.mode == "pmap":
+            per = -(-b // self.n)
+            args = jax.tree.map(lambda x: _reshape_lead(_pad(x, per * self.n), (self.n, per)), args)
+            out = self._call(replicated, args)
+            return jax.tree.map(lambda y: y.reshape((-1,) + tuple(y.shape[2:]))[:b], out)
+        return self._call_mesh(replicated, args, b)
+
+    def _call(self, replicated, args):
+        return self.compiled(replicated, args) if self.has_rep else self.compiled(args)
+
+    def _call_mesh(self, replicated, args, b):
+        if not self.multiprocess:
+            total = -(-b // self.mesh.size) * self.mesh.size
+            args = jax.device_put(jax.tree.map(lambda x: _pad(x, total), args), self.data)
+            if self.has_rep:
+                replicated = jax.device_put(replicated, self.whole)
+            return jax.tree.map(lambda y: y[:b], self._call(replicated, args))
+        from jax.experimental import multihost_utils
+
+        # Every process pads its own items to the same local size, a multiple of
+        # its device count; the global batch is the processes' blocks in order.
+        most = int(np.max(multihost_utils.process_allgather(np.int64(b))))
+        local = -(-most // self.local_n) * self.local_n
+        args = jax.tree.map(
+            lambda x: jax.make_array_from_process_local_data(self.data, _host(_pad(x, local))), args)
+        if self.has_rep:
+            replicated = jax.tree.map(
+                lambda x: jax.make_array_from_process_local_data(self.whole, _host(x)), replicated)
+        out = self._call(replicated, args)
+        out = multihost_utils.global_array_to_host_local_array(out, self.mesh, P("data"))
+        return jax.tree.map(lambda y: y[:b], out)
+
+
+def _batch_size(args) -> int:
+    leaves = jax.tree.leaves(args)
+    if not leaves:
+        raise ValueError("run_batched needs at least one batched array")
+    sizes = {np.shape(x)[0] if np.ndim(x) else None for x in leaves}
+    if None in sizes:
+        raise ValueError("every batched leaf needs a leading batch axis; got a scalar")
+    if len(sizes) != 1:
+        raise ValueError(f"batched leaves disagree on the batch size: {sorted(sizes)}")
+    b = sizes.pop()
+    if b == 0:
+        raise ValueError("empty batch")
+    return b
+
+
+def _pad(x, total: int):
+    """Repeat the last item until the leading axis is `total`."""
+    b = x.shape[0] if hasattr(x, "shape") else len(x)
+    if b == total:
+        return x
+    idx = np.concatenate([np.arange(b), np.full(total - b, b - 1)])
+    if isinstance(x, jax.Array):
+        return x[idx]  # also right for typed PRNG key arrays
+    return np.asarray(x)[idx]
+
+
+def _reshape_lead(x, lead: tuple):
+    return x.reshape(lead + tuple(x.shape[1:]))
+
+
+def _host(x):
+    # Typed keys cannot go through numpy; their raw data can.
+    return x if isinstance(x, jax.Array) else np.asarray(x)
