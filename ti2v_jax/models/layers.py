@@ -103,7 +103,7 @@ def conv(in_channels, out_channels, kernel_size, *, stride=1, padding=0, bias=Tr
     ks = (kernel_size,) * 2 if isinstance(kernel_size, int) else tuple(kernel_size)
     pads = (padding,) * len(ks) if isinstance(padding, int) else tuple(padding)
     strides = (stride,) * len(ks) if isinstance(stride, int) else tuple(stride)
-    return nnx.Conv(in_channels, out_channels, ks, strides=strides, padding=[(p, p) for p in pads],
+    return nnx.Conv(in_channels, out_channels, ks, strides=strides, padding=tuple((p, p) for p in pads),
                     use_bias=bias, dtype=dtype, param_dtype=param_dtype, rngs=rngs)
 
 
