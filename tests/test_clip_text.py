@@ -90,3 +90,27 @@ def test_tokenizer_basics(tmp_path):
         ids = tok_lib.tokenize(tok, "the cat", max_length=8)
     assert ids.tolist() == [[tok.bos_token_id, tok.convert_tokens_to_ids("the</w>"),
                              tok.convert_tokens_to_ids("cat</w>"), tok.eos_token_id, 0, 0, 0, 0]]
+
+
+def test_real_modelscope_config_maps_key_for_key():
+    """The real text-to-video-ms-1.7b text-encoder config, with transformers 4.27's key names."""
+    import json
+    import pathlib
+
+    from transformers import CLIPTextConfig
+    from transformers import CLIPTextModel as TorchCLIPTextModel
+
+    path = pathlib.Path(__file__).resolve().parents[2] / "shared/configs/text-to-video-ms-1.7b/text_encoder.json"
+    if not path.exists():
+        pytest.skip(f"{path} not found")
+    config = json.loads(path.read_text())
+    with torch.device("meta"):
+        ref = TorchCLIPTextModel(CLIPTextConfig(**config))
+    state = {"text_model." + k: np.broadcast_to(np.float32(0), tuple(v.shape)) for k, v in ref.state_dict().items()}
+    state["text_model.embeddings.position_ids"] = np.arange(77)[None]
+    abstract = nnx.eval_shape(lambda: clip_text.CLIPTextModel(config))
+    shapes = {p: v.get_value().shape for p, v in nnx.to_flat_state(nnx.state(abstract, nnx.Param))}
+    params, skipped = mapping.fill_params(shapes, mapping.rename_keys(state, clip_text.TORCH_RENAMES),
+                                          ignore=clip_text.TORCH_IGNORE)
+    assert skipped == ["text_model.embeddings.position_ids"]
+    assert len(params) == len(shapes) == len(state) - 1 == 4 + 16 * 23

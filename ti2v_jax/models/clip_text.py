@@ -136,8 +136,9 @@ class CLIPTextModel(nnx.Module):
 
     def __init__(self, config: dict, *, dtype=jnp.float32, param_dtype=jnp.float32, rngs: nnx.Rngs = None):
         rngs = rngs if rngs is not None else nnx.Rngs(0)
-        self.config = _text_config(config)
-        self.text_model = CLIPTextTransformer(self.config, dtype=dtype, param_dtype=param_dtype, rngs=rngs)
+        cfg = _text_config(config)
+        self.hidden_size = cfg["hidden_size"]
+        self.text_model = CLIPTextTransformer(cfg, dtype=dtype, param_dtype=param_dtype, rngs=rngs)
 
     def __call__(self, input_ids):
         return self.text_model(jnp.asarray(input_ids, jnp.int32))
