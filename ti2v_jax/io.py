@@ -1,0 +1,344 @@
+"""Images in, videos out.
+
+The start image goes in the way the published TI2V-Zero demo takes it: a
+center crop (to the shorter side for a square model size), a PIL bicubic resize
+to the model size, then `uint8 / 127.5 - 1`. Frames come out through
+`to_uint8`, which rounds to nearest (the published code truncates; rounding
+gives the start image back exactly, see ALGORITHM.md "The whole video").
+
+Decisions:
+- Alpha is dropped, never composited (what PIL's `.convert("RGB")` does, and
+  what the demo's RGB crop/resize amounts to). Alpha is dropped BEFORE the
+  resize: PIL resizes RGBA in premultiplied form, which would darken the
+  colour under transparent pixels.
+- 16-bit input ('I;16*', 'I', uint16 arrays) is scaled to 8 bits with
+  `round(v / 257)`, which maps 0..65535 onto 0..255 exactly; PIL's own
+  conversion would clip everything above 255 to white.
+- EXIF orientation is applied (`ImageOps.exif_transpose`), so a phone photo
+  is cropped the way it is displayed. The demo's imageio reader ignores it.
+- Odd-sized `.mp4`: libx264 in yuv420p needs even sizes, so the last row
+  and/or column is repeated; the file is then one pixel larger on that side.
+- PNG directories hold `frame_0000.png`, `frame_0001.png`, ...
+- Every output is written to a hidden temporary name in the destination's
+  directory and renamed into place, so a failure leaves nothing behind.
+- GIF: Pillow merges consecutive identical frames into one (adding their
+  durations), so reading such a GIF back gives fewer frames; timing is kept.
+"""
+
+from __future__ import annotations
+
+import os
+import shutil
+import uuid
+import warnings
+from pathlib import Path
+
+import numpy as np
+from PIL import Image, ImageOps, ImageSequence
+
+VIDEO_EXTENSIONS = (".gif", ".mp4")
+_FRAME_PATTERN = "frame_{:04d}.png"
+
+
+# ----------------------------------------------------------------------------- images
+
+
+def load_image(src, size=(256, 256), *, exif_transpose: bool = True) -> np.ndarray:
+    """The start image as float32 (H, W, 3) in [-1, 1], cropped and resized to `size`.
+
+    src: a path, a PIL image, or an array: uint8 (H, W), (H, W, 1), (H, W, 3),
+    (H, W, 4); uint16 of the same shapes; float in [0, 1] of the same shapes.
+    size: (H, W) of the model. The source is center-cropped to that aspect ratio
+    (the shorter side for a square size; an odd leftover pixel goes on the
+    left/top, as the demo's `center_crop` does), then resized with PIL bicubic.
+    """
+    height, width = _check_size(size)
+    img = _to_rgb_pil(src, exif_transpose)
+    img = _center_crop(img, height, width)
+    if img.size != (width, height):
+        img = img.resize((width, height), Image.Resampling.BICUBIC)
+    return np.asarray(img, dtype=np.float32) / 127.5 - 1.0
+
+
+def _check_size(size) -> tuple[int, int]:
+    try:
+        height, width = (int(s) for s in size)
+    except (TypeError, ValueError):
+        raise ValueError(f"size must be (height, width), got {size!r}") from None
+    if height <= 0 or width <= 0:
+        raise ValueError(f"size must be positive, got {size!r}")
+    return height, width
+
+
+def _to_rgb_pil(src, exif_transpose: bool) -> Image.Image:
+    if isinstance(src, (str, os.PathLike)):
+        img = _open_image(src)
+    elif isinstance(src, Image.Image):
+        img = src
+    elif hasattr(src, "__array__"):
+        return Image.fromarray(_array_to_uint8_rgb(np.asarray(src)), "RGB")
+    else:
+        raise TypeError(f"load_image takes a path, a PIL image or an array, got {type(src).__name__}")
+    if exif_transpose:
+        img = ImageOps.exif_transpose(img)
+    return _pil_to_rgb(img)
+
+
+def _open_image(path) -> Image.Image:
+    path = os.fspath(path)
+    if not os.path.exists(path):
+        raise FileNotFoundError(2, "No such image file", path)
+    if os.path.isdir(path):
+        raise IsADirectoryError(21, "Expected an image file, got a directory", path)
+    try:
+        with Image.open(path) as img:
+            img.load()  # PIL decodes lazily: force it, so truncation shows here
+            return img.copy()
+    except (OSError, SyntaxError, ValueError, Image.DecompressionBombError) as e:
+        raise ValueError(f"{path}: not a readable image ({type(e).__name__}: {e})") from e
+
+
+def _pil_to_rgb(img: Image.Image) -> Image.Image:
+    mode = img.mode
+    if mode.startswith("I;16") or mode == "I":
+        # 16-bit greyscale (PNG/TIFF). 'I' is how older Pillow opens 16-bit PNG.
+        grey = np.clip(np.asarray(img).astype(np.int64), 0, 65535).astype(np.uint16)
+        return Image.fromarray(_array_to_uint8_rgb(grey), "RGB")
+    if mode == "F":
+        return Image.fromarray(_array_to_uint8_rgb(np.asarray(img)), "RGB")
+    # RGBA, LA, PA, P with transparency: alpha is dropped (see module docstring).
+    if mode == "P" and "transparency" in img.info:
+        img = img.convert("RGBA")
+    return img.convert("RGB")
+
+
+def _array_to_uint8_rgb(a: np.ndarray) -> np.ndarray:
+    """uint8 (H, W, 3) from the array forms `load_image` accepts."""
+    if a.ndim == 3 and a.shape[-1] in (1, 3, 4):
+        a = a[..., :3]
+    elif a.ndim != 2:
+        raise ValueError(
+            f"image array must be (H, W), (H, W, 1), (H, W, 3) or (H, W, 4); got shape {a.shape}"
+        )
+    if a.shape[0] == 0 or a.shape[1] == 0:
+        raise ValueError(f"image array is empty: shape {a.shape}")
+    if a.dtype == np.uint8:
+        out = a
+    elif a.dtype == np.uint16:
+        out = np.rint(a.astype(np.float64) / 257.0).astype(np.uint8)
+    elif np.issubdtype(a.dtype, np.floating):
+        a = a.astype(np.float64)
+        if not np.isfinite(a).all():
+            raise ValueError("float image array contains NaN or inf")
+        lo, hi = a.min(), a.max()
+        if lo < -1e-6 or hi > 1 + 1e-6:
+            raise ValueError(
+                f"float image arrays must be in [0, 1], got values in [{lo:g}, {hi:g}]"
+                " (for [-1, 1] data pass (x + 1) / 2)"
+            )
+        out = np.rint(np.clip(a, 0.0, 1.0) * 255.0).astype(np.uint8)
+    else:
+        raise ValueError(f"image array dtype must be uint8, uint16 or float, got {a.dtype}")
+    if out.ndim == 2:
+        out = out[..., None]
+    if out.shape[-1] == 1:
+        out = np.repeat(out, 3, axis=-1)
+    return np.ascontiguousarray(out)
+
+
+def _center_crop(img: Image.Image, height: int, width: int) -> Image.Image:
+    """Largest centered crop with the aspect ratio height:width."""
+    w, h = img.size
+    # Compare w/h with width/height in integers to avoid float ties.
+    if w * height > h * width:
+        new_w, new_h = max(1, round(h * width / height)), h
+    else:
+        new_w, new_h = w, max(1, round(w * height / width))
+    if (new_w, new_h) == (w, h):
+        return img
+    left = -(-(w - new_w) // 2)  # ceil, as the demo's center_crop
+    top = -(-(h - new_h) // 2)
+    return img.crop((left, top, left + new_w, top + new_h))
+
+
+def to_uint8(frames) -> np.ndarray:
+    """Frames in [-1, 1] -> uint8, `round(clip((x + 1) / 2, 0, 1) * 255)`.
+
+    Rounds to nearest, so `to_uint8(u / 127.5 - 1) == u` for every uint8 u.
+    """
+    x = np.asarray(frames)
+    if not np.issubdtype(x.dtype, np.floating):
+        raise ValueError(f"to_uint8 expects float frames in [-1, 1], got dtype {x.dtype}")
+    x = x.astype(np.float32)
+    if np.isnan(x).any():
+        raise ValueError("frames contain NaN")
+    return np.rint(np.clip((x + 1.0) / 2.0, 0.0, 1.0) * 255.0).astype(np.uint8)
+
+
+# ----------------------------------------------------------------------------- videos
+
+
+def _output_kind(path) -> str:
+    s = os.fspath(path)
+    if s.endswith(("/", os.sep)):
+        return "png"
+    ext = os.path.splitext(s)[1].lower()
+    if ext == "":
+        return "png"
+    if ext in VIDEO_EXTENSIONS:
+        return ext[1:]
+    raise ValueError(
+        f"{s}: unknown video extension {ext!r}; use .gif, .mp4, or a path without"
+        " extension (or ending in '/') for a directory of PNG frames"
+    )
+
+
+def check_output_path(path) -> str:
+    """Check, before any compute, that `save_video(..., path)` can write; return its kind.
+
+    Returns "gif", "mp4" or "png" (a directory of frames). Raises ValueError for
+    an unknown extension, FileNotFoundError when the parent directory is missing,
+    NotADirectoryError / IsADirectoryError / FileExistsError when the path is the
+    wrong kind of thing, PermissionError when the parent is not writable. An
+    existing PNG directory is only replaced if it holds nothing but frame_*.png.
+    """
+    kind = _output_kind(path)
+    target = Path(os.fspath(path).rstrip("/" + os.sep) or "/")
+    parent = target.parent
+    if not parent.exists():
+        raise FileNotFoundError(2, "Output directory does not exist", str(parent))
+    if not parent.is_dir():
+        raise NotADirectoryError(20, "Output parent is not a directory", str(parent))
+    if not os.access(parent, os.W_OK | os.X_OK):
+        raise PermissionError(13, "Output directory is not writable", str(parent))
+    if kind == "png":
+        if target.exists() and not target.is_dir():
+            raise NotADirectoryError(20, "PNG output path exists and is not a directory", str(target))
+        if target.is_dir():
+            foreign = [p.name for p in target.iterdir() if not _is_frame_name(p.name)]
+            if foreign:
+                raise FileExistsError(
+                    17, f"Output directory holds files other than frame_*.png ({foreign[:3]}),"
+                    " refusing to replace it", str(target))
+    elif target.is_dir():
+        raise IsADirectoryError(21, "Output path is a directory", str(target))
+    return kind
+
+
+def _is_frame_name(name: str) -> bool:
+    return name.startswith("frame_") and name.endswith(".png") and name[6:-4].isdigit()
+
+
+def _check_frames(frames) -> np.ndarray:
+    f = np.asarray(frames)
+    if f.dtype != np.uint8:
+        raise ValueError(f"save_video expects uint8 frames (use to_uint8), got dtype {f.dtype}")
+    if f.ndim != 4 or f.shape[-1] != 3 or 0 in f.shape:
+        raise ValueError(f"save_video expects frames of shape (T, H, W, 3), got {f.shape}")
+    return np.ascontiguousarray(f)
+
+
+def save_video(frames, path, fps: float = 8) -> Path:
+    """Write uint8 frames (T, H, W, 3) as .gif, .mp4, or a directory of PNGs; return the path.
+
+    The kind follows the path (see `check_output_path`). Written to a temporary
+    name in the same directory and renamed into place: on error nothing is left.
+    GIFs loop forever with a frame time of 1000/fps ms (GIF stores hundredths).
+    MP4s are H.264 (libx264, yuv420p, CRF 18) at `fps`.
+    """
+    frames = _check_frames(frames)
+    if not fps > 0:
+        raise ValueError(f"fps must be positive, got {fps}")
+    kind = check_output_path(path)
+    target = Path(os.fspath(path).rstrip("/" + os.sep) or "/")
+    tmp = target.parent / f".{target.name}.{os.getpid()}.{uuid.uuid4().hex[:8]}.tmp"
+    try:
+        if kind == "png":
+            tmp.mkdir()
+            for i, frame in enumerate(frames):
+                Image.fromarray(frame, "RGB").save(tmp / _FRAME_PATTERN.format(i), format="PNG")
+            _replace_dir(tmp, target)
+        else:
+            tmp = tmp.with_name(tmp.name + "." + kind)  # ffmpeg picks the muxer by extension
+            (_write_gif if kind == "gif" else _write_mp4)(frames, tmp, fps)
+            os.replace(tmp, target)
+    except BaseException:
+        if tmp.is_dir():
+            shutil.rmtree(tmp, ignore_errors=True)
+        elif tmp.exists():
+            tmp.unlink()
+        raise
+    return target
+
+
+def _replace_dir(new: Path, target: Path) -> None:
+    if not target.exists():
+        os.rename(new, target)
+        return
+    # An old frame directory (checked to hold only frame_*.png): swap, then delete.
+    old = target.with_name(f".{target.name}.{uuid.uuid4().hex[:8]}.old")
+    os.rename(target, old)
+    try:
+        os.rename(new, target)
+    except BaseException:
+        os.rename(old, target)
+        raise
+    shutil.rmtree(old, ignore_errors=True)
+
+
+def _write_gif(frames: np.ndarray, path: Path, fps: float) -> None:
+    images = [Image.fromarray(f, "RGB") for f in frames]
+    images[0].save(path, format="GIF", save_all=True, append_images=images[1:],
+                   duration=1000.0 / fps, loop=0)
+
+
+def _write_mp4(frames: np.ndarray, path: Path, fps: float, crf: int = 18) -> None:
+    import imageio_ffmpeg
+
+    _, h, w, _ = frames.shape
+    if h % 2 or w % 2:
+        frames = np.pad(frames, ((0, 0), (0, h % 2), (0, w % 2), (0, 0)), mode="edge")
+        h, w = h + h % 2, w + w % 2
+    writer = _quiet_fork(imageio_ffmpeg.write_frames,
+        str(path), (w, h), fps=fps, codec="libx264", pix_fmt_out="yuv420p",
+        quality=None, macro_block_size=1, ffmpeg_log_level="error",
+        output_params=["-crf", str(crf), "-movflags", "+faststart"],
+    )
+    _quiet_fork(writer.send, None)  # starts ffmpeg
+    try:
+        for frame in frames:
+            writer.send(np.ascontiguousarray(frame))
+    finally:
+        writer.close()
+
+
+def _quiet_fork(f, *args, **kwargs):
+    # JAX warns on every fork once it is running threads; starting ffmpeg is a
+    # fork immediately followed by exec, which that warning does not concern.
+    with warnings.catch_warnings():
+        warnings.filterwarnings("ignore", message=r"os\.fork\(\) was called", category=RuntimeWarning)
+        return f(*args, **kwargs)
+
+
+def read_video(path) -> np.ndarray:
+    """uint8 (T, H, W, 3) from a .gif, an .mp4, or a directory of frame_*.png (tests, tools)."""
+    p = Path(os.fspath(path))
+    if not p.exists():
+        raise FileNotFoundError(2, "No such video", str(p))
+    if p.is_dir():
+        names = sorted((n for n in os.listdir(p) if _is_frame_name(n)), key=lambda n: int(n[6:-4]))
+        if not names:
+            raise ValueError(f"{p}: no frame_*.png files")
+        frames = [np.asarray(Image.open(p / n).convert("RGB")) for n in names]
+    elif p.suffix.lower() == ".gif":
+        with Image.open(p) as im:
+            frames = [np.asarray(f.convert("RGB")) for f in ImageSequence.Iterator(im)]
+    elif p.suffix.lower() == ".mp4":
+        import imageio_ffmpeg
+
+        reader = imageio_ffmpeg.read_frames(str(p), pix_fmt="rgb24")
+        w, h = _quiet_fork(next, reader)["size"]
+        frames = [np.frombuffer(b, np.uint8).reshape(h, w, 3) for b in reader]
+    else:
+        raise ValueError(f"{p}: cannot read videos of this kind")
+    return np.stack(frames)
