@@ -82,7 +82,12 @@ def run_batched(fn: Callable, args, *, replicated: Any = None, mode: str = "none
     of the same function with equal hashable arguments share one entry; a
     partial holding arrays is keyed by identity, so build it once and reuse it.
     Keep weights in `replicated`, not in a partial: closed-over arrays become
-    compile-time constants.
+    compile-time constants. In "mesh" mode, place them once with
+    `jax.device_put(w, NamedSharding(mesh, P()))` to avoid a copy per call.
+
+    Returns `fn`'s outputs as jax arrays, batch axis first. "mesh" outputs are
+    sharded along "data" when the batch divides the device count; trimming a
+    padded batch gathers it (fine for videos, which go to the host anyway).
     """
     return batched(fn, mode=mode, devices=devices, replicated=replicated is not None)(
         *_as_tuple(args), replicated=replicated)
