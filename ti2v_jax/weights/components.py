@@ -1,0 +1,64 @@
+"""Which networks a checkpoint holds, and how each one is built and named.
+
+One row per model component of a text-to-video pipeline: the Flax class (imported
+lazily, so this table costs nothing to import), the PyTorch classes a diffusers
+`model_index.json` may name for it, and its file names. The PyTorch -> Flax key
+rules (`TORCH_RENAMES`, `TORCH_IGNORE`) live beside each model, in its module.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import importlib
+from typing import Callable
+
+import jax.numpy as jnp
+from flax import nnx
+
+
+@dataclasses.dataclass(frozen=True)
+class ComponentSpec:
+    name: str                    # directory name in diffusers' layout, e.g. "unet"
+    module: str                  # Python module holding the Flax class
+    class_name: str              # Flax class, same name as the PyTorch one
+    torch_classes: tuple         # PyTorch class names accepted in model_index.json / config.json
+    weights_stem: str            # what `export_diffusers` names the safetensors file
+    config_name: str = "config.json"
+
+    def load_module(self):
+        return importlib.import_module(self.module)
+
+    @property
+    def model_class(self) -> Callable:
+        return getattr(self.load_module(), self.class_name)
+
+    @property
+    def renames(self) -> list:
+        return list(getattr(self.load_module(), "TORCH_RENAMES", []))
+
+    @property
+    def ignore(self) -> list:
+        return list(getattr(self.load_module(), "TORCH_IGNORE", []))
+
+    def build(self, config: dict, *, dtype=jnp.float32, param_dtype=jnp.float32, rngs=None):
+        """A concrete model (random parameters)."""
+        return self.model_class(config, dtype=dtype, param_dtype=param_dtype, rngs=rngs or nnx.Rngs(0))
+
+    def abstract(self, config: dict, *, dtype=jnp.float32, param_dtype=jnp.float32):
+        """The model with ShapeDtypeStructs for arrays: no memory, no compute."""
+        return nnx.eval_shape(lambda: self.build(config, dtype=dtype, param_dtype=param_dtype))
+
+
+COMPONENTS: dict[str, ComponentSpec] = {
+    "unet": ComponentSpec("unet", "ti2v_jax.models.unet3d", "UNet3DConditionModel",
+                          ("UNet3DConditionModel",), "diffusion_pytorch_model"),
+    "vae": ComponentSpec("vae", "ti2v_jax.models.vae", "AutoencoderKL",
+                         ("AutoencoderKL",), "diffusion_pytorch_model"),
+    "text_encoder": ComponentSpec("text_encoder", "ti2v_jax.models.clip_text", "CLIPTextModel",
+                                  ("CLIPTextModel",), "model"),
+}
+
+# Components copied as files, not converted.
+TOKENIZER = "tokenizer"
+SCHEDULER = "scheduler"
+SCHEDULER_CONFIG = "scheduler_config.json"
