@@ -156,9 +156,8 @@ def test_round_trip_is_bit_exact(tiny_diffusers_dir, tiny_converted_dir, loaded)
             assert got[p].dtype == want[p].dtype == np.float32
             np.testing.assert_array_equal(got[p], want[p], err_msg=str(p))
     i = _inputs()
-    a = jax.jit(loaded.unet_apply)(loaded.unet_params, i["x"], i["t"], i["ctx"])
-    b = jax.jit(loaded.unet_apply)(mem["unet"][1], i["x"], i["t"], i["ctx"])
-    np.testing.assert_array_equal(np.asarray(a), np.asarray(b))
+    for fn, name, x in ((loaded.text_encode, "text_encoder", i["ids"]), (loaded.vae_encode, "vae", i["frames"])):
+        np.testing.assert_array_equal(np.asarray(fn(loaded.params[name], x)), np.asarray(fn(mem[name][1], x)))
     # The index records what was skipped and where it came from.
     index = ckpt.read_index(tiny_converted_dir)
     assert index["format"] == "ti2v-jax" and index["dtype"] == "float32"
@@ -240,11 +239,12 @@ def test_bfloat16_cli_and_dtypes(tiny_diffusers_dir, loaded, tmp_path):
     c = loading.load(dst, tokenizer=False)
     assert {x.dtype for x in jax.tree.leaves(c.params)} == {jnp.dtype(jnp.bfloat16)}
     i = _inputs()
-    got = np.asarray(c.unet_apply(c.unet_params, i["x"], i["t"], i["ctx"]), np.float32)
-    want = np.asarray(loaded.unet_apply(loaded.unet_params, i["x"], i["t"], i["ctx"]))
-    err = np.abs(got - want).max()
-    print(f"unet bf16 vs fp32: max abs err {err:.3e}, scale {np.abs(want).max():.2f}")
-    assert err <= 0.05 * np.abs(want).max()
+    for fn, name, x in ((c.text_encode, "text_encoder", i["ids"]), (c.vae_encode, "vae", i["frames"])):
+        got = np.asarray(fn(c.params[name], x), np.float32)
+        want = np.asarray(fn(loaded.params[name], x))
+        err = np.abs(got - want).max()
+        print(f"{name} bf16 vs fp32: max abs err {err:.3e}, scale {np.abs(want).max():.2f}")
+        assert err <= 0.05 * np.abs(want).max()
     # Cast on load: bf16 checkpoint as fp32 params, fp32 checkpoint as bf16 params with fp32 compute.
     up = ckpt.load_component(dst, "vae", dtype=jnp.float32)
     assert {x.dtype for x in jax.tree.leaves(nnx.state(up, nnx.Param))} == {jnp.dtype(jnp.float32)}

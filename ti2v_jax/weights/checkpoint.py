@@ -267,12 +267,13 @@ def load_split(directory, name: str, *, dtype=None, param_dtype=None, sharding=N
     config = read_config(directory, name)
     param_dtype = jnp.dtype(param_dtype or dtype or DTYPES[index.get("dtype", "float32")])
     compute = jnp.dtype(dtype or param_dtype)
-    build = lambda: spec.build(config, dtype=compute, param_dtype=param_dtype)  # noqa: E731
-    abstract = nnx.eval_shape(build)
+    abstract = spec.abstract(config, dtype=compute, param_dtype=param_dtype)
     graphdef, _, rest = nnx.split(abstract, nnx.Param, ...)
     params = restore_params(directory / name / PARAMS, abstract, param_dtype=param_dtype, sharding=sharding,
                             name=name)
     if jax.tree.leaves(rest):
+        # Non-parameter state (none in our models today): computed, the parameters' init dead-code-eliminated.
+        build = lambda: spec.build(config, dtype=compute, param_dtype=param_dtype)  # noqa: E731
         rest = jax.jit(lambda: nnx.state(build(), nnx.Not(nnx.Param)))()
     return graphdef, params, rest
 

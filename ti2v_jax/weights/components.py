@@ -13,7 +13,9 @@ import importlib
 from typing import Callable
 
 import jax.numpy as jnp
+import numpy as np
 from flax import nnx
+from flax.nnx import rnglib
 
 
 @dataclasses.dataclass(frozen=True)
@@ -46,7 +48,27 @@ class ComponentSpec:
 
     def abstract(self, config: dict, *, dtype=jnp.float32, param_dtype=jnp.float32):
         """The model with ShapeDtypeStructs for arrays: no memory, no compute."""
-        return nnx.eval_shape(lambda: self.build(config, dtype=dtype, param_dtype=param_dtype))
+        return nnx.eval_shape(lambda: self.build(config, dtype=dtype, param_dtype=param_dtype,
+                                                 rngs=_host_counter_rngs(0)))
+
+
+def _host_counter_rngs(seed: int) -> nnx.Rngs:
+    """nnx.Rngs whose call counters are numpy, for tracing a constructor under `nnx.eval_shape`.
+
+    With jax counters every `rngs.params()` inside the trace updates a traced Variable,
+    and flax's `Variable.set_value` then reads `tracer.sharding`, whose error message
+    walks the whole jaxpr (jax 0.10 / flax 0.12): quadratic, 50 s for the real U-Net.
+    Host counters keep the trace linear (5 s). The keys are the same either way.
+    """
+    rngs = nnx.Rngs(seed)
+    try:
+        for stream in vars(rngs).values():
+            if isinstance(stream, rnglib.RngStream):
+                shape = stream.count.get_raw_value().shape
+                stream.count.set_raw_value(np.zeros(shape, np.uint32))
+    except AttributeError:  # another flax: fall back to the plain (slower) Rngs
+        return nnx.Rngs(seed)
+    return rngs
 
 
 COMPONENTS: dict[str, ComponentSpec] = {
