@@ -1,0 +1,252 @@
+"""Building blocks of diffusers' `UNet3DConditionModel`, channels-last.
+
+Spatial layers see frames folded into the batch, (B*F, H, W, C), as PyTorch's
+(B*F, C, H, W); temporal layers unfold them to (B, F, H, W, C). `num_frames` is
+a static Python int read from the input shape, so nothing loops over frames.
+Attribute names are diffusers' (unet_3d_blocks.py, transformer_2d.py,
+transformer_temporal.py, attention.py, resnet.py).
+"""
+
+from __future__ import annotations
+
+import jax
+import jax.numpy as jnp
+from flax import nnx
+
+from ti2v_jax.models.layers import (Attention, Downsample2D, FeedForward, GroupNorm, LayerNorm, ResnetBlock2D,
+                                    Upsample2D, conv, linear)
+
+
+def _placeholder():
+    """A weightless module standing where diffusers' nn.Sequential has SiLU/Dropout, to keep its indices."""
+    return nnx.Dropout(0.0)
+
+
+class TemporalConvLayer(nnx.Module):
+    """diffusers TemporalConvLayer: four (GroupNorm, SiLU, Conv3d (3,1,1)) stages over frames, plus identity.
+
+    conv1 = [norm, silu, conv]; conv2..4 = [norm, silu, dropout, conv]. The last conv
+    is zero-initialised, as in diffusers, so a fresh layer is the identity.
+    """
+
+    def __init__(self, in_dim: int, out_dim: int | None = None, *, norm_num_groups: int = 32,
+                 dtype=jnp.float32, param_dtype=jnp.float32, rngs: nnx.Rngs):
+        out_dim = out_dim or in_dim
+        kw = dict(dtype=dtype, param_dtype=param_dtype, rngs=rngs)
+
+        def tconv(cin, cout):
+            return conv(cin, cout, (3, 1, 1), padding=(1, 0, 0), **kw)
+
+        self.conv1 = nnx.List([GroupNorm(norm_num_groups, in_dim, 1e-5, **kw), _placeholder(), tconv(in_dim, out_dim)])
+        self.conv2 = nnx.List([GroupNorm(norm_num_groups, out_dim, 1e-5, **kw), _placeholder(), _placeholder(),
+                               tconv(out_dim, in_dim)])
+        self.conv3 = nnx.List([GroupNorm(norm_num_groups, out_dim, 1e-5, **kw), _placeholder(), _placeholder(),
+                               tconv(out_dim, in_dim)])
+        self.conv4 = nnx.List([GroupNorm(norm_num_groups, out_dim, 1e-5, **kw), _placeholder(), _placeholder(),
+                               tconv(out_dim, in_dim)])
+        last = self.conv4[-1]
+        # set_value, not `[...] =`: an indexed set on a traced value is slow under nnx.eval_shape.
+        last.kernel.set_value(jnp.zeros_like(last.kernel.get_value()))
+        last.bias.set_value(jnp.zeros_like(last.bias.get_value()))
+
+    def __call__(self, x, num_frames: int):
+        bf, h, w, c = x.shape
+        x = x.reshape(bf // num_frames, num_frames, h, w, c)
+        identity = x
+        for seq in (self.conv1, self.conv2, self.conv3, self.conv4):
+            # GroupNorm on (B, F, H, W, C) pools over frames too, as torch's on (B, C, F, H, W).
+            x = seq[-1](jax.nn.silu(seq[0](x)))
+        return (identity + x).reshape(bf, h, w, -1)
+
+
+class BasicTransformerBlock(nnx.Module):
+    """diffusers BasicTransformerBlock (layer_norm, GEGLU, no attention bias): self-attn, attn2, feed-forward.
+
+    attn2 is cross-attention over `context`, or, with double_self_attention, a second self-attention.
+    """
+
+    def __init__(self, dim: int, num_attention_heads: int, attention_head_dim: int, *,
+                 cross_attention_dim: int | None = None, double_self_attention: bool = False,
+                 dtype=jnp.float32, param_dtype=jnp.float32, rngs: nnx.Rngs):
+        kw = dict(dtype=dtype, param_dtype=param_dtype, rngs=rngs)
+        heads = dict(heads=num_attention_heads, dim_head=attention_head_dim)
+        self.double_self_attention = double_self_attention
+        self.norm1 = LayerNorm(dim, 1e-5, **kw)
+        self.attn1 = Attention(dim, **heads, **kw)
+        self.norm2 = LayerNorm(dim, 1e-5, **kw)
+        self.attn2 = Attention(dim, cross_attention_dim=None if double_self_attention else cross_attention_dim,
+                               **heads, **kw)
+        self.norm3 = LayerNorm(dim, 1e-5, **kw)
+        self.ff = FeedForward(dim, **kw)
+
+    def __call__(self, x, context=None):
+        x = self.attn1(self.norm1(x)) + x
+        x = self.attn2(self.norm2(x), None if self.double_self_attention else context) + x
+        return self.ff(self.norm3(x)) + x
+
+
+class Transformer2DModel(nnx.Module):
+    """diffusers Transformer2DModel, continuous input with linear projections (as UNet3D builds it).
+
+    Attends over the H*W pixels of each frame; cross-attends to the text context.
+    """
+
+    def __init__(self, num_attention_heads: int, attention_head_dim: int, *, in_channels: int,
+                 cross_attention_dim: int, norm_num_groups: int = 32, dtype=jnp.float32, param_dtype=jnp.float32,
+                 rngs: nnx.Rngs):
+        kw = dict(dtype=dtype, param_dtype=param_dtype, rngs=rngs)
+        inner = num_attention_heads * attention_head_dim
+        self.norm = GroupNorm(norm_num_groups, in_channels, 1e-6, **kw)
+        self.proj_in = linear(in_channels, inner, **kw)
+        self.transformer_blocks = nnx.List([
+            BasicTransformerBlock(inner, num_attention_heads, attention_head_dim,
+                                  cross_attention_dim=cross_attention_dim, **kw)])
+        self.proj_out = linear(inner, in_channels, **kw)
+
+    def __call__(self, x, context):
+        n, h, w, c = x.shape
+        residual = x
+        x = self.proj_in(self.norm(x).reshape(n, h * w, c))
+        for block in self.transformer_blocks:
+            x = block(x, context)
+        return self.proj_out(x).reshape(n, h, w, c) + residual
+
+
+class TransformerTemporalModel(nnx.Module):
+    """diffusers TransformerTemporalModel: attention across frames, independently at every pixel.
+
+    Its blocks use double_self_attention, so no text context enters.
+    """
+
+    def __init__(self, num_attention_heads: int, attention_head_dim: int, *, in_channels: int,
+                 norm_num_groups: int = 32, dtype=jnp.float32, param_dtype=jnp.float32, rngs: nnx.Rngs):
+        kw = dict(dtype=dtype, param_dtype=param_dtype, rngs=rngs)
+        inner = num_attention_heads * attention_head_dim
+        self.norm = GroupNorm(norm_num_groups, in_channels, 1e-6, **kw)
+        self.proj_in = linear(in_channels, inner, **kw)
+        self.transformer_blocks = nnx.List([
+            BasicTransformerBlock(inner, num_attention_heads, attention_head_dim, double_self_attention=True, **kw)])
+        self.proj_out = linear(inner, in_channels, **kw)
+
+    def __call__(self, x, num_frames: int):
+        bf, h, w, c = x.shape
+        b = bf // num_frames
+        residual = x
+        x = self.norm(x.reshape(b, num_frames, h, w, c))  # statistics over frames too, as in torch
+        x = x.transpose(0, 2, 3, 1, 4).reshape(b * h * w, num_frames, c)
+        x = self.proj_in(x)
+        for block in self.transformer_blocks:
+            x = block(x)
+        x = self.proj_out(x)
+        x = x.reshape(b, h, w, num_frames, c).transpose(0, 3, 1, 2, 4).reshape(bf, h, w, c)
+        return x + residual
+
+
+class _Block3D(nnx.Module):
+    """Shared layer stack of the 3D down/up blocks: resnet, temporal conv, [spatial attn, temporal attn]."""
+
+    def _build(self, resnet_in: list[int], out_channels: int, *, temb_channels: int, eps: float, groups: int,
+               attention_head_dim: int | None, cross_attention_dim: int | None, kw: dict):
+        self.resnets = nnx.List([ResnetBlock2D(cin, out_channels, temb_channels=temb_channels, groups=groups, eps=eps,
+                                               **kw) for cin in resnet_in])
+        self.temp_convs = nnx.List([TemporalConvLayer(out_channels, out_channels, norm_num_groups=groups, **kw)
+                                    for _ in resnet_in])
+        self.has_cross_attention = attention_head_dim is not None
+        if self.has_cross_attention:
+            # diffusers' naming quirk: `attention_head_dim` is passed as the number of heads, so
+            # there are C // value heads of width value.
+            heads = out_channels // attention_head_dim
+            self.attentions = nnx.List([
+                Transformer2DModel(heads, attention_head_dim, in_channels=out_channels,
+                                   cross_attention_dim=cross_attention_dim, norm_num_groups=groups, **kw)
+                for _ in resnet_in])
+            self.temp_attentions = nnx.List([
+                TransformerTemporalModel(heads, attention_head_dim, in_channels=out_channels, norm_num_groups=groups,
+                                         **kw)
+                for _ in resnet_in])
+
+    def _layer(self, i: int, x, temb, context, num_frames: int):
+        x = self.resnets[i](x, temb)
+        x = self.temp_convs[i](x, num_frames)
+        if self.has_cross_attention:
+            x = self.attentions[i](x, context)
+            x = self.temp_attentions[i](x, num_frames)
+        return x
+
+
+class DownBlock3D(_Block3D):
+    """diffusers DownBlock3D / CrossAttnDownBlock3D (attention when `attention_head_dim` is given)."""
+
+    def __init__(self, in_channels: int, out_channels: int, *, num_layers: int, temb_channels: int, eps: float,
+                 groups: int, add_downsample: bool, downsample_padding: int = 1,
+                 attention_head_dim: int | None = None, cross_attention_dim: int | None = None,
+                 dtype=jnp.float32, param_dtype=jnp.float32, rngs: nnx.Rngs):
+        kw = dict(dtype=dtype, param_dtype=param_dtype, rngs=rngs)
+        self._build([in_channels] + [out_channels] * (num_layers - 1), out_channels, temb_channels=temb_channels,
+                    eps=eps, groups=groups, attention_head_dim=attention_head_dim,
+                    cross_attention_dim=cross_attention_dim, kw=kw)
+        self.downsamplers = (nnx.List([Downsample2D(out_channels, padding=downsample_padding, **kw)])
+                             if add_downsample else None)
+
+    def __call__(self, x, temb, context, num_frames: int):
+        outputs = ()
+        for i in range(len(self.resnets)):
+            x = self._layer(i, x, temb, context, num_frames)
+            outputs += (x,)
+        if self.downsamplers is not None:
+            for down in self.downsamplers:
+                x = down(x)
+            outputs += (x,)
+        return x, outputs
+
+
+class UpBlock3D(_Block3D):
+    """diffusers UpBlock3D / CrossAttnUpBlock3D: each layer first concatenates a skip connection."""
+
+    def __init__(self, in_channels: int, prev_output_channel: int, out_channels: int, *, num_layers: int,
+                 temb_channels: int, eps: float, groups: int, add_upsample: bool,
+                 attention_head_dim: int | None = None, cross_attention_dim: int | None = None,
+                 dtype=jnp.float32, param_dtype=jnp.float32, rngs: nnx.Rngs):
+        kw = dict(dtype=dtype, param_dtype=param_dtype, rngs=rngs)
+        resnet_in = []
+        for i in range(num_layers):
+            skip = in_channels if i == num_layers - 1 else out_channels
+            resnet_in.append((prev_output_channel if i == 0 else out_channels) + skip)
+        self._build(resnet_in, out_channels, temb_channels=temb_channels, eps=eps, groups=groups,
+                    attention_head_dim=attention_head_dim, cross_attention_dim=cross_attention_dim, kw=kw)
+        self.upsamplers = nnx.List([Upsample2D(out_channels, **kw)]) if add_upsample else None
+
+    def __call__(self, x, skips: tuple, temb, context, num_frames: int, upsample_size=None):
+        for i in range(len(self.resnets)):
+            x = jnp.concatenate([x, skips[-1 - i]], axis=-1)
+            x = self._layer(i, x, temb, context, num_frames)
+        if self.upsamplers is not None:
+            for up in self.upsamplers:
+                x = up(x, upsample_size)
+        return x
+
+
+class UNetMidBlock3DCrossAttn(nnx.Module):
+    """diffusers UNetMidBlock3DCrossAttn (one layer): resnet, temp conv, then [attn, temp attn, resnet, temp conv]."""
+
+    def __init__(self, in_channels: int, *, temb_channels: int, eps: float, groups: int, attention_head_dim: int,
+                 cross_attention_dim: int, dtype=jnp.float32, param_dtype=jnp.float32, rngs: nnx.Rngs):
+        kw = dict(dtype=dtype, param_dtype=param_dtype, rngs=rngs)
+        heads = in_channels // attention_head_dim
+        self.resnets = nnx.List([ResnetBlock2D(in_channels, in_channels, temb_channels=temb_channels, groups=groups,
+                                               eps=eps, **kw) for _ in range(2)])
+        self.temp_convs = nnx.List([TemporalConvLayer(in_channels, in_channels, norm_num_groups=groups, **kw)
+                                    for _ in range(2)])
+        self.attentions = nnx.List([Transformer2DModel(heads, attention_head_dim, in_channels=in_channels,
+                                                       cross_attention_dim=cross_attention_dim,
+                                                       norm_num_groups=groups, **kw)])
+        self.temp_attentions = nnx.List([TransformerTemporalModel(heads, attention_head_dim, in_channels=in_channels,
+                                                                  norm_num_groups=groups, **kw)])
+
+    def __call__(self, x, temb, context, num_frames: int):
+        x = self.temp_convs[0](self.resnets[0](x, temb), num_frames)
+        for i in range(len(self.attentions)):
+            x = self.attentions[i](x, context)
+            x = self.temp_attentions[i](x, num_frames)
+            x = self.temp_convs[i + 1](self.resnets[i + 1](x, temb), num_frames)
+        return x
