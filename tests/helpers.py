@@ -1,0 +1,47 @@
+"""Test glue: a PyTorch module's weights into our Flax model, through `ti2v_jax.weights.mapping`."""
+
+from __future__ import annotations
+
+from typing import Callable, Iterable
+
+import jax.numpy as jnp
+import numpy as np
+from flax import nnx
+
+from ti2v_jax.weights import mapping
+
+
+def perturb_(module, scale: float = 0.02, seed: int = 0):
+    """Add Gaussian noise to every parameter in place (diffusers zero-inits some layers)."""
+    import torch
+
+    g = torch.Generator().manual_seed(seed)
+    with torch.no_grad():
+        for p in module.parameters():
+            p.add_(scale * torch.randn(p.shape, generator=g, dtype=p.dtype))
+    return module
+
+
+def torch_state_numpy(module) -> dict:
+    """A PyTorch module's state dict as float numpy arrays."""
+    return {k: v.detach().cpu().float().numpy() for k, v in module.state_dict().items()}
+
+
+def flax_from_torch(build: Callable[[], nnx.Module], torch_module, *, renames: Iterable = (), ignore: Iterable = (),
+                    prefix: str = "", component: str = "model"):
+    """Our Flax model with the weights of `torch_module`: `build()` is traced abstractly, then filled.
+
+    Strict: `mapping.fill_params` raises on any missing, unexpected or wrong-shape tensor.
+    """
+    abstract = nnx.eval_shape(build)
+    flat = nnx.to_flat_state(nnx.state(abstract, nnx.Param))
+    shapes = {path: v.get_value().shape for path, v in flat}
+    dtypes = {path: v.get_value().dtype for path, v in flat}
+    state = mapping.rename_keys(torch_state_numpy(torch_module), renames)
+    params, _ = mapping.fill_params(shapes, state, prefix=prefix, ignore=ignore, component=component)
+    nnx.update(abstract, nnx.from_flat_state({p: jnp.asarray(np.asarray(a), dtypes[p]) for p, a in params.items()}))
+    leftover = [p for p, v in nnx.to_flat_state(nnx.state(abstract))
+                if not isinstance(v.get_value(), (jnp.ndarray, np.ndarray))]
+    if leftover:
+        raise ValueError(f"{component}: state left unfilled (not parameters): {leftover}")
+    return abstract
