@@ -357,3 +357,36 @@ def test_existing_destination_is_kept_unless_overwrite(tiny_diffusers_dir, tmp_p
     assert _leftovers(tmp_path, "ckpt") == []
     with pytest.raises(ValueError, match="is not a converted"):
         ckpt.load_component(tiny_diffusers_dir, "unet")
+
+
+# ---- the real model's configurations --------------------------------------------------
+
+REAL_CONFIGS = REPO.parent / "shared" / "configs" / "text-to-video-ms-1.7b"
+
+
+@pytest.mark.skipif(not REAL_CONFIGS.is_dir(), reason="real configs not available")
+def test_real_configs_map_strictly():
+    """ModelScope 1.7B's configs: every PyTorch tensor (built on torch's meta device) maps, no memory used."""
+    torch = pytest.importorskip("torch")
+    from diffusers import AutoencoderKL, UNet3DConditionModel
+    from transformers import CLIPTextConfig, CLIPTextModel
+
+    from ti2v_jax.weights import mapping
+    from ti2v_jax.weights.components import COMPONENTS
+
+    cfg = {n: json.loads((REAL_CONFIGS / f"{n}.json").read_text()) for n in ("unet", "vae", "text_encoder")}
+    with torch.device("meta"):
+        models = {"unet": UNet3DConditionModel.from_config(cfg["unet"]), "vae": AutoencoderKL.from_config(cfg["vae"]),
+                  "text_encoder": CLIPTextModel(CLIPTextConfig(**cfg["text_encoder"]))}
+    counts = {}
+    for name, m in models.items():
+        spec = COMPONENTS[name]
+        shapes = ckpt.param_shapes(spec.abstract(cfg[name]))
+        # Zero-stride views: the shapes of the real tensors, none of their memory.
+        state = {k: np.broadcast_to(np.zeros((), np.float16), tuple(v.shape)) for k, v in m.state_dict().items()}
+        params, _ = mapping.fill_params(shapes, mapping.rename_keys(state, spec.renames), ignore=spec.ignore,
+                                        component=name)
+        counts[name] = sum(int(np.prod(v.shape)) for v in params.values())
+    print({k: f"{v / 1e6:.1f}M" for k, v in counts.items()})
+    assert counts["unet"] == sum(p.numel() for p in models["unet"].parameters())
+    assert 1.40e9 < counts["unet"] < 1.42e9

@@ -17,6 +17,7 @@ import json
 from pathlib import Path
 from typing import Any, Callable
 
+import jax
 import jax.numpy as jnp
 from flax import nnx
 
@@ -131,7 +132,11 @@ def load(directory, *, dtype=None, param_dtype=None, components=MODEL_COMPONENTS
         for n, (config, _) in converted.items():
             model = COMPONENTS[n].abstract(config, dtype=jnp.dtype(dtype or pdt), param_dtype=pdt)
             g, _, rest = nnx.split(model, nnx.Param, ...)
-            splits[n], configs[n] = (g, converted[n][1], rest), config
+            if jax.tree.leaves(rest):
+                raise NotImplementedError(f"{n}: in-memory conversion of a model with non-parameter state; "
+                                          f"convert it to a directory first")
+            params = converted[n][1] if sharding is None else jax.device_put(converted[n][1], sharding)
+            splits[n], configs[n] = (g, params, rest), config
     else:
         raise ValueError(f"{directory} is neither a converted ti2v-jax checkpoint nor a diffusers pipeline "
                          f"directory (no usable model_index.json)")
