@@ -12,7 +12,7 @@ from __future__ import annotations
 import argparse
 import sys
 
-from ti2v_jax.weights.convert import convert_diffusers
+from ti2v_jax.weights.convert import convert_checkpoint
 
 
 def main(argv=None) -> int:
@@ -22,9 +22,12 @@ def main(argv=None) -> int:
     p.add_argument("--dtype", default="float32", choices=["float32", "bfloat16", "float16"],
                    help="stored parameter dtype (default: float32)")
     p.add_argument("--variant", default=None, help="read weight files of this variant first, e.g. fp16")
+    p.add_argument("--from", dest="source_format", default="diffusers", choices=["auto", "diffusers", "modelscope"],
+                   help="source layout (default: diffusers; 'auto' also recognises the original ModelScope release)")
     p.add_argument("--overwrite", action="store_true", help="replace DST if it exists")
     args = p.parse_args(argv)
-    report = convert_diffusers(args.src, args.dst, args.dtype, overwrite=args.overwrite, variant=args.variant)
+    report = convert_checkpoint(args.src, args.dst, args.dtype, source_format=args.source_format,
+                                overwrite=args.overwrite, variant=args.variant)
     print(report.summary())
     return 0
 

@@ -359,6 +359,18 @@ def test_existing_destination_is_kept_unless_overwrite(tiny_diffusers_dir, tmp_p
         ckpt.load_component(tiny_diffusers_dir, "unet")
 
 
+def test_convert_checkpoint_detects_the_layout(tiny_diffusers_dir, tiny_converted_dir, tmp_path):
+    from ti2v_jax.weights.convert import convert_checkpoint
+
+    report = convert_checkpoint(tiny_diffusers_dir, tmp_path / "ckpt", "float16")
+    assert report.dtype == "float16" and set(report.components) == {"unet", "vae", "text_encoder"}
+    with pytest.raises(ValueError, match="already a converted"):
+        convert_checkpoint(tiny_converted_dir, tmp_path / "again")
+    with pytest.raises(FileNotFoundError, match="neither a diffusers"):
+        convert_checkpoint(tmp_path, tmp_path / "nothing")
+    assert not (tmp_path / "again").exists() and not (tmp_path / "nothing").exists()
+
+
 # ---- the real model's configurations --------------------------------------------------
 
 REAL_CONFIGS = REPO.parent / "shared" / "configs" / "text-to-video-ms-1.7b"

@@ -134,6 +134,32 @@ def convert_diffusers(src, dst, dtype="float32", *, overwrite: bool = False, var
     return ConversionReport(dst, dtype, report)
 
 
+def convert_checkpoint(src, dst, dtype="float32", *, source_format: str = "auto", overwrite: bool = False,
+                       variant=None):
+    """Convert `src` in whichever layout it is: "diffusers", "modelscope" (original release), or "auto".
+
+    Returns the converter's report (`.summary()` describes what was converted and skipped).
+    """
+    from ti2v_jax.weights import modelscope
+
+    if source_format not in ("auto", "diffusers", "modelscope"):
+        raise ValueError(f"source_format must be 'auto', 'diffusers' or 'modelscope', got {source_format!r}")
+    if source_format == "auto":
+        if ckpt.is_converted(src):
+            raise ValueError(f"{src} is already a converted ti2v-jax checkpoint")
+        if ckpt.is_diffusers(src):
+            source_format = "diffusers"
+        elif modelscope.is_modelscope(src):
+            source_format = "modelscope"
+        else:
+            raise FileNotFoundError(f"{src} is neither a diffusers pipeline directory ({ckpt.INDEX} naming a "
+                                    f"pipeline) nor an original ModelScope release ({modelscope.CONFIGURATION} "
+                                    f"with model.model_cfg)")
+    if source_format == "modelscope":
+        return modelscope.convert_modelscope(src, dst, dtype, overwrite=overwrite)
+    return convert_diffusers(src, dst, dtype, overwrite=overwrite, variant=variant)
+
+
 def export_diffusers(models_or_params: dict, configs: dict, dst, *, tokenizer_dir=None, scheduler_config=None,
                      pipeline_class: str = "TextToVideoSDPipeline", overwrite: bool = False,
                      specs=COMPONENTS) -> Path:
