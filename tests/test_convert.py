@@ -254,7 +254,7 @@ def test_bfloat16_cli_and_dtypes(tiny_diffusers_dir, loaded, tmp_path):
 
 # ---- export (numpy only) -----------------------------------------------------------
 
-def test_export_diffusers_round_trip(loaded, tmp_path):
+def test_export_diffusers_round_trip(loaded, torch_models, tmp_path):
     configs = {n: loaded.configs[n] for n in ("unet", "vae", "text_encoder")}
     src = export_diffusers(loaded.params, configs, tmp_path / "exported",
                            scheduler_config=loaded.scheduler_config)
@@ -266,6 +266,13 @@ def test_export_diffusers_round_trip(loaded, tmp_path):
         want, got = _flat(loaded.params[name]), _flat(again[name][1])
         for p in want:
             np.testing.assert_array_equal(got[p], want[p], err_msg=f"{name} {p}")
+    # diffusers / transformers read it too, giving back the original tensors.
+    for name, m in torch_models.items():
+        want = m.state_dict()
+        got = type(m).from_pretrained(src / name).state_dict()
+        assert got.keys() == want.keys()
+        for k in want:
+            np.testing.assert_array_equal(got[k].numpy(), want[k].numpy(), err_msg=f"{name} {k}")
 
 
 def test_save_converted_from_flax_models(loaded, tiny_converted_dir, tmp_path):

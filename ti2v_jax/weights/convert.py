@@ -166,9 +166,10 @@ def export_diffusers(models_or_params: dict, configs: dict, dst, *, tokenizer_di
     """Write Flax models as a diffusers-layout directory (safetensors, numpy only).
 
     models_or_params: {component: nnx.Module | nnx.State | {flax path: array}}.
-    Tensors are in the plain PyTorch layouts of `mapping.to_torch`: where PyTorch
-    has a 1x1 Conv and our model a Linear, the tensor is 2-D, which our converter
-    reads back but diffusers' `from_pretrained` would not.
+    Tensors are in the plain PyTorch layouts of `mapping.to_torch`. diffusers and
+    transformers load the result with `from_pretrained` (tested) as long as our models
+    use a Conv wherever PyTorch has one (a 1x1 Conv exported from a Flax Linear
+    would be 2-D: our converter reads that back, diffusers would not).
     """
     from safetensors.numpy import save_file
 
