@@ -10,7 +10,7 @@ import numpy as np
 import pytest
 
 from ti2v_jax import sampling as S
-from tests import reference_numpy as ref
+import reference_numpy as ref
 
 CONFIG_DIR = os.path.join(os.path.dirname(__file__), "..", "..", "shared", "configs",
                           "text-to-video-ms-1.7b")
@@ -394,3 +394,58 @@ def test_grad_matches_finite_differences(x64, slide):
         worst = max(worst, float(abs(fd - ad) / max(1.0, abs(ad))))
     print(f"{slide}: grad vs central differences, max rel err {worst:.2e}")
     assert worst < 1e-6
+
+
+# --- plain T2V with a tiny real U-Net vs diffusers' TextToVideoSDPipeline ------------------
+
+TINY_UNET = dict(block_out_channels=[32, 64], down_block_types=["CrossAttnDownBlock3D", "DownBlock3D"],
+                 up_block_types=["UpBlock3D", "CrossAttnUpBlock3D"], layers_per_block=1, norm_num_groups=8,
+                 attention_head_dim=8, cross_attention_dim=16, in_channels=4, out_channels=4, sample_size=8)
+
+
+@pytest.fixture(scope="module")
+def tiny_unet():
+    unet3d = pytest.importorskip("ti2v_jax.models.unet3d")
+    helpers = pytest.importorskip("helpers")
+    torch = pytest.importorskip("torch")
+    from diffusers import UNet3DConditionModel
+    from flax import nnx
+
+    torch.manual_seed(0)
+    tm = helpers.perturb_(UNet3DConditionModel(**TINY_UNET), scale=0.02, seed=1).eval()
+    fm = helpers.flax_from_torch(lambda: unet3d.UNet3DConditionModel(TINY_UNET), tm,
+                                 renames=unet3d.TORCH_RENAMES, ignore=unet3d.TORCH_IGNORE, component="unet")
+    graphdef, state = nnx.split(fm)
+    return tm, graphdef, state
+
+
+@pytest.mark.parametrize("steps,g", [(2, 9.0), (2, 1.0), (5, 9.0), (5, 1.0)])
+def test_t2v_matches_diffusers_pipeline(tiny_unet, steps, g):
+    import torch
+    from diffusers import TextToVideoSDPipeline
+    from flax import nnx
+
+    tm, graphdef, state = tiny_unet
+    pipe = TextToVideoSDPipeline(vae=None, text_encoder=None, tokenizer=None, unet=tm,
+                                 scheduler=_diffusers_ddim())
+    pipe.set_progress_bar_config(disable=True)
+    gen = torch.Generator().manual_seed(0)
+    x_T = torch.randn((2, 4, 3, 8, 8), generator=gen)  # (B, C, F, h, w)
+    ctx, uctx = torch.randn((2, 5, 16), generator=gen), torch.randn((2, 5, 16), generator=gen)
+    with torch.no_grad():
+        want = pipe(prompt_embeds=ctx, negative_prompt_embeds=uctx, latents=x_T, num_frames=3,
+                    height=64, width=64, num_inference_steps=steps, guidance_scale=g,
+                    output_type="latent").frames.numpy()
+
+    @functools.partial(jax.jit, compiler_options={"xla_backend_optimization_level": 0})
+    def run(state, x_T, ctx, uctx, timesteps):
+        denoise = lambda x, t, c: nnx.merge(graphdef, state)(x, t, c)  # noqa: E731
+        return S.t2v_sample(jax.random.key(0), denoise, x_T, ctx, uctx, timesteps=timesteps,
+                            guidance_scale=g)
+
+    to_ours = lambda a: jnp.asarray(a.numpy())  # noqa: E731
+    got = run(state, jnp.moveaxis(to_ours(x_T), 1, -1), to_ours(ctx), to_ours(uctx), S.ddim_timesteps(steps))
+    got = np.moveaxis(np.asarray(got), -1, 1)
+    err = np.abs(got - want).max()
+    print(f"t2v vs TextToVideoSDPipeline (S={steps}, g={g}): max abs err {err:.2e} (max |x| {np.abs(want).max():.2f})")
+    assert err < 1e-4
