@@ -148,3 +148,64 @@ def load(directory, *, dtype=None, param_dtype=None, components=MODEL_COMPONENTS
     sched_path = directory / SCHEDULER / SCHEDULER_CONFIG
     sched = json.loads(sched_path.read_text()) if sched_path.is_file() else None
     return from_splits(splits, configs, tokenizer=tok, scheduler_config=sched)
+
+
+def describe(directory) -> dict:
+    """What `ti2v-jax info` prints: per component its class, config, parameter count and dtypes.
+
+    A converted directory is read from its orbax metadata (no weights loaded); a
+    diffusers or original ModelScope directory is converted in memory first.
+    """
+    import numpy as np
+
+    directory = Path(directory)
+    if not directory.is_dir():
+        raise FileNotFoundError(f"checkpoint directory {directory} does not exist")
+    info: dict = {"directory": str(directory.absolute())}
+    comps: dict = {}
+    if is_converted(directory):
+        import orbax.checkpoint as ocp
+
+        index = ckpt.read_index(directory)
+        info["format"] = "ti2v-jax (converted)"
+        for key in ("version", "dtype", "source", "source_format"):
+            if key in index:
+                info[key] = index[key]
+        for name in MODEL_COMPONENTS:
+            if not (directory / name).is_dir():
+                continue
+            ckptr = ocp.StandardCheckpointer()
+            meta = ckptr.metadata((directory / name / "params").absolute()).item_metadata.tree
+            ckptr.close()
+            leaves = list(ckpt._flat_keys(meta).values())
+            comps[name] = _summary(name, ckpt.read_config(directory, name),
+                                   [(tuple(m.shape), np.dtype(m.dtype).name) for m in leaves])
+    else:
+        from ti2v_jax.weights import modelscope
+
+        if is_diffusers(directory):
+            from ti2v_jax.weights.convert import convert_in_memory
+
+            info["format"] = "diffusers (PyTorch), converted in memory for this report"
+            converted = convert_in_memory(directory)
+        elif modelscope.is_modelscope(directory):
+            info["format"] = "original ModelScope (PyTorch), converted in memory for this report"
+            converted = modelscope.convert_in_memory(directory)
+        else:
+            raise ValueError(f"{directory} is not a checkpoint directory (no model_index.json, "
+                             f"no ModelScope configuration.json)")
+        for name, (config, state) in converted.items():
+            leaves = jax.tree.leaves(state)
+            comps[name] = _summary(name, config, [(tuple(v.shape), np.dtype(v.dtype).name) for v in leaves])
+    info["components"] = comps
+    info["total_params"] = sum(c["num_params"] for c in comps.values())
+    return info
+
+
+def _summary(name, config, shapes_dtypes) -> dict:
+    import math
+
+    dtypes = sorted({d for _, d in shapes_dtypes})
+    return {"class": COMPONENTS[name].class_name, "config": config,
+            "num_params": int(sum(math.prod(s) for s, _ in shapes_dtypes)),
+            "num_tensors": len(shapes_dtypes), "dtype": ",".join(dtypes)}

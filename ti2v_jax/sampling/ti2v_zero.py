@@ -99,7 +99,7 @@ def ti2v_zero_frame(frame_keys, denoise, s0, context, uncond_context, *, num_fra
 def ti2v_zero_sample(key, denoise, encode, decode, frames, context, uncond_context, *,
                      num_frames, num_new_frames, timesteps, guidance_scale=9.0, resample_iters=4,
                      eta=0.0, ddpm_inversion=True, slide="pixel", abar=None, latents=None,
-                     decode_output=True):
+                     decode_output=True, on_frame=None):
     """TI2V-Zero (Ni et al., CVPR 2024): N new frames after M given ones, repeat-and-slide.
 
     frames: (B, M, H, W, 3) given frames in [-1, 1], M <= K-1 (video prediction; M=1
@@ -109,6 +109,9 @@ def ti2v_zero_sample(key, denoise, encode, decode, frames, context, uncond_conte
       float output in a pixel queue, re-encode all K-1 queue frames before each new
       frame); "latent" = slide the latents themselves (no per-frame VAE calls; a
       different, cheaper algorithm).
+    on_frame: optional host function called as `on_frame(i)` (through
+      `jax.debug.callback`) when new frame i is done, e.g. to drive a progress bar;
+      it must be the same object across calls to avoid recompiling.
     Returns (new_latents (B,N,h,w,C), new_frames (B,N,H,W,3)); in latent mode the frames
     come from one batched decode at the end, or are None if `decode_output` is False.
     """
@@ -139,6 +142,15 @@ def ti2v_zero_sample(key, denoise, encode, decode, frames, context, uncond_conte
             return jnp.concatenate([queue[:, 1:], px], axis=1), (x, px[:, 0])
         x = sample_frame(fk, queue)
         return jnp.concatenate([queue[:, 1:], x[:, None].astype(queue.dtype)], axis=1), x
+
+    if on_frame is not None:
+        sample_one = new_frame
+
+        def new_frame(queue, i):
+            queue, out = sample_one(queue, i)
+            # One element of the new frame rides along so the tick waits for the frame.
+            jax.debug.callback(lambda i, _: on_frame(i), i, jax.tree.leaves(out)[0].reshape(-1)[:1])
+            return queue, out
 
     _, out = lax.scan(new_frame, queue, jnp.arange(num_new_frames))
     out = jax.tree.map(lambda a: jnp.moveaxis(a, 0, 1), out)
