@@ -119,7 +119,61 @@ def build_parser() -> argparse.ArgumentParser:
                                          "(for trying the tool and for tests: its videos are noise)")
     m.add_argument("dir")
     m.add_argument("--seed", type=int, default=0)
+
+    b = sub.add_parser("batch", help="a manifest of (image, prompt) pairs -> one video each (resumable, "
+                                     "sharded over devices and hosts)",
+                       description="Run TI2V-Zero on every line of a JSONL manifest "
+                                   '({"id": ..., "image": ..., "prompt": ..., optional settings}); writes '
+                                   "OUT_DIR/<id>.<format> and OUT_DIR/<id>.json. Rerunning skips finished ids.")
+    _add_batch(b)
+    s = sub.add_parser("sweep", help="a batch job over a grid of sampler settings, one folder per point",
+                       description="Run `batch` once per point of a grid of settings, into "
+                                   "OUT_DIR/<key>=<value>_.../; grid values override the manifest's.")
+    _add_batch(s)
+    s.add_argument("--grid", action="append", default=[], metavar="KEY=V1,V2",
+                   help="a setting and its values, e.g. resample=0,2,4 or inversion=on,off (repeatable)")
+    s.add_argument("--grid-json", default=None, metavar="JSON",
+                   help='the grid as JSON text or a .json file: {"resample": [0, 2], "guidance": [7.5, 9]}')
     return parser
+
+
+def _add_batch(p):
+    _add_model(p)
+    p.add_argument("--manifest", required=True, help="JSONL file, one {id, image, prompt, ...} object a line")
+    p.add_argument("--out-dir", required=True, help="output directory (created; reruns resume in it)")
+    p.add_argument("--num-new-frames", type=_positive_int("--num-new-frames"), default=15,
+                   help="default frames N per video after the given image (default 15)")
+    p.add_argument("--steps", type=_positive_int("--steps"), default=10, help="default DDIM steps (default 10)")
+    p.add_argument("--resample", type=_nonneg_int("--resample"), default=4,
+                   help="default resampling iterations R (default 4)")
+    p.add_argument("--guidance", type=_nonneg_float("--guidance"), default=9.0, help="default guidance (9.0)")
+    p.add_argument("--eta", type=_nonneg_float("--eta"), default=0.0, help="default DDIM eta (default 0)")
+    p.add_argument("--no-inversion", action="store_true", help="default: no DDPM inversion")
+    p.add_argument("--slide", choices=("pixel", "latent"), default="pixel", help="default slide (pixel)")
+    p.add_argument("--baseline", action="store_true", help="default: the replacing-based baseline")
+    p.add_argument("--height", type=_positive_int("--height"), default=None, help="default: the model's size")
+    p.add_argument("--width", type=_positive_int("--width"), default=None, help="default: the model's size")
+    p.add_argument("--seed", type=int, default=0,
+                   help="base seed: an item without its own seed gets a stable hash of (base seed, id)")
+    p.add_argument("--num-frames", type=_positive_int("--num-frames"), default=None,
+                   help="the video model's frame count K (default: the checkpoint's, 16 for ModelScope)")
+    p.add_argument("--fps", type=_positive_int("--fps"), default=8, help="frames per second (default 8)")
+    p.add_argument("--format", choices=("gif", "mp4", "png"), default="gif",
+                   help="gif, mp4, or png (a directory of frames per item)")
+    p.add_argument("--batch-size", type=_positive_int("--batch-size"), default=None,
+                   help="items per call on each process (default: the local device count; 1 with --parallel none)")
+    p.add_argument("--parallel", choices=("none", "mesh", "pmap"), default="mesh",
+                   help="how a batch is split over devices (default mesh: all devices)")
+    p.add_argument("--max-items", type=_nonneg_int("--max-items"), default=None,
+                   help="stop after this many pending items (run a job in chunks)")
+    p.add_argument("--distributed", action=argparse.BooleanOptionalAction, default=None,
+                   help="call jax.distributed.initialize() (default: when the environment names a "
+                        "multi-host launch: TPU pod, Slurm, Open MPI, JAX_COORDINATOR_ADDRESS)")
+    p.add_argument("--process-index", type=_nonneg_int("--process-index"), default=None,
+                   help="this process's share (default: TI2V_PROCESS_INDEX, else jax.process_index())")
+    p.add_argument("--process-count", type=_positive_int("--process-count"), default=None,
+                   help="number of shares (default: TI2V_PROCESS_COUNT, else jax.process_count())")
+    p.add_argument("--no-progress", action="store_true", help="no progress bar")
 
 
 def _cmd_convert(a):
@@ -180,18 +234,40 @@ def _cmd_t2v(a):
     print(f"wrote {a.out}: {video.shape[0]} frames of {video.shape[1]}x{video.shape[2]}")
 
 
+def _cmd_batch(a):
+    from ti2v_jax import batch
+    from ti2v_jax.pipeline import TI2VZeroPipeline
+    batch.initialize_distributed(a.distributed)
+    grid = batch.parse_grid(a.grid, a.grid_json) if a.command == "sweep" else None
+    pipe = TI2VZeroPipeline.from_pretrained(a.model, dtype=a.dtype, num_frames=a.num_frames)
+    defaults = dict(num_new_frames=a.num_new_frames, steps=a.steps, resample=a.resample, guidance=a.guidance,
+                    eta=a.eta, inversion=not a.no_inversion, slide=a.slide, baseline=a.baseline,
+                    height=a.height, width=a.width)
+    kw = dict(defaults={k: v for k, v in defaults.items() if v is not None}, base_seed=a.seed,
+              batch_size=a.batch_size, parallel=a.parallel, fmt=a.format, fps=a.fps,
+              process_index=a.process_index, process_count=a.process_count, max_items=a.max_items,
+              progress=not a.no_progress, model_name=str(a.model or "default"))
+    if grid is None:
+        results = [batch.run_batch(pipe, a.manifest, a.out_dir, **kw)]
+    else:
+        results = list(batch.run_sweep(pipe, a.manifest, a.out_dir, grid, **kw).values())
+    for r in results:
+        print(r.summary())
+    return 1 if any(r.errors for r in results) else 0
+
+
 COMMANDS = {"generate": _cmd_generate, "t2v": _cmd_t2v, "convert": _cmd_convert, "info": _cmd_info,
-            "make-tiny": _cmd_make_tiny}
+            "make-tiny": _cmd_make_tiny, "batch": _cmd_batch, "sweep": _cmd_batch}
 
 
 def main(argv=None) -> int:
     args = build_parser().parse_args(argv)
     try:
-        COMMANDS[args.command](args)
+        rc = COMMANDS[args.command](args)  # None: success
     except (FileNotFoundError, FileExistsError, ValueError, NotADirectoryError) as e:
         print(f"ti2v-jax {args.command}: error: {e}", file=sys.stderr)
         return 2
-    return 0
+    return rc or 0
 
 
 if __name__ == "__main__":

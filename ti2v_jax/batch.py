@@ -1,0 +1,546 @@
+"""Batch jobs: a manifest of (image, prompt) pairs -> one video per line, resumable.
+
+    pipe = TI2VZeroPipeline.from_pretrained("ckpt/")
+    res = run_batch(pipe, "pairs.jsonl", "out/", batch_size=8, parallel="mesh")
+    res = run_sweep(pipe, "pairs.jsonl", "sweep/", {"resample": [0, 2, 4], "inversion": [True, False]})
+
+A manifest line is `{"id": "cat-01", "image": "imgs/cat.png", "prompt": "a cat running"}`
+plus optional per-item settings (`SETTINGS`: num_new_frames, steps, resample, guidance,
+eta, inversion, slide, baseline, height, width) and `seed`. Relative image paths are
+resolved against the manifest's directory. Each line gives OUT/<id>.<ext> (a directory
+for png) and OUT/<id>.json, its metadata.
+
+Decisions:
+- Precedence: sweep overrides > the item's own settings > job defaults (CLI flags).
+- Seeds: the item's `seed`, else `stable_seed(id, base_seed)` (sha256 of the id), so a
+  video depends on its id and settings only, never on grouping, batching or devices.
+- Completion is the metadata file, written last and atomically (temp + rename), next to
+  a video written atomically by `io.save_video`. A rerun skips complete ids and redoes
+  the rest; an item finished with other settings is skipped and reported as `stale`.
+- Bad items (missing fields, invalid settings, unreadable image, a failed batch or save)
+  go to OUT/errors.jsonl (errors-<process>.jsonl with several processes), which each run
+  rewrites, and the job goes on; a rerun retries them. Manifest-level problems (bad
+  JSON, a missing, unsafe or duplicate id) are fatal before any compute.
+- One compiled program per group of equal static settings: items are grouped by all
+  settings, and every batch of a group, the last one included (padded by repeating an
+  item), has the same size.
+- Processes: item i of the id-sorted manifest belongs to process i % count. Index and
+  count come from arguments, else TI2V_PROCESS_INDEX / TI2V_PROCESS_COUNT, else
+  `jax.process_index()` / `jax.process_count()`. Under `jax.distributed` a "mesh" or
+  "pmap" call spans every host, so processes run in lockstep: one all-gather of the
+  per-group work up front, then every process makes the same number of calls per
+  group (a process out of work runs a dummy item and drops it).
+"""
+
+from __future__ import annotations
+
+import datetime
+import hashlib
+import itertools
+import json
+import math
+import os
+import re
+import time
+import uuid
+from dataclasses import dataclass, field
+from pathlib import Path
+
+import numpy as np
+
+FORMATS = ("gif", "mp4", "png")
+SLIDES = ("pixel", "latent")
+_ID = re.compile(r"^[A-Za-z0-9][A-Za-z0-9._=+-]{0,127}$")
+_MAX_SEED = 2 ** 63
+
+
+# ----------------------------------------------------------------------------- settings
+
+
+def _int(lo, hi=None):
+    def parse(v):
+        if isinstance(v, str):
+            try:
+                v = int(v.strip())
+            except ValueError:
+                raise ValueError(f"must be an integer, got {v!r}") from None
+        if isinstance(v, bool) or not isinstance(v, int):
+            raise ValueError(f"must be an integer, got {v!r}")
+        if v < lo or (hi is not None and v > hi):
+            raise ValueError(f"must be in [{lo}, {hi if hi is not None else 'inf'}], got {v}")
+        return v
+    return parse
+
+
+def _float(lo):
+    def parse(v):
+        if isinstance(v, str):
+            try:
+                v = float(v.strip())
+            except ValueError:
+                raise ValueError(f"must be a number, got {v!r}") from None
+        if isinstance(v, bool) or not isinstance(v, (int, float)) or not math.isfinite(v):
+            raise ValueError(f"must be a finite number, got {v!r}")
+        if v < lo:
+            raise ValueError(f"must be >= {lo}, got {v}")
+        return float(v)
+    return parse
+
+
+def _bool(v):
+    if isinstance(v, bool):
+        return v
+    s = str(v).strip().lower()
+    if s in ("on", "true", "yes", "1"):
+        return True
+    if s in ("off", "false", "no", "0"):
+        return False
+    raise ValueError(f"must be true/false (or on/off), got {v!r}")
+
+
+def _slide(v):
+    if v not in SLIDES:
+        raise ValueError(f"must be one of {SLIDES}, got {v!r}")
+    return v
+
+
+# manifest / grid name -> (pipeline keyword, parser, default)
+SETTINGS = {
+    "num_new_frames": ("num_new_frames", _int(1), 15),
+    "steps": ("num_inference_steps", _int(1, 1000), 10),
+    "resample": ("resample_iters", _int(0), 4),
+    "guidance": ("guidance_scale", _float(0.0), 9.0),
+    "eta": ("eta", _float(0.0), 0.0),
+    "inversion": ("ddpm_inversion", _bool, True),
+    "slide": ("slide", _slide, "pixel"),
+    "baseline": ("baseline", _bool, False),
+    "height": ("height", _int(1), None),
+    "width": ("width", _int(1), None),
+}
+ITEM_FIELDS = ("id", "image", "prompt", "seed", *SETTINGS)
+
+
+def parse_setting(name: str, value):
+    """A setting's canonical value from JSON or command-line text; ValueError names the key."""
+    if name == "seed":
+        parser = _int(0, _MAX_SEED - 1)
+    elif name in SETTINGS:
+        parser = SETTINGS[name][1]
+    else:
+        raise ValueError(f"unknown setting {name!r}; known: seed, {', '.join(SETTINGS)}")
+    try:
+        return parser(value)
+    except ValueError as e:
+        raise ValueError(f"{name} {e}") from None
+
+
+def stable_seed(item_id: str, base: int = 0) -> int:
+    """The default seed of an item: 31 bits of sha256(f"{base}:{id}"), the same on every machine."""
+    return int.from_bytes(hashlib.sha256(f"{base}:{item_id}".encode()).digest()[:4], "big") & 0x7FFFFFFF
+
+
+# ----------------------------------------------------------------------------- manifest
+
+
+@dataclass
+class Item:
+    id: str
+    line: int
+    image: str = ""
+    prompt: str = ""
+    seed: int = 0
+    settings: dict = field(default_factory=dict)  # canonical names, complete
+    error: str | None = None
+
+    def group(self) -> tuple:
+        return tuple(sorted(self.settings.items()))
+
+
+def read_manifest(path) -> list[tuple[int, dict]]:
+    """(line number, object) per line of a JSONL manifest (or a JSON list); ids checked.
+
+    Raises ValueError listing every structural problem: bad JSON, a line that is not an
+    object, an id that is missing, not filesystem-safe, or not unique (case-insensitively,
+    for case-insensitive filesystems).
+    """
+    text = Path(path).read_text()
+    problems, rows = [], []
+    if text.lstrip().startswith("["):
+        try:
+            rows = list(enumerate(json.loads(text), 1))
+        except json.JSONDecodeError as e:
+            raise ValueError(f"{path}: not valid JSON: {e}") from None
+    else:
+        for n, line in enumerate(text.splitlines(), 1):
+            if line.strip():
+                try:
+                    rows.append((n, json.loads(line)))
+                except json.JSONDecodeError as e:
+                    problems.append(f"line {n}: not valid JSON ({e.msg})")
+    seen = {}
+    for n, obj in rows:
+        if not isinstance(obj, dict):
+            problems.append(f"line {n}: expected a JSON object, got {type(obj).__name__}")
+            continue
+        i = obj.get("id")
+        if isinstance(i, int) and not isinstance(i, bool):
+            obj["id"] = i = str(i)
+        if not isinstance(i, str) or not _ID.match(i):
+            problems.append(f"line {n}: id {i!r} is missing or not filesystem-safe (letters, digits, "
+                            f"'._=+-', not starting with '.', '_' etc., at most 128 characters)")
+        elif i.lower() in seen:
+            problems.append(f"line {n}: id {i!r} repeats line {seen[i.lower()]}")
+        else:
+            seen[i.lower()] = n
+    if problems:
+        more = f" (and {len(problems) - 20} more)" if len(problems) > 20 else ""
+        raise ValueError(f"{path}: " + "; ".join(problems[:20]) + more)
+    if not rows:
+        raise ValueError(f"{path}: the manifest is empty")
+    return rows
+
+
+def prepare_item(n: int, obj: dict, base_dir: Path, *, defaults=None, overrides=None, base_seed=0,
+                 size=(256, 256), multiple=8) -> Item:
+    """An Item with complete canonical settings, or with `error` set (never raises)."""
+    item = Item(id=obj["id"], line=n)
+    try:
+        unknown = sorted(set(obj) - set(ITEM_FIELDS))
+        if unknown:
+            raise ValueError(f"unknown field(s) {unknown}; known: {', '.join(ITEM_FIELDS)}")
+        for key in ("image", "prompt"):
+            if not isinstance(obj.get(key), str):
+                raise ValueError(f"field {key!r} is missing or not a string")
+        if not obj["image"]:
+            raise ValueError("field 'image' is empty")
+        image = Path(os.path.expanduser(obj["image"]))
+        item.image = str(image if image.is_absolute() else base_dir / image)
+        item.prompt = obj["prompt"]
+        merged = {k: v for k, (_, _, v) in SETTINGS.items()}
+        for source in (defaults or {}, {k: obj[k] for k in SETTINGS if k in obj}, overrides or {}):
+            merged.update({k: parse_setting(k, v) for k, v in source.items() if k != "seed"})
+        merged["height"] = merged["height"] or size[0]
+        merged["width"] = merged["width"] or size[1]
+        if merged["height"] % multiple or merged["width"] % multiple:
+            raise ValueError(f"height and width must be multiples of {multiple}, "
+                             f"got {merged['height']}x{merged['width']}")
+        item.settings = merged
+        seed = (overrides or {}).get("seed", obj.get("seed"))
+        item.seed = stable_seed(item.id, base_seed) if seed is None else parse_setting("seed", seed)
+    except ValueError as e:
+        item.error = str(e)
+    return item
+
+
+def share(ids, index: int, count: int) -> list:
+    """This process's ids: the i-th of the sorted ids when i % count == index."""
+    return [x for i, x in enumerate(sorted(ids)) if i % count == index]
+
+
+def process_share(index=None, count=None) -> tuple[int, int]:
+    """(index, count): the arguments, else TI2V_PROCESS_INDEX/COUNT, else jax's processes."""
+    if index is None and "TI2V_PROCESS_INDEX" in os.environ:
+        index = int(os.environ["TI2V_PROCESS_INDEX"])
+    if count is None and "TI2V_PROCESS_COUNT" in os.environ:
+        count = int(os.environ["TI2V_PROCESS_COUNT"])
+    if index is None or count is None:
+        import jax
+        index = jax.process_index() if index is None else index
+        count = jax.process_count() if count is None else count
+    if not (count >= 1 and 0 <= index < count):
+        raise ValueError(f"process index {index} / count {count}: need 0 <= index < count")
+    return int(index), int(count)
+
+
+def wants_distributed(flag: bool | None = None) -> bool:
+    """True if `flag`; with None, when the environment names a multi-process launch."""
+    if flag is not None:
+        return flag
+    env = os.environ
+    return bool(env.get("JAX_COORDINATOR_ADDRESS")
+                or "," in env.get("TPU_WORKER_HOSTNAMES", "")
+                or int(env.get("SLURM_NTASKS", "1") or 1) > 1
+                or int(env.get("OMPI_COMM_WORLD_SIZE", "1") or 1) > 1)
+
+
+def initialize_distributed(flag: bool | None = None) -> bool:
+    """`jax.distributed.initialize()` (arguments auto-detected) if `wants_distributed(flag)`."""
+    if not wants_distributed(flag):
+        return False
+    import jax
+    jax.distributed.initialize()
+    return True
+
+
+# ----------------------------------------------------------------------------- files
+
+
+def output_paths(out_dir: Path, item_id: str, fmt: str) -> tuple[Path, Path]:
+    video = out_dir / (item_id if fmt == "png" else f"{item_id}.{fmt}")
+    return video, out_dir / f"{item_id}.json"
+
+
+def write_json_atomic(obj, path: Path) -> None:
+    tmp = path.with_name(f".{path.name}.{os.getpid()}.{uuid.uuid4().hex[:8]}.tmp")
+    try:
+        with open(tmp, "w") as f:
+            json.dump(obj, f, indent=1)
+            f.flush()
+            os.fsync(f.fileno())
+        os.replace(tmp, path)
+    except BaseException:
+        tmp.unlink(missing_ok=True)
+        raise
+
+
+def _read_meta(path: Path):
+    try:
+        return json.loads(path.read_text())
+    except (OSError, ValueError):
+        return None
+
+
+def _remove_leftovers(out_dir: Path, ids) -> None:
+    """Temporaries a killed run left behind (io.save_video's and ours: `.<name>.*.tmp*`)."""
+    import shutil
+    wanted = set(ids)
+    for p in out_dir.glob(".*.tmp*"):
+        parts = p.name[1:].split(".")  # ids may hold dots: try every prefix
+        if any(".".join(parts[:i]) in wanted for i in range(1, len(parts))):
+            shutil.rmtree(p, ignore_errors=True) if p.is_dir() else p.unlink(missing_ok=True)
+
+
+class _ErrorLog:
+    def __init__(self, out_dir: Path, index: int, count: int):
+        self.path = out_dir / ("errors.jsonl" if count == 1 else f"errors-{index}.jsonl")
+        stale = list(out_dir.glob("errors*.jsonl")) if count == 1 else [self.path]
+        for p in stale:
+            p.unlink(missing_ok=True)
+        self.entries = []
+
+    def add(self, item: Item, stage: str, reason: str) -> None:
+        entry = {"id": item.id, "line": item.line, "stage": stage, "reason": reason,
+                 "time": datetime.datetime.now(datetime.timezone.utc).isoformat(timespec="seconds")}
+        self.entries.append(entry)
+        with open(self.path, "a") as f:
+            f.write(json.dumps(entry) + "\n")
+
+
+# ----------------------------------------------------------------------------- running
+
+
+@dataclass
+class BatchResult:
+    out_dir: Path
+    process: tuple[int, int]
+    done: list = field(default_factory=list)      # ids generated by this run
+    skipped: list = field(default_factory=list)   # ids already complete
+    stale: list = field(default_factory=list)     # complete, but made with other settings/seed/prompt
+    errors: list = field(default_factory=list)    # entries written to the errors file
+    calls: int = 0                                # pipeline calls (batches), dummies included
+
+    def summary(self) -> str:
+        s = (f"{self.out_dir}: {len(self.done)} generated, {len(self.skipped)} already done, "
+             f"{len(self.errors)} failed")
+        if self.stale:
+            s += f"; WARNING {len(self.stale)} finished items were made with other settings (kept)"
+        return s
+
+
+def _allgather_counts(counts: np.ndarray) -> np.ndarray:
+    from jax.experimental import multihost_utils
+    return np.asarray(multihost_utils.process_allgather(counts)).reshape(-1, counts.size)
+
+
+def _load(item: Item) -> np.ndarray:
+    from ti2v_jax import io
+    h, w = item.settings["height"], item.settings["width"]
+    return io.to_uint8(io.load_image(item.image, (h, w)))  # exact: the pipeline maps it back
+
+
+def run_batch(pipe, manifest, out_dir, *, defaults: dict | None = None, overrides: dict | None = None,
+              base_seed: int = 0, batch_size: int | None = None, parallel: str = "mesh", fmt: str = "gif",
+              fps: float = 8, process_index: int | None = None, process_count: int | None = None,
+              max_items: int | None = None, progress: bool = True, lockstep: bool | None = None,
+              model_name: str | None = None) -> BatchResult:
+    """Generate every manifest item of this process's share that is not complete in `out_dir`.
+
+    defaults / overrides: settings by manifest name (see module docstring for precedence).
+    batch_size: items per process per pipeline call (default: the local device count for
+    "mesh"/"pmap", 1 for "none"). max_items: stop after this many pending items (a job
+    in chunks). lockstep: None = automatic (several jax processes and "mesh"/"pmap").
+    """
+    import jax
+    from tqdm import tqdm
+
+    import ti2v_jax
+    from ti2v_jax import io
+
+    if fmt not in FORMATS:
+        raise ValueError(f"format must be one of {FORMATS}, got {fmt!r}")
+    if batch_size is None:
+        batch_size = 1 if parallel == "none" else jax.local_device_count()
+    if batch_size < 1:
+        raise ValueError(f"batch_size must be >= 1, got {batch_size}")
+    index, count = process_share(process_index, process_count)
+    if lockstep is None:
+        lockstep = jax.process_count() > 1 and parallel != "none"
+    manifest, out_dir = Path(manifest), Path(out_dir)
+    rows = read_manifest(manifest)
+    items = [prepare_item(n, obj, manifest.parent, defaults=defaults, overrides=overrides,
+                          base_seed=base_seed, size=pipe.default_size, multiple=pipe.vae_scale)
+             for n, obj in rows]
+    mine = set(share([it.id for it in items], index, count))
+    out_dir.mkdir(parents=True, exist_ok=True)
+    _remove_leftovers(out_dir, mine)
+    log = _ErrorLog(out_dir, index, count)
+    res = BatchResult(out_dir=out_dir, process=(index, count))
+
+    groups = {}  # every valid item's group, from every process: the same plan everywhere
+    for it in items:
+        if it.error is None:
+            groups.setdefault(it.group(), [])
+    pending = []
+    for it in sorted((it for it in items if it.id in mine), key=lambda it: it.id):
+        if it.error is not None:
+            log.add(it, "manifest", it.error)
+            continue
+        video_path, meta_path = output_paths(out_dir, it.id, fmt)
+        meta = _read_meta(meta_path) if meta_path.is_file() and video_path.exists() else None
+        if meta is None:
+            pending.append(it)
+            continue
+        res.skipped.append(it.id)
+        if (meta.get("settings"), meta.get("seed"), meta.get("prompt")) != (it.settings, it.seed, it.prompt):
+            res.stale.append(it.id)
+    keys = sorted(groups, key=repr)
+    for it in pending:
+        groups[it.group()].append(it)
+    todo = {it.id for it in [it for k in keys for it in groups[k]][:max_items]}
+    groups = {k: [it for it in groups[k] if it.id in todo] for k in keys}
+    counts = np.array([len(groups[k]) for k in keys], np.int64)
+    most = _allgather_counts(counts).max(axis=0) if lockstep and len(keys) else counts
+    res.errors = log.entries
+
+    bar = tqdm(total=len(todo), unit="item", disable=not progress, dynamic_ncols=True,
+               desc=f"ti2v-jax batch {index + 1}/{count}" if count > 1 else "ti2v-jax batch")
+    common = {"model": model_name or pipe.name, "dtype": str(pipe.dtype), "num_frames": pipe.num_frames,
+              "ti2v_jax_version": ti2v_jax.__version__, "jax_version": jax.__version__,
+              "backend": jax.default_backend(), "devices": jax.device_count(), "parallel": parallel,
+              "process": [index, count], "format": fmt, "fps": fps}
+    try:
+        for k, n_max in zip(keys, most):
+            if not n_max:
+                continue
+            gbs = int(min(batch_size, n_max))
+            queue = list(groups[k])
+            settings = dict(k)
+            kwargs = {SETTINGS[name][0]: v for name, v in settings.items()}
+            for step in range(math.ceil(n_max / gbs)):
+                batch, images = [], []
+                while queue and len(batch) < gbs:
+                    it = queue.pop(0)
+                    try:
+                        images.append(_load(it))
+                        batch.append(it)
+                    except Exception as e:  # unreadable image: this item only
+                        log.add(it, "image", f"{type(e).__name__}: {e}")
+                        bar.update(1)
+                if not batch and not lockstep:
+                    break
+                real = len(batch)
+                prompts, seeds = [it.prompt for it in batch], [it.seed for it in batch]
+                if not batch:  # lockstep, nothing left here: a dummy call keeps the hosts together
+                    images = [np.zeros((settings["height"], settings["width"], 3), np.uint8)]
+                    prompts, seeds = [""], [0]
+                pad = gbs - len(images)
+                images, prompts, seeds = images + images[-1:] * pad, prompts + prompts[-1:] * pad, \
+                    seeds + seeds[-1:] * pad
+                t0 = time.perf_counter()
+                try:
+                    videos = pipe(images, prompts, seed=seeds, parallel=parallel, **kwargs)
+                except Exception as e:
+                    for it in batch:
+                        log.add(it, "generate", f"{type(e).__name__}: {e}")
+                    bar.update(real)
+                    continue
+                finally:
+                    res.calls += 1
+                dt = time.perf_counter() - t0
+                for it, video in zip(batch, videos):
+                    video_path, meta_path = output_paths(out_dir, it.id, fmt)
+                    meta = {"id": it.id, "prompt": it.prompt, "image": it.image, "seed": it.seed,
+                            "settings": it.settings, "output": video_path.name, "frames": int(video.shape[0]),
+                            **common,
+                            "timing": {"batch_seconds": round(dt, 3), "seconds_per_item": round(dt / real, 3),
+                                       "batch_items": real, "batch_padded_to": gbs,
+                                       "includes_compile": step == 0},
+                            "finished": datetime.datetime.now(datetime.timezone.utc).isoformat(
+                                timespec="seconds")}
+                    try:
+                        io.save_video(video, video_path, fps=fps)
+                        write_json_atomic(meta, meta_path)  # last: its presence marks completion
+                        res.done.append(it.id)
+                    except Exception as e:
+                        log.add(it, "save", f"{type(e).__name__}: {e}")
+                    bar.update(1)
+                bar.set_postfix(failed=len(log.entries), refresh=False)
+    finally:
+        bar.close()
+    return res
+
+
+# ----------------------------------------------------------------------------- sweeps
+
+
+def parse_grid(specs=(), json_spec=None) -> dict[str, list]:
+    """A grid {setting: [canonical values]} from `key=v1,v2` strings and/or a JSON object
+    (text, or the path of a .json file) of `{key: [values]}`; keys keep their order."""
+    grid = {}
+    if json_spec:
+        text = Path(json_spec).read_text() if not json_spec.lstrip().startswith("{") else json_spec
+        try:
+            obj = json.loads(text)
+        except json.JSONDecodeError as e:
+            raise ValueError(f"grid JSON: {e}") from None
+        if not isinstance(obj, dict):
+            raise ValueError("grid JSON must be an object {setting: [values]}")
+        for key, values in obj.items():
+            grid[key] = values if isinstance(values, list) else [values]
+    for spec in specs:
+        key, sep, values = spec.partition("=")
+        if not sep or not values:
+            raise ValueError(f"--grid {spec!r}: expected KEY=V1,V2,...")
+        grid[key.strip()] = values.split(",")
+    if not grid:
+        raise ValueError("empty grid: give --grid KEY=V1,V2 or --grid-json")
+    out = {}
+    for key, values in grid.items():
+        parsed = [parse_setting(key, v) for v in values]
+        if not parsed or len(set(map(repr, parsed))) != len(parsed):
+            raise ValueError(f"grid {key}: values must be given and distinct, got {values}")
+        out[key] = parsed
+    return out
+
+
+def _fmt(v) -> str:
+    return ("on" if v else "off") if isinstance(v, bool) else (f"{v:g}" if isinstance(v, float) else str(v))
+
+
+def combo_name(combo: dict) -> str:
+    """The folder of one grid point, e.g. "resample=2_inversion=off"."""
+    return "_".join(f"{k}={_fmt(v)}" for k, v in combo.items())
+
+
+def sweep_combos(grid: dict) -> list[dict]:
+    return [dict(zip(grid, values)) for values in itertools.product(*grid.values())]
+
+
+def run_sweep(pipe, manifest, out_dir, grid: dict, **kwargs) -> dict[str, BatchResult]:
+    """`run_batch` over every point of `grid` (overriding the items' own settings), each
+    into OUT/<combo_name>/, each resumable. kwargs: as `run_batch` (not `overrides`)."""
+    out = {}
+    for combo in sweep_combos(grid):
+        name = combo_name(combo)
+        out[name] = run_batch(pipe, manifest, Path(out_dir) / name, overrides=combo, **kwargs)
+    return out
