@@ -17,27 +17,8 @@ import json
 
 import pytest
 
-TINY_UNET = dict(
-    sample_size=16, in_channels=4, out_channels=4, block_out_channels=[32, 64], layers_per_block=1,
-    down_block_types=["CrossAttnDownBlock3D", "DownBlock3D"], up_block_types=["UpBlock3D", "CrossAttnUpBlock3D"],
-    cross_attention_dim=32, attention_head_dim=8, norm_num_groups=32, norm_eps=1e-5, act_fn="silu",
-)
-TINY_VAE = dict(
-    sample_size=32, in_channels=3, out_channels=3, latent_channels=4, block_out_channels=[32, 64],
-    layers_per_block=1, down_block_types=["DownEncoderBlock2D"] * 2, up_block_types=["UpDecoderBlock2D"] * 2,
-    norm_num_groups=32, act_fn="silu", scaling_factor=0.18215,
-)
-TINY_TEXT = dict(
-    vocab_size=530, hidden_size=32, intermediate_size=64, num_hidden_layers=2, num_attention_heads=4,
-    max_position_embeddings=77, hidden_act="gelu", layer_norm_eps=1e-5, bos_token_id=528, eos_token_id=2,
-    pad_token_id=1, projection_dim=32,
-)
-# ModelScope text-to-video-ms-1.7b's scheduler.
-SCHEDULER = dict(
-    _class_name="DDIMScheduler", beta_start=0.00085, beta_end=0.012, beta_schedule="scaled_linear",
-    clip_sample=False, num_train_timesteps=1000, prediction_type="epsilon", set_alpha_to_one=False,
-    steps_offset=1, thresholding=False,
-)
+from ti2v_jax.tiny import SCHEDULER, TINY_TEXT, TINY_UNET, TINY_VAE  # noqa: E402  (one definition)
+
 IMAGE_SIZE = 32
 LATENT_SIZE = 16
 
@@ -84,21 +65,10 @@ def write_tiny_diffusers(dst, tmp_dir, seed: int = 0):
 
 
 def write_tiny_flax_export(dst, tokenizer_dir, seed: int = 0):
-    """Same configs, random Flax weights, written with `export_diffusers` (no torch)."""
-    import numpy as np
-    from flax import nnx
+    """Same configs, random Flax weights, written with `ti2v-jax make-tiny`'s code (no torch)."""
+    from ti2v_jax.tiny import make_tiny
 
-    from ti2v_jax.weights.components import COMPONENTS
-    from ti2v_jax.weights.convert import export_diffusers
-
-    configs = {"unet": TINY_UNET, "vae": TINY_VAE, "text_encoder": TINY_TEXT}
-    rng = np.random.default_rng(seed)
-    params = {}
-    for name, cfg in configs.items():
-        state = nnx.state(COMPONENTS[name].build(cfg, rngs=nnx.Rngs(seed)), nnx.Param)
-        params[name] = {p: np.asarray(v.get_value()) + rng.normal(0, 0.05, v.get_value().shape).astype(np.float32)
-                        for p, v in nnx.to_flat_state(state)}
-    return export_diffusers(params, configs, dst, tokenizer_dir=tokenizer_dir, scheduler_config=dict(SCHEDULER))
+    return make_tiny(dst, seed=seed)
 
 
 @pytest.fixture(scope="session")

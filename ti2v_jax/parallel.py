@@ -150,6 +150,10 @@ class _Batched:
             self.n = len(devices) if devices is not None else jax.local_device_count()
             self.compiled = jax.pmap(body, in_axes=(None, 0) if replicated else 0,
                                      devices=None if devices is None else list(devices))
+            # pmap refuses arrays already committed to one device (e.g. computed there): place
+            # the (devices, per_device, ...) inputs one slice per device ourselves.
+            pdevs = list(devices) if devices is not None else jax.local_devices()[:self.n]
+            self.lead = NamedSharding(Mesh(np.array(pdevs, dtype=object), ("pmap",)), P("pmap"))
         else:
             devs = devices if devices is not None else tuple(jax.devices())
             self.mesh = Mesh(np.array(devs, dtype=object), ("data",))
@@ -171,6 +175,7 @@ class _Batched:
         if self.mode == "pmap":
             per = -(-b // self.n)
             args = jax.tree.map(lambda x: _reshape_lead(_pad(x, per * self.n), (self.n, per)), args)
+            args = jax.device_put(args, self.lead)
             out = self._call(replicated, args)
             return jax.tree.map(lambda y: y.reshape((-1,) + tuple(y.shape[2:]))[:b], out)
         return self._call_mesh(replicated, args, b)
