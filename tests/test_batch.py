@@ -67,13 +67,14 @@ def _complete(out: Path):
 def test_manifest_validation(tmp_path):
     m = tmp_path / "m.jsonl"
     m.write_text('{"id": "a", "image": "x.png", "prompt": ""}\n{"id": "A", "image": "y", "prompt": ""}\n'
-                 '{"id": "../up", "image": "z", "prompt": ""}\n[1]\n{"id": "ok"\n\n{"image": "q"}\n')
+                 '{"id": "../up", "image": "z", "prompt": ""}\n[1]\n{"id": "ok"\n\n{"image": "q"}\n'
+                 '{"id": "b.JSON", "image": "z", "prompt": ""}\n')
     with pytest.raises(ValueError) as e:
         batch.read_manifest(m)
     msg = str(e.value)
     print(msg)
     for part in ("line 2: id 'A' repeats line 1", "line 3: id '../up'", "line 4: expected a JSON object",
-                 "line 5: not valid JSON", "line 7: id None"):
+                 "line 5: not valid JSON", "line 7: id None", "line 8: id 'b.JSON'"):
         assert part in msg
     m.write_text('[{"id": 7, "image": "a.png", "prompt": "p", "steps": 3}]')
     (n, obj), = batch.read_manifest(m)
@@ -182,8 +183,10 @@ def test_resume_split_and_lockstep(pipe, tmp_path, monkeypatch):
 def test_batch_equals_single_calls_and_stale(pipe, tmp_path):
     """A job's videos are exactly the pipeline's for the same seeds; changed settings are flagged."""
     m = _write_manifest(tmp_path, ids=["i0", "i1"])
+    r = _run(pipe, m, tmp_path / "out", max_items=1)  # a job in chunks
+    assert r.done == ["i0"] and r.calls == 1
     r = _run(pipe, m, tmp_path / "out")
-    assert sorted(r.done) == ["i0", "i1"] and r.calls == 2
+    assert (r.done, r.skipped, r.calls) == (["i1"], ["i0"], 1)
     for i, seed in (("i0", batch.stable_seed("i0")), ("i1", 1234)):
         meta = json.loads((tmp_path / "out" / f"{i}.json").read_text())
         ref = pipe(str(tmp_path / "imgs" / f"{i}.png"), meta["prompt"], seed=seed, num_new_frames=2,

@@ -34,6 +34,7 @@ Decisions:
 
 from __future__ import annotations
 
+import collections
 import datetime
 import hashlib
 import itertools
@@ -185,9 +186,9 @@ def read_manifest(path) -> list[tuple[int, dict]]:
         i = obj.get("id")
         if isinstance(i, int) and not isinstance(i, bool):
             obj["id"] = i = str(i)
-        if not isinstance(i, str) or not _ID.match(i):
-            problems.append(f"line {n}: id {i!r} is missing or not filesystem-safe (letters, digits, "
-                            f"'._=+-', not starting with '.', '_' etc., at most 128 characters)")
+        if not isinstance(i, str) or not _ID.match(i) or i.lower().endswith((".json", ".jsonl")):
+            problems.append(f"line {n}: id {i!r} is missing or not filesystem-safe (1-128 letters, digits "
+                            f"and '._=+-', starting with a letter or digit, not ending in .json/.jsonl)")
         elif i.lower() in seen:
             problems.append(f"line {n}: id {i!r} repeats line {seen[i.lower()]}")
         else:
@@ -358,6 +359,44 @@ def _load(item: Item) -> np.ndarray:
     return io.to_uint8(io.load_image(item.image, (h, w)))  # exact: the pipeline maps it back
 
 
+def _plan(items, mine, out_dir, fmt, log, res, max_items):
+    """(group keys, {key: this process's pending items}); keys from every valid item of
+    every process, so all processes hold the same list. Logs invalid items, notes done ones."""
+    groups = {it.group(): [] for it in items if it.error is None}
+    keys = sorted(groups, key=repr)
+    for it in sorted((it for it in items if it.id in mine), key=lambda it: it.id):
+        if it.error is not None:
+            log.add(it, "manifest", it.error)
+            continue
+        video_path, meta_path = output_paths(out_dir, it.id, fmt)
+        meta = _read_meta(meta_path) if meta_path.is_file() and video_path.exists() else None
+        if meta is None:
+            groups[it.group()].append(it)
+            continue
+        res.skipped.append(it.id)
+        if (meta.get("settings"), meta.get("seed"), meta.get("prompt")) != (it.settings, it.seed, it.prompt):
+            res.stale.append(it.id)
+    if max_items is not None:
+        left = max_items
+        for k in keys:
+            groups[k], left = groups[k][:left], max(0, left - len(groups[k]))
+    return keys, groups
+
+
+def _next_batch(queue, size, log, bar):
+    """Up to `size` items whose images load, and their images; failures are logged."""
+    batch, images = [], []
+    while queue and len(batch) < size:
+        it = queue.popleft()
+        try:
+            images.append(_load(it))
+            batch.append(it)
+        except Exception as e:  # unreadable image: this item only
+            log.add(it, "image", f"{type(e).__name__}: {e}")
+            bar.update(1)
+    return batch, images
+
+
 def run_batch(pipe, manifest, out_dir, *, defaults: dict | None = None, overrides: dict | None = None,
               base_seed: int = 0, batch_size: int | None = None, parallel: str = "mesh", fmt: str = "gif",
               fps: float = 8, process_index: int | None = None, process_count: int | None = None,
@@ -396,33 +435,13 @@ def run_batch(pipe, manifest, out_dir, *, defaults: dict | None = None, override
     log = _ErrorLog(out_dir, index, count)
     res = BatchResult(out_dir=out_dir, process=(index, count))
 
-    groups = {}  # every valid item's group, from every process: the same plan everywhere
-    for it in items:
-        if it.error is None:
-            groups.setdefault(it.group(), [])
-    pending = []
-    for it in sorted((it for it in items if it.id in mine), key=lambda it: it.id):
-        if it.error is not None:
-            log.add(it, "manifest", it.error)
-            continue
-        video_path, meta_path = output_paths(out_dir, it.id, fmt)
-        meta = _read_meta(meta_path) if meta_path.is_file() and video_path.exists() else None
-        if meta is None:
-            pending.append(it)
-            continue
-        res.skipped.append(it.id)
-        if (meta.get("settings"), meta.get("seed"), meta.get("prompt")) != (it.settings, it.seed, it.prompt):
-            res.stale.append(it.id)
-    keys = sorted(groups, key=repr)
-    for it in pending:
-        groups[it.group()].append(it)
-    todo = {it.id for it in [it for k in keys for it in groups[k]][:max_items]}
-    groups = {k: [it for it in groups[k] if it.id in todo] for k in keys}
+    res.errors = log.entries
+    keys, groups = _plan(items, mine, out_dir, fmt, log, res, max_items)
+    todo = sum(map(len, groups.values()))
     counts = np.array([len(groups[k]) for k in keys], np.int64)
     most = _allgather_counts(counts).max(axis=0) if lockstep and len(keys) else counts
-    res.errors = log.entries
 
-    bar = tqdm(total=len(todo), unit="item", disable=not progress, dynamic_ncols=True,
+    bar = tqdm(total=todo, unit="item", disable=not progress, dynamic_ncols=True,
                desc=f"ti2v-jax batch {index + 1}/{count}" if count > 1 else "ti2v-jax batch")
     common = {"model": model_name or pipe.name, "dtype": str(pipe.dtype), "num_frames": pipe.num_frames,
               "ti2v_jax_version": ti2v_jax.__version__, "jax_version": jax.__version__,
@@ -432,20 +451,12 @@ def run_batch(pipe, manifest, out_dir, *, defaults: dict | None = None, override
         for k, n_max in zip(keys, most):
             if not n_max:
                 continue
-            gbs = int(min(batch_size, n_max))
-            queue = list(groups[k])
+            gbs = int(min(batch_size, n_max))  # one program shape for the whole group
+            queue = collections.deque(groups[k])
             settings = dict(k)
             kwargs = {SETTINGS[name][0]: v for name, v in settings.items()}
             for step in range(math.ceil(n_max / gbs)):
-                batch, images = [], []
-                while queue and len(batch) < gbs:
-                    it = queue.pop(0)
-                    try:
-                        images.append(_load(it))
-                        batch.append(it)
-                    except Exception as e:  # unreadable image: this item only
-                        log.add(it, "image", f"{type(e).__name__}: {e}")
-                        bar.update(1)
+                batch, images = _next_batch(queue, gbs, log, bar)
                 if not batch and not lockstep:
                     break
                 real = len(batch)
@@ -474,7 +485,7 @@ def run_batch(pipe, manifest, out_dir, *, defaults: dict | None = None, override
                             **common,
                             "timing": {"batch_seconds": round(dt, 3), "seconds_per_item": round(dt / real, 3),
                                        "batch_items": real, "batch_padded_to": gbs,
-                                       "includes_compile": step == 0},
+                                       "first_of_group": step == 0},  # may include compiling
                             "finished": datetime.datetime.now(datetime.timezone.utc).isoformat(
                                 timespec="seconds")}
                     try:
