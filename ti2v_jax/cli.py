@@ -53,6 +53,9 @@ def _add_model(p, required=False):
                         "Default: the small model shipped with the package, if present.")
     p.add_argument("--dtype", choices=DTYPES, default="float32",
                    help="parameter and activation dtype (default float32; bfloat16 on GPU/TPU is much faster)")
+    p.add_argument("--num-frames", type=_positive_int("--num-frames"), default=None,
+                   help="frames K the video model denoises at once (default: the checkpoint's "
+                        "model_index.json 'num_frames', else 16 as ModelScope)")
 
 
 def _add_sampler(p, video_default_frames=15):
@@ -155,8 +158,6 @@ def _add_batch(p):
     p.add_argument("--width", type=_positive_int("--width"), default=None, help="default: the model's size")
     p.add_argument("--seed", type=int, default=0,
                    help="base seed: an item without its own seed gets a stable hash of (base seed, id)")
-    p.add_argument("--num-frames", type=_positive_int("--num-frames"), default=None,
-                   help="the video model's frame count K (default: the checkpoint's, 16 for ModelScope)")
     p.add_argument("--fps", type=_positive_int("--fps"), default=8, help="frames per second (default 8)")
     p.add_argument("--format", choices=("gif", "mp4", "png"), default="gif",
                    help="gif, mp4, or png (a directory of frames per item)")
@@ -213,7 +214,7 @@ def _cmd_generate(a):
     from ti2v_jax.io import check_output_path, save_video
     from ti2v_jax.pipeline import TI2VZeroPipeline
     check_output_path(a.out)
-    pipe = TI2VZeroPipeline.from_pretrained(a.model, dtype=a.dtype)
+    pipe = TI2VZeroPipeline.from_pretrained(a.model, dtype=a.dtype, num_frames=a.num_frames)
     t0 = time.perf_counter()
     images = a.image if len(a.image) > 1 else a.image[0]
     video = pipe(images, a.prompt, num_new_frames=a.num_new_frames, resample_iters=a.resample,
@@ -228,7 +229,7 @@ def _cmd_t2v(a):
     from ti2v_jax.io import check_output_path, save_video
     from ti2v_jax.pipeline import TI2VZeroPipeline
     check_output_path(a.out)
-    pipe = TI2VZeroPipeline.from_pretrained(a.model, dtype=a.dtype)
+    pipe = TI2VZeroPipeline.from_pretrained(a.model, dtype=a.dtype, num_frames=a.num_frames)
     video = pipe.text_to_video(a.prompt, **_sampler_kwargs(a))
     save_video(video, a.out, fps=a.fps)
     print(f"wrote {a.out}: {video.shape[0]} frames of {video.shape[1]}x{video.shape[2]}")
