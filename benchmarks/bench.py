@@ -1,0 +1,593 @@
+"""ti2v-jax against the PyTorch reference, side by side, same weights, same machine.
+
+    python benchmarks/bench.py --config small                     # CPU: fp32 both
+    python benchmarks/bench.py --config full --dtype bfloat16     # GPU: bf16 JAX, fp16-autocast torch
+
+Times (a) one U-Net evaluation of a guidance pair (batch 2, K=16 frames), (b) one new
+TI2V-Zero frame (S=10, R=4, g=9) with the pixel slide and the latent slide, (c) a
+whole video of N new frames (N=15: 16 frames with the image). Compile time is
+reported apart from run time. Each implementation runs in its own process (clean
+peak-memory numbers); both read one diffusers `save_pretrained` directory of random,
+perturbed weights: torch with `from_pretrained`, ti2v-jax through its own
+`loading.load` (in-memory conversion). Writes bench.json and bench.md to --out.
+"""
+
+from __future__ import annotations
+
+import argparse
+import datetime
+import json
+import os
+import platform
+import resource
+import shutil
+import statistics
+import subprocess
+import sys
+import tempfile
+import time
+from pathlib import Path
+
+HERE = Path(__file__).resolve().parent
+ROOT = HERE.parent
+sys.path.insert(0, str(ROOT))
+sys.path.insert(0, str(HERE))
+
+import configs  # noqa: E402
+
+PROMPT_IDS = [49406, 320, 2368, 3879, 530, 518, 2445, 49407]  # "<bos> a cat running in the park <eos>"
+EMPTY_IDS = [49406, 49407]
+PAIR_T = 501
+
+
+def token_ids():
+    pad = lambda ids: ids + [49407] * (77 - len(ids))  # noqa: E731
+    return [pad(PROMPT_IDS), pad(EMPTY_IDS)]
+
+
+def peak_rss_gib():
+    return resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 2**20
+
+
+def median_time(fn, repeats):
+    ts = []
+    for _ in range(repeats):
+        t0 = time.perf_counter()
+        fn()
+        ts.append(time.perf_counter() - t0)
+    return statistics.median(ts), ts
+
+
+# ---------------------------------------------------------------- weights
+
+def make_weights(cfg_name: str, dst: Path, seed: int = 0, device: str = "cpu"):
+    """diffusers save_pretrained directory with random, perturbed weights (one seed for all)."""
+    import torch
+    from diffusers import AutoencoderKL, UNet3DConditionModel
+    from transformers import CLIPTextConfig, CLIPTextModel
+
+    from ti2v_jax.tokenizer import write_tiny_tokenizer
+
+    cfg = configs.get(cfg_name)
+    strip = lambda d: {k: v for k, v in d.items() if not k.startswith("_")}  # noqa: E731
+    torch.manual_seed(seed)
+    g = torch.Generator(device=device).manual_seed(seed + 1)
+    with torch.device(device):
+        models = {"unet": UNet3DConditionModel(**strip(cfg["unet"])),
+                  "vae": AutoencoderKL(**strip(cfg["vae"])),
+                  "text_encoder": CLIPTextModel(CLIPTextConfig(**{k: v for k, v in cfg["text_encoder"].items()
+                                                                  if k not in ("architectures",)}))}
+    with torch.no_grad():
+        for m in models.values():  # diffusers zero-inits some layers: perturb every parameter
+            for p in m.parameters():
+                p.add_(0.02 * torch.randn(p.shape, generator=g, device=p.device, dtype=p.dtype))
+    dst.mkdir(parents=True, exist_ok=True)
+    for name, m in models.items():
+        m.save_pretrained(dst / name, safe_serialization=True)
+    write_tiny_tokenizer(dst / "tokenizer")  # ids are fixed below; the files only make a complete pipeline dir
+    (dst / "scheduler").mkdir(exist_ok=True)
+    (dst / "scheduler" / "scheduler_config.json").write_text(json.dumps(configs.scheduler()))
+    (dst / "model_index.json").write_text(json.dumps({
+        "_class_name": "TextToVideoSDPipeline", "_diffusers_version": "0.42.1",
+        "unet": ["diffusers", "UNet3DConditionModel"], "vae": ["diffusers", "AutoencoderKL"],
+        "text_encoder": ["transformers", "CLIPTextModel"], "tokenizer": ["transformers", "CLIPTokenizer"],
+        "scheduler": ["diffusers", "DDIMScheduler"]}))
+    n_params = {k: sum(p.numel() for p in m.parameters()) for k, m in models.items()}
+    return n_params
+
+
+def count_flops(cfg_name: str) -> float:
+    """Model FLOPs of one 16-frame, batch-1 U-Net pass at 32x32 latents (torch FlopCounter)."""
+    if cfg_name in configs.FLOPS_PER_PASS and cfg_name != "small":
+        return configs.FLOPS_PER_PASS[cfg_name]
+    import torch
+    from diffusers import UNet3DConditionModel
+    from torch.utils.flop_counter import FlopCounterMode
+
+    c = {k: v for k, v in configs.get(cfg_name)["unet"].items() if not k.startswith("_")}
+    unet = UNet3DConditionModel(**c).eval()
+    x = torch.randn(1, 4, 16, 32, 32)
+    ctx = torch.randn(1, 77, c["cross_attention_dim"])
+    with torch.no_grad(), FlopCounterMode(display=False) as fc:
+        unet(x, torch.tensor([PAIR_T]), encoder_hidden_states=ctx)
+    return float(fc.get_total_flops())
+
+
+# ---------------------------------------------------------------- ti2v-jax
+
+def run_jax(args, out: dict, save):
+    os.environ.setdefault("XLA_PYTHON_CLIENT_PREALLOCATE", "false")
+    import jax
+    import jax.numpy as jnp
+    import numpy as np
+
+    from ti2v_jax import loading
+    from ti2v_jax.models import layers
+    from ti2v_jax.sampling import schedule
+    from ti2v_jax.sampling.ti2v_zero import ti2v_zero_frame, ti2v_zero_sample
+
+    dev = jax.devices()[0]
+    gpu = dev.platform == "gpu"
+    dt = jnp.dtype(args.dtype)
+    attn = args.attention
+    if attn == "auto":
+        attn = "cudnn" if gpu and dt != jnp.float32 else None
+    layers.set_attention_implementation(attn)
+    out.update(impl="ti2v-jax", jax=jax.__version__, device=f"{dev.platform}: {dev.device_kind}",
+               dtype=dt.name, attention=attn or "xla")
+
+    def dev_peak():
+        try:
+            return dev.memory_stats().get("peak_bytes_in_use", 0) / 2**30
+        except Exception:
+            return None
+
+    def sync(x):
+        return jax.block_until_ready(x)
+
+    t0 = time.perf_counter()
+    comps = loading.load(args.weights, dtype=dt, tokenizer=False)
+    p = sync(comps.params)
+    out["load_s"] = time.perf_counter() - t0
+    ucfg = comps.configs["unet"]
+    k, lat = args.frames, ucfg.get("sample_size", 32)
+    c_in = ucfg.get("in_channels", 4)
+    scale = 2 ** (len(comps.configs["vae"]["block_out_channels"]) - 1)
+    abar = schedule.alphas_cumprod()
+    timesteps = jnp.asarray(schedule.ddim_timesteps(args.steps))
+
+    # contexts from the text encoder (same ids as torch)
+    enc = jax.jit(comps.text_encode)
+    ids = jnp.asarray(token_ids(), jnp.int32)
+    t0 = time.perf_counter()
+    ctx_all = sync(enc(p["text_encoder"], ids))
+    out["text_encode_compile_and_run_s"] = time.perf_counter() - t0
+    out["text_encode_s"], _ = median_time(lambda: sync(enc(p["text_encoder"], ids)), 3)
+    text, empty = ctx_all[:1].astype(dt), ctx_all[1:].astype(dt)
+
+    def compile_(fn, *a, donate=()):
+        t0 = time.perf_counter()
+        c = jax.jit(fn, donate_argnums=donate).lower(*a).compile()
+        return c, time.perf_counter() - t0
+
+    # (a) guidance pair: one call, batch 2 (uncond and text together)
+    x = jax.random.normal(jax.random.key(1), (2, k, lat, lat, c_in), jnp.float32).astype(dt)
+    tt = jnp.full((2,), PAIR_T, jnp.int32)
+    ctx2 = jnp.concatenate([empty, text])
+    pair_fn = lambda pu, x, t, c: comps.unet_apply(pu, x, t, c)  # noqa: E731
+    try:
+        pair, out["pair_compile_s"] = compile_(pair_fn, p["unet"], x, tt, ctx2)
+    except Exception as e:  # e.g. cuDNN rejecting a shape: fall back to XLA attention, say so
+        if attn != "cudnn":
+            raise
+        out["attention_fallback"] = f"{type(e).__name__}: {str(e)[:300]}"
+        layers.set_attention_implementation(None)
+        out["attention"] = "xla (cudnn failed)"
+        pair, out["pair_compile_s"] = compile_(pair_fn, p["unet"], x, tt, ctx2)
+    sync(pair(p["unet"], x, tt, ctx2))
+    out["pair_s"], out["pair_all_s"] = median_time(lambda: sync(pair(p["unet"], x, tt, ctx2)), args.repeats)
+    out["peak_device_gib_after_pair"] = dev_peak()
+    print(f"[jax] pair {out['pair_s']:.3f}s (compile {out['pair_compile_s']:.1f}s)", flush=True)
+    save()
+
+    # start image and queues
+    img = jax.random.uniform(jax.random.key(2), (1, 1, lat * scale, lat * scale, 3), jnp.float32, -1, 1)
+    frames_q = jnp.repeat(img, k - 1, axis=1).astype(dt)
+    enc_v = lambda f: comps.vae_encode(p["vae"], f.astype(dt))  # noqa: E731
+    lat_q = sync(jax.jit(enc_v)(frames_q))
+    keys = schedule.item_keys(jax.random.key(0), 1)
+    common = dict(num_frames=k, timesteps=timesteps, guidance_scale=args.guidance, resample_iters=args.resample,
+                  abar=abar)
+
+    def fns(pp):
+        denoise = lambda x, t, c: comps.unet_apply(pp["unet"], x, t, c)  # noqa: E731
+        encode = lambda f: comps.vae_encode(pp["vae"], f.astype(dt))  # noqa: E731
+        decode = lambda z: comps.vae_decode(pp["vae"], z.astype(dt)).astype(jnp.float32)  # noqa: E731
+        return denoise, encode, decode
+
+    # (b) one new frame: the body of the video's scan, as its own program (queue donated)
+    def frame_pixel(pp, keys, queue, text, empty):
+        denoise, encode, decode = fns(pp)
+        x = ti2v_zero_frame(keys, denoise, encode(queue), text, empty, **common)
+        px = decode(x[:, None]).astype(queue.dtype)
+        return jnp.concatenate([queue[:, 1:], px], axis=1)
+
+    def frame_latent(pp, keys, queue, text, empty):
+        denoise, _, _ = fns(pp)
+        x = ti2v_zero_frame(keys, denoise, queue, text, empty, **common)
+        return jnp.concatenate([queue[:, 1:], x[:, None].astype(queue.dtype)], axis=1)
+
+    compiled_frames = {}
+    for slide, fn, q0 in (("latent", frame_latent, lat_q), ("pixel", frame_pixel, frames_q)):
+        c, out[f"frame_{slide}_compile_s"] = compile_(fn, p, keys, q0, text, empty, donate=(2,))
+        compiled_frames[slide] = c
+        ts = []
+        for _ in range(args.frame_repeats):
+            q = jnp.array(q0, copy=True)
+            t0 = time.perf_counter()
+            sync(c(p, keys, q, text, empty))
+            ts.append(time.perf_counter() - t0)
+        out[f"frame_{slide}_s"], out[f"frame_{slide}_all_s"] = statistics.median(ts), ts
+        out[f"peak_device_gib_after_frame_{slide}"] = dev_peak()
+        print(f"[jax] frame {slide} {out[f'frame_{slide}_s']:.2f}s "
+              f"(compile {out[f'frame_{slide}_compile_s']:.1f}s) {ts}", flush=True)
+        save()
+
+    # (c) the whole video: one program (lax.scan over new frames), N new frames; or, with
+    # --video-mode loop (saves a compile on a short GPU lease), N dispatches of the frame
+    # program above with the queue kept on the device and no host sync until the end.
+    for slide in args.video_slides if args.video_mode == "loop" else ():
+        n = args.new_frames
+        c = compiled_frames[slide]
+        q0 = frames_q if slide == "pixel" else lat_q
+        t0 = time.perf_counter()
+        q = jnp.array(q0, copy=True)
+        for i in range(n):
+            q = c(p, schedule.fold(keys, i), q, text, empty)
+        sync(q)
+        out[f"video_{slide}_s"] = time.perf_counter() - t0
+        out[f"video_{slide}_new_frames"] = n
+        out[f"video_{slide}_mode"] = "loop of frame program"
+        out[f"video_{slide}_finite"] = bool(np.isfinite(np.asarray(q, np.float32)).all())
+        out[f"peak_device_gib_after_video_{slide}"] = dev_peak()
+        print(f"[jax] video (loop) {slide} N={n} {out[f'video_{slide}_s']:.2f}s", flush=True)
+        save()
+    for slide in args.video_slides if args.video_mode == "scan" else ():
+        n = args.new_frames
+
+        def video(pp, keys, frames, text, empty, slide=slide, n=n):
+            denoise, encode, decode = fns(pp)
+            res = ti2v_zero_sample(keys, denoise, encode, decode, frames, text, empty, num_new_frames=n,
+                                   slide=slide, **common)
+            return res[1]
+
+        c, out[f"video_{slide}_compile_s"] = compile_(video, p, keys, img.astype(dt), text, empty)
+        t0 = time.perf_counter()
+        v = sync(c(p, keys, img.astype(dt), text, empty))
+        out[f"video_{slide}_s"] = time.perf_counter() - t0
+        out[f"video_{slide}_new_frames"] = n
+        out[f"video_{slide}_finite"] = bool(np.isfinite(np.asarray(v, np.float32)).all())
+        out[f"peak_device_gib_after_video_{slide}"] = dev_peak()
+        print(f"[jax] video {slide} N={n} {out[f'video_{slide}_s']:.2f}s "
+              f"(compile {out[f'video_{slide}_compile_s']:.1f}s)", flush=True)
+        save()
+
+    # attention kernel alone, at the U-Net's widest spatial self-attention (level 0, 1024 tokens)
+    heads = ucfg["block_out_channels"][0] // ucfg["attention_head_dim"]
+    c0 = ucfg["block_out_channels"][0]
+    qa = jax.random.normal(jax.random.key(3), (3, 2 * k, lat * lat, c0), jnp.float32).astype(dt)
+    att = jax.jit(lambda q, kk, v: layers.attention(q, kk, v, heads))
+    sync(att(qa[0], qa[1], qa[2]))
+    out["attention_s"], _ = median_time(lambda: sync(att(qa[0], qa[1], qa[2])), args.repeats)
+    out["attention_shape"] = f"({2 * k}, {lat * lat} tokens, {heads} heads x {c0 // heads})"
+    out["peak_rss_gib"] = peak_rss_gib()
+    out["peak_device_gib"] = dev_peak()
+    save()
+
+
+# ---------------------------------------------------------------- PyTorch reference
+
+def run_torch(args, out: dict, save):
+    import torch
+    from diffusers import AutoencoderKL, UNet3DConditionModel
+    from transformers import CLIPTextModel
+
+    from reference_torch import TorchTI2VZero
+
+    gpu = torch.cuda.is_available() and args.torch_device != "cpu"
+    device = torch.device("cuda" if gpu else "cpu")
+    ac = torch.float16 if gpu else None
+    out.update(impl="pytorch reference", torch=torch.__version__, dtype="fp16 autocast" if gpu else "float32",
+               device=torch.cuda.get_device_name() if gpu else f"cpu ({torch.get_num_threads()} threads)")
+
+    def sync():
+        if gpu:
+            torch.cuda.synchronize()
+
+    def reset_peak():
+        if gpu:
+            torch.cuda.reset_peak_memory_stats()
+
+    def dev_peak():
+        return torch.cuda.max_memory_allocated() / 2**30 if gpu else None
+
+    t0 = time.perf_counter()
+    w = Path(args.weights)
+    unet = UNet3DConditionModel.from_pretrained(w / "unet").to(device).eval()
+    vae = AutoencoderKL.from_pretrained(w / "vae").to(device).eval()
+    te = CLIPTextModel.from_pretrained(w / "text_encoder").to(device).eval()
+    out["load_s"] = time.perf_counter() - t0
+    k, lat = args.frames, unet.config.sample_size
+    scale = 2 ** (len(vae.config.block_out_channels) - 1)
+    ref = TorchTI2VZero(unet, vae, device=device, autocast_dtype=ac, num_frames=k,
+                        scaling_factor=vae.config.scaling_factor)
+    with torch.no_grad():
+        ids = torch.tensor(token_ids(), device=device)
+        t0 = time.perf_counter()
+        ctx = te(ids).last_hidden_state
+        sync()
+        out["text_encode_s"] = time.perf_counter() - t0
+    text, empty = ctx[:1], ctx[1:]
+
+    g = torch.Generator(device=device).manual_seed(1)
+    x = torch.randn(1, 4, k, lat, lat, generator=g, device=device)
+
+    def pair():
+        ref.unet_pair(x, PAIR_T, text, empty)
+        sync()
+
+    def pair_b2():
+        with torch.no_grad(), ref._ctx():
+            ref.unet(torch.cat([x, x]), torch.tensor([PAIR_T] * 2, device=device),
+                     encoder_hidden_states=torch.cat([empty, text])).sample
+        sync()
+
+    pair()
+    reset_peak()
+    out["pair_s"], out["pair_all_s"] = median_time(pair, args.repeats)
+    pair_b2()
+    out["pair_batch2_s"], _ = median_time(pair_b2, args.repeats)
+    out["peak_device_gib_after_pair"] = dev_peak()
+    print(f"[torch] pair {out['pair_s']:.3f}s (batch 2: {out['pair_batch2_s']:.3f}s)", flush=True)
+    save()
+
+    img = torch.rand(3, lat * scale, lat * scale, generator=g, device=device) * 2 - 1
+    kw = dict(steps=args.steps, resample=args.resample, g=args.guidance)
+    with torch.no_grad(), ref._ctx():
+        lat_q = ref.encode(img[None].repeat(k - 1, 1, 1, 1))
+    for slide in ("latent", "pixel"):
+        def one():
+            with torch.no_grad(), ref._ctx():
+                if slide == "pixel":
+                    q = img[None].repeat(k - 1, 1, 1, 1)
+                    z = ref.frame(ref.encode(q), text, empty, gen=g, **kw)
+                    torch.cat([q[1:], ref.decode(z[None])])
+                else:
+                    z = ref.frame(lat_q, text, empty, gen=g, **kw)
+                    torch.cat([lat_q[1:], z[None]])
+            sync()
+        reset_peak()
+        out[f"frame_{slide}_s"], out[f"frame_{slide}_all_s"] = median_time(one, args.frame_repeats)
+        out[f"peak_device_gib_after_frame_{slide}"] = dev_peak()
+        print(f"[torch] frame {slide} {out[f'frame_{slide}_s']:.2f}s", flush=True)
+        save()
+
+    n = args.torch_new_frames if args.torch_new_frames is not None else args.new_frames
+    for slide in args.video_slides if n > 0 else ():
+        reset_peak()
+        t0 = time.perf_counter()
+        v = ref.video(img, text, empty, num_new_frames=n, slide=slide, **kw)
+        sync()
+        out[f"video_{slide}_s"] = time.perf_counter() - t0
+        out[f"video_{slide}_new_frames"] = n
+        out[f"video_{slide}_finite"] = bool(torch.isfinite(v).all())
+        out[f"peak_device_gib_after_video_{slide}"] = dev_peak()
+        print(f"[torch] video {slide} N={n} {out[f'video_{slide}_s']:.2f}s", flush=True)
+        save()
+
+    # attention kernel alone (SDPA), same shape as the JAX row
+    ucfg = unet.config
+    heads = ucfg.block_out_channels[0] // ucfg.attention_head_dim
+    c0 = ucfg.block_out_channels[0]
+    dt = torch.float16 if gpu else torch.float32
+    qa = torch.randn(3, 2 * k, heads, lat * lat, c0 // heads, generator=g, device=device).to(dt)
+
+    def att():
+        torch.nn.functional.scaled_dot_product_attention(qa[0], qa[1], qa[2])
+        sync()
+    att()
+    out["attention_s"], _ = median_time(att, args.repeats)
+    out["peak_rss_gib"] = peak_rss_gib()
+    out["peak_device_gib"] = dev_peak()
+    save()
+
+
+# ---------------------------------------------------------------- report
+
+def machine() -> str:
+    cpu = platform.processor() or platform.machine()
+    try:
+        for line in Path("/proc/cpuinfo").read_text().splitlines():
+            if line.startswith("model name"):
+                cpu = line.split(":", 1)[1].strip()
+                break
+    except OSError:
+        pass
+    return f"{cpu}, {os.cpu_count()} cores visible, {platform.system()} {platform.release()}"
+
+
+def table(res: dict) -> str:
+    j, t = res.get("jax", {}), res.get("torch", {})
+    n_v = res["args"]["new_frames"]
+    fl = res["flops_per_pass"]
+    rows = []
+
+    def fmt(v, unit="s"):
+        return "-" if v is None else (f"{v:.3f} {unit}" if v < 10 else f"{v:.1f} {unit}")
+
+    def ratio(a, b):
+        return "-" if a is None or b is None or not a else f"{b / a:.2f}x"
+
+    def row(name, jk, tk=None, note=""):
+        a, b = j.get(jk), t.get(tk or jk)
+        rows.append(f"| {name} | {fmt(a)} | {fmt(b)} | {ratio(a, b)} | {note} |")
+
+    row("U-Net guidance pair (K=16; jax: one batch-2 call)", "pair_s",
+        note=f"torch as published: 2 batch-1 calls; torch batch-2: {fmt(t.get('pair_batch2_s'))}")
+    steps, r = res["args"]["steps"], res["args"]["resample"]
+    npass = steps * (r + 1)
+    for slide in ("pixel", "latent"):
+        row(f"one new frame, {slide} slide (S={steps}, R={r}, {npass} pairs)", f"frame_{slide}_s")
+    for slide in ("pixel", "latent"):
+        a, b = j.get(f"video_{slide}_s"), t.get(f"video_{slide}_s")
+        na, nb = j.get(f"video_{slide}_new_frames"), t.get(f"video_{slide}_new_frames")
+        if a is None and b is None:
+            continue
+        note = ""
+        if (na and na != n_v) or (nb and nb != n_v) or (b is None and t):
+            note = "measured N differs: see below"
+        rows.append(f"| whole video, {slide} slide, measured (jax N={na}, torch N={nb}) | {fmt(a)} | {fmt(b)} | "
+                    f"{ratio(a, b) if na == nb else '-'} | {note} |")
+    for slide in ("pixel", "latent"):
+        # extrapolation to 15 new frames from each side's own per-frame time (labelled)
+        a = j.get(f"frame_{slide}_s")
+        b = t.get(f"frame_{slide}_s")
+        if a is None and b is None:
+            continue
+        ea = a * 15 if a else None
+        eb = b * 15 if b else None
+        rows.append(f"| 16-frame video (N=15), {slide} slide, EXTRAPOLATED = 15 x one frame | {fmt(ea)} | "
+                    f"{fmt(eb)} | {ratio(ea, eb)} | not measured; excludes first encode/final decode |")
+    row("attention kernel alone " + str(j.get("attention_shape", "")), "attention_s", note="torch: SDPA")
+    rows.append(f"| compile: pair / frame latent / frame pixel / video pixel | "
+                f"{fmt(j.get('pair_compile_s'))} / {fmt(j.get('frame_latent_compile_s'))} / "
+                f"{fmt(j.get('frame_pixel_compile_s'))} / {fmt(j.get('video_pixel_compile_s'))} | - | - | "
+                f"video program compiled for N={n_v} |")
+    rows.append(f"| weight load (+ conversion for jax) | {fmt(j.get('load_s'))} | {fmt(t.get('load_s'))} | - | |")
+    rows.append(f"| peak host RSS (whole process) | {fmt(j.get('peak_rss_gib'), 'GiB')} | "
+                f"{fmt(t.get('peak_rss_gib'), 'GiB')} | - | |")
+    if j.get("peak_device_gib") or t.get("peak_device_gib"):
+        rows.append(f"| peak device memory (all runs above) | {fmt(j.get('peak_device_gib'), 'GiB')} | "
+                    f"{fmt(t.get('peak_device_gib'), 'GiB')} | - | jax: peak_bytes_in_use; torch: "
+                    f"max_memory_allocated |")
+    head = ["| what | ti2v-jax | PyTorch reference | speed-up | note |", "|---|---|---|---|---|"]
+    extra = []
+    if j.get("pair_s"):
+        tf = 2 * fl / j["pair_s"] / 1e12
+        extra.append(f"- U-Net model FLOPs: {fl / 1e12:.3f} TFLOP per 16-frame pass (batch 1); ti2v-jax pair "
+                     f"{tf:.2f} TFLOP/s" + (f" = {tf / res['peak_tflops']:.1%} MFU of {res['peak_tflops']:.0f} "
+                                            f"TFLOP/s dense bf16" if res.get("peak_tflops") else ""))
+        if j.get("frame_latent_s"):
+            tf = 2 * npass * fl / j["frame_latent_s"] / 1e12
+            extra.append(f"- per new frame (latent slide, U-Net FLOPs only): {tf:.2f} TFLOP/s"
+                         + (f" = {tf / res['peak_tflops']:.1%} MFU" if res.get("peak_tflops") else ""))
+    if t.get("pair_s"):
+        extra.append(f"- PyTorch pair: {2 * fl / t['pair_s'] / 1e12:.2f} TFLOP/s")
+    if j.get("attention_fallback"):
+        extra.append(f"- cuDNN attention failed, XLA used: {j['attention_fallback']}")
+    for side, d in (("ti2v-jax", j), ("torch", t)):
+        if d.get("error"):
+            extra.append(f"- {side} ERROR: {d['error']}")
+    return "\n".join([
+        f"Config `{res['config']}`; {res['date']}; machine: {res['machine']}",
+        f"ti2v-jax: {j.get('device', '-')}, {j.get('dtype', '-')}, attention {j.get('attention', '-')}, "
+        f"jax {j.get('jax', '-')}; PyTorch: {t.get('device', '-')}, {t.get('dtype', '-')}, torch {t.get('torch', '-')}",
+        f"Command: `{res['command']}`", "",
+        *head, *rows, "", *extra,
+        "- times: medians (frames: " + str(res["args"]["frame_repeats"]) + " runs, pair/attention: "
+        + str(res["args"]["repeats"]) + "); run after compile/warm-up"])
+
+
+def child(args):
+    out: dict = {}
+    path = Path(args.child_out)
+
+    def save():
+        path.write_text(json.dumps(out, indent=1))
+    try:
+        (run_jax if args.child == "jax" else run_torch)(args, out, save)
+    except Exception as e:  # keep what was measured
+        import traceback
+        traceback.print_exc()
+        out["error"] = f"{type(e).__name__}: {str(e)[:500]}"
+    out["peak_rss_gib"] = peak_rss_gib()
+    save()
+
+
+def main():
+    ap = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    ap.add_argument("--config", default="small", choices=["small", "full"])
+    ap.add_argument("--dtype", default="float32", help="ti2v-jax compute/param dtype (float32, bfloat16)")
+    ap.add_argument("--attention", default="auto", help="auto (cudnn on GPU for bf16), xla, cudnn")
+    ap.add_argument("--frames", type=int, default=16)
+    ap.add_argument("--steps", type=int, default=10)
+    ap.add_argument("--resample", type=int, default=4)
+    ap.add_argument("--guidance", type=float, default=9.0)
+    ap.add_argument("--new-frames", type=int, default=15, help="N of the measured whole video (ti2v-jax)")
+    ap.add_argument("--torch-new-frames", type=int, default=None,
+                    help="N of torch's measured video (default --new-frames; 0: none, extrapolate only)")
+    ap.add_argument("--video-slides", default="pixel", help="comma list of slides to run whole videos for")
+    ap.add_argument("--video-mode", default="scan", choices=["scan", "loop"],
+                    help="ti2v-jax video: the library's one-program scan, or N calls of the frame program")
+    ap.add_argument("--repeats", type=int, default=5)
+    ap.add_argument("--frame-repeats", type=int, default=1)
+    ap.add_argument("--impls", default="jax,torch")
+    ap.add_argument("--torch-device", default="auto")
+    ap.add_argument("--weights", default=None, help="existing weights dir (else made in a temp dir)")
+    ap.add_argument("--out", default=str(HERE / "out"))
+    ap.add_argument("--tag", default=None)
+    ap.add_argument("--child", default=None, help=argparse.SUPPRESS)
+    ap.add_argument("--child-out", default=None, help=argparse.SUPPRESS)
+    args = ap.parse_args()
+    args.video_slides = [s for s in args.video_slides.split(",") if s]
+    if args.child:
+        return child(args)
+
+    out_dir = Path(args.out)
+    out_dir.mkdir(parents=True, exist_ok=True)
+    tag = args.tag or f"{args.config}"
+    tmp = None
+    res = {"config": args.config, "date": datetime.datetime.now().isoformat(timespec="seconds"),
+           "machine": machine(), "command": "python " + " ".join(sys.argv), "args": vars(args)}
+    t0 = time.perf_counter()
+    if args.weights is None:
+        tmp = tempfile.mkdtemp(prefix="ti2v_bench_")
+        args.weights = tmp
+        import torch
+        dev = "cuda" if torch.cuda.is_available() and args.torch_device != "cpu" else "cpu"
+        res["params"] = make_weights(args.config, Path(tmp), device=dev)
+        del torch
+    res["weights_s"] = time.perf_counter() - t0
+    res["flops_per_pass"] = count_flops(args.config)
+    try:
+        import torch
+        if torch.cuda.is_available():
+            res["gpu"] = torch.cuda.get_device_name()
+            res["peak_tflops"] = 989.0  # H100/H200 SXM dense bf16 datasheet
+    except ImportError:
+        pass
+    print(f"weights ready in {res['weights_s']:.1f}s; flops/pass {res['flops_per_pass'] / 1e9:.1f} GFLOP", flush=True)
+
+    def write():
+        (out_dir / f"bench_{tag}.json").write_text(json.dumps(res, indent=1, default=str))
+        (out_dir / f"bench_{tag}.md").write_text(table(res) + "\n")
+
+    argv = [a for a in sys.argv[1:]]
+    for impl in args.impls.split(","):
+        key = {"jax": "jax", "torch": "torch"}[impl]
+        cout = out_dir / f"child_{tag}_{impl}.json"
+        cmd = [sys.executable, "-u", __file__, *argv, "--weights", args.weights, "--child", impl,
+               "--child-out", str(cout)]
+        t1 = time.perf_counter()
+        subprocess.run(cmd, check=False)
+        res[key] = json.loads(cout.read_text()) if cout.is_file() else {"error": "no output"}
+        res[key]["process_wall_s"] = time.perf_counter() - t1
+        write()
+    if tmp:
+        shutil.rmtree(tmp, ignore_errors=True)
+    write()
+    print(table(res))
+
+
+if __name__ == "__main__":
+    main()

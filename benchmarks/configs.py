@@ -1,0 +1,60 @@
+"""The two benchmark configurations, in one place.
+
+small: the real ModelScope U-Net's structure (4 levels, 2 layers per block, every block
+  type, 16 frames, 32x32 latents, 256x256 pixels) with channels scaled down, a small VAE
+  (also 4 levels, so 8x) and a 2-layer CLIP text encoder: one new frame at S=10, R=4 takes
+  a minute or two on a 2-core CPU.
+full: ModelScope text-to-video-ms-1.7b's own configs (../shared/configs/text-to-video-ms-1.7b),
+  random weights. GPU only.
+"""
+
+from __future__ import annotations
+
+import json
+from pathlib import Path
+
+SHARED = Path(__file__).resolve().parents[2] / "shared" / "configs" / "text-to-video-ms-1.7b"
+# The GPU machine gets only the repository: keep a copy of the real configs beside this file.
+LOCAL = Path(__file__).resolve().parent / "ms17b_configs"
+
+CA_DOWN, DOWN, CA_UP, UP = "CrossAttnDownBlock3D", "DownBlock3D", "CrossAttnUpBlock3D", "UpBlock3D"
+
+SMALL = {
+    "unet": dict(_class_name="UNet3DConditionModel", act_fn="silu", attention_head_dim=32,
+                 block_out_channels=[32, 64, 128, 128], cross_attention_dim=64,
+                 down_block_types=[CA_DOWN, CA_DOWN, CA_DOWN, DOWN], up_block_types=[UP, CA_UP, CA_UP, CA_UP],
+                 in_channels=4, out_channels=4, layers_per_block=2, norm_eps=1e-5, norm_num_groups=32,
+                 sample_size=32),
+    "vae": dict(_class_name="AutoencoderKL", act_fn="silu", block_out_channels=[32, 32, 64, 64],
+                down_block_types=["DownEncoderBlock2D"] * 4, up_block_types=["UpDecoderBlock2D"] * 4,
+                in_channels=3, out_channels=3, latent_channels=4, layers_per_block=1, norm_num_groups=16,
+                sample_size=256, scaling_factor=0.18215),
+    "text_encoder": dict(architectures=["CLIPTextModel"], model_type="clip_text_model", hidden_act="gelu",
+                         hidden_size=64, intermediate_size=256, num_attention_heads=4, num_hidden_layers=2,
+                         max_position_embeddings=77, vocab_size=49408, layer_norm_eps=1e-5,
+                         bos_token_id=0, eos_token_id=2, pad_token_id=1, projection_dim=64,
+                         attention_dropout=0.0, dropout=0.0, initializer_factor=1.0, initializer_range=0.02),
+}
+
+
+def _full() -> dict:
+    d = SHARED if SHARED.is_dir() else LOCAL
+    return {name: json.loads((d / f"{name}.json").read_text()) for name in ("unet", "vae", "text_encoder")}
+
+
+def scheduler() -> dict:
+    d = SHARED if SHARED.is_dir() else LOCAL
+    return json.loads((d / "scheduler.json").read_text())
+
+
+# Model FLOPs of one 16-frame pass, batch 1, 32x32 latents (torch FlopCounter, PERF-NOTES.md).
+FLOPS_PER_PASS = {"small": 89e9, "full": 4.89e12}
+
+
+def get(name: str) -> dict:
+    """{component: config dict} for `small` or `full`."""
+    if name == "small":
+        return json.loads(json.dumps(SMALL))
+    if name == "full":
+        return _full()
+    raise ValueError(f"unknown config {name!r}; choose small or full")
