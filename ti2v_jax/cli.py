@@ -10,40 +10,30 @@ import time
 DTYPES = ("float32", "bfloat16", "float16")
 
 
-def _positive_int(name):
+def _number(name, kind, low):
+    """argparse type: a number of `kind` (int or float) >= low, with an error naming the option."""
     def parse(s):
         try:
-            v = int(s)
+            v = kind(s)
         except ValueError:
-            raise argparse.ArgumentTypeError(f"{name} must be an integer, got {s!r}")
-        if v < 1:
-            raise argparse.ArgumentTypeError(f"{name} must be >= 1, got {v}")
+            raise argparse.ArgumentTypeError(f"{name} must be {'an integer' if kind is int else 'a number'}, "
+                                             f"got {s!r}")
+        if v < low:
+            raise argparse.ArgumentTypeError(f"{name} must be >= {low}, got {v}")
         return v
     return parse
+
+
+def _positive_int(name):
+    return _number(name, int, 1)
 
 
 def _nonneg_int(name):
-    def parse(s):
-        try:
-            v = int(s)
-        except ValueError:
-            raise argparse.ArgumentTypeError(f"{name} must be an integer, got {s!r}")
-        if v < 0:
-            raise argparse.ArgumentTypeError(f"{name} must be >= 0, got {v}")
-        return v
-    return parse
+    return _number(name, int, 0)
 
 
 def _nonneg_float(name):
-    def parse(s):
-        try:
-            v = float(s)
-        except ValueError:
-            raise argparse.ArgumentTypeError(f"{name} must be a number, got {s!r}")
-        if v < 0:
-            raise argparse.ArgumentTypeError(f"{name} must be >= 0, got {v}")
-        return v
-    return parse
+    return _number(name, float, 0)
 
 
 def _add_model(p, required=False):
@@ -179,8 +169,8 @@ def _add_batch(p):
 
 def _cmd_convert(a):
     from ti2v_jax.weights.convert import convert_checkpoint
-    convert_checkpoint(a.src, a.dst, dtype=a.dtype, source_format=a.source_format, overwrite=a.overwrite)
-    print(f"converted {a.src} -> {a.dst}")
+    report = convert_checkpoint(a.src, a.dst, dtype=a.dtype, source_format=a.source_format, overwrite=a.overwrite)
+    print(report.summary())
 
 
 def _cmd_info(a):

@@ -40,14 +40,28 @@ class ConversionReport:
     dst: Path
     dtype: str
     components: dict        # {name: {"class", "params", "weights_file", "skipped"}}
+    skipped_reason: str = "buffers, not weights"
 
     def summary(self) -> str:
         lines = [f"converted to {self.dst} ({self.dtype})"]
         for name, c in self.components.items():
             lines.append(f"  {name}: {c['class']}, {c['params']} parameter tensors from {c['weights_file']}")
             if c["skipped"]:
-                lines.append(f"    skipped (buffers, not weights): {', '.join(c['skipped'])}")
+                lines.append(f"    skipped, {self.skipped_reason} ({len(c['skipped'])}): {_group(c['skipped'])}")
         return "\n".join(lines)
+
+
+def _group(names: list[str], limit: int = 8) -> str:
+    """Names, or for long lists counts per leading prefix ('visual.*: 392 tensors')."""
+    if len(names) <= limit:
+        return ", ".join(names)
+    groups: dict[str, int] = {}
+    for n in names:
+        parts = n.split(".")
+        depth = {"model": 2, "cond_stage_model": 2, "model_ema": 1, "transformer": 3}.get(parts[0], 1)
+        key = ".".join(parts[:depth]) + (".*" if len(parts) > depth else "")
+        groups[key] = groups.get(key, 0) + 1
+    return ", ".join(f"{k} ({v})" for k, v in groups.items())
 
 
 def read_model_index(src) -> dict:

@@ -20,7 +20,6 @@ anything else left over is an error. The output is the same directory layout
 
 from __future__ import annotations
 
-import dataclasses
 import gzip
 import json
 import re
@@ -510,9 +509,10 @@ def convert_modelscope(src, dst, dtype="float32", overwrite: bool = False):
     Writes the layout of `convert.convert_diffusers` (per-component config.json and
     orbax params, tokenizer/, scheduler/, model_index.json), atomically: `dst` appears
     only once complete, and must not exist unless `overwrite`.
-    Returns a `ModelScopeReport`; its `skipped` lists, by name, the checkpoint
+    Returns a `convert.ConversionReport`; its `skipped` lists, by name, the checkpoint
     tensors ModelScope itself never uses.
     """
+    from ti2v_jax.weights.convert import ConversionReport
     from ti2v_jax.weights import checkpoint as ckpt
     from ti2v_jax.weights.components import COMPONENTS, TOKENIZER
 
@@ -533,36 +533,7 @@ def convert_modelscope(src, dst, dtype="float32", overwrite: bool = False):
         ckpt.write_extras(tmp, scheduler_config=sched)
         ckpt.write_index(tmp, dtype=dtype, components=report, source=src.absolute(), source_index=None,
                          source_format="modelscope", source_configuration=json.loads((src / CONFIGURATION).read_text()))
-    return ModelScopeReport(dst, dtype, report)
-
-
-def _group(names: list[str], limit: int = 8) -> str:
-    """Names, or for long lists counts per leading prefix ('visual.*: 392 tensors')."""
-    if len(names) <= limit:
-        return ", ".join(names)
-    groups: dict[str, int] = {}
-    for n in names:
-        parts = n.split(".")
-        depth = {"model": 2, "cond_stage_model": 2, "model_ema": 1, "transformer": 3}.get(parts[0], 1)
-        key = ".".join(parts[:depth]) + (".*" if len(parts) > depth else "")
-        groups[key] = groups.get(key, 0) + 1
-    return ", ".join(f"{k} ({v})" for k, v in groups.items())
-
-
-@dataclasses.dataclass
-class ModelScopeReport:
-    """As `convert.ConversionReport`; components[name]["skipped"] names every unused tensor."""
-    dst: Path
-    dtype: str
-    components: dict        # {name: {"class", "params", "weights_file", "skipped"}}
-
-    def summary(self) -> str:
-        lines = [f"converted to {self.dst} ({self.dtype})"]
-        for name, c in self.components.items():
-            lines.append(f"  {name}: {c['class']}, {c['params']} parameter tensors from {c['weights_file']}")
-            if c["skipped"]:
-                lines.append(f"    skipped, unused by ModelScope ({len(c['skipped'])}): {_group(c['skipped'])}")
-        return "\n".join(lines)
+    return ConversionReport(dst, dtype, report, skipped_reason="unused by ModelScope")
 
 
 def convert_in_memory(src, *, dtype="float32", components=COMPONENT_NAMES):
