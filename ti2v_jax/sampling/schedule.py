@@ -134,18 +134,13 @@ def item_keys(key, batch_size: int):
 
     Item b's key depends on `key` and b only, not on the batch size. For a batch
     split over devices, build the keys for the whole batch first (this function, or
-    `keys_from_seeds`) and shard them along with the batch.
+    `ti2v_jax.parallel.per_item_keys` from seeds) and shard them along with the batch.
     """
     if _is_single_key(key):
         return jax.vmap(jax.random.fold_in, in_axes=(None, 0))(key, jnp.arange(batch_size))
     if key.shape[0] != batch_size:
         raise ValueError(f"got {key.shape[0]} per-item keys for a batch of {batch_size}")
     return key
-
-
-def keys_from_seeds(seeds):
-    """Per-item keys from integer seeds: `jax.random.key(seed)` for each."""
-    return jax.vmap(jax.random.key)(jnp.asarray(seeds, jnp.uint32))
 
 
 def fold(keys, n):
