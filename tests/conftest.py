@@ -17,20 +17,12 @@ import json
 
 import pytest
 
-from ti2v_jax.tiny import SCHEDULER, TINY_TEXT, TINY_UNET, TINY_VAE  # noqa: E402  (one definition)
+from helpers import perturb_
+
+from ti2v_jax.tiny import SCHEDULER, TINY_TEXT, TINY_UNET, TINY_VAE  # one definition
 
 IMAGE_SIZE = 32
 LATENT_SIZE = 16
-
-
-def perturb_torch_(module, seed: int, scale: float = 0.05):
-    import torch
-
-    g = torch.Generator().manual_seed(seed)
-    with torch.no_grad():
-        for p in module.parameters():
-            p.add_(scale * torch.randn(p.shape, generator=g, dtype=p.dtype))
-    return module
 
 
 def build_tiny_torch_pipeline(tokenizer_dir, seed: int = 0):
@@ -42,9 +34,9 @@ def build_tiny_torch_pipeline(tokenizer_dir, seed: int = 0):
     from ti2v_jax.tokenizer import load_tokenizer
 
     torch.manual_seed(seed)
-    unet = perturb_torch_(UNet3DConditionModel(**TINY_UNET), seed + 1).eval()
-    vae = perturb_torch_(AutoencoderKL(**TINY_VAE), seed + 2).eval()
-    text = perturb_torch_(CLIPTextModel(CLIPTextConfig(**TINY_TEXT)), seed + 3).eval()
+    unet = perturb_(UNet3DConditionModel(**TINY_UNET), 0.05, seed + 1).eval()
+    vae = perturb_(AutoencoderKL(**TINY_VAE), 0.05, seed + 2).eval()
+    text = perturb_(CLIPTextModel(CLIPTextConfig(**TINY_TEXT)), 0.05, seed + 3).eval()
     sched = DDIMScheduler.from_config({k: v for k, v in SCHEDULER.items() if not k.startswith("_")})
     return TextToVideoSDPipeline(vae=vae, text_encoder=text, tokenizer=load_tokenizer(tokenizer_dir), unet=unet,
                                  scheduler=sched)
