@@ -1,0 +1,62 @@
+"""A/B of one U-Net guidance pair (batch 2, K=16, 32x32) across attention settings, interleaved.
+
+    python benchmarks/ab_unet.py [--config small] [--dtype float32] [--rounds 3] [--impls none,xla]
+
+Random weights (timing only). Each round times every setting once (median of 3 calls) so
+a shared machine's load hits them alike; prints the per-setting median over rounds.
+"""
+
+from __future__ import annotations
+
+import argparse
+import statistics
+import sys
+import time
+from pathlib import Path
+
+import jax
+import jax.numpy as jnp
+from flax import nnx
+
+sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
+sys.path.insert(0, str(Path(__file__).resolve().parent))
+import configs  # noqa: E402
+from ti2v_jax.models import layers  # noqa: E402
+from ti2v_jax.models.unet3d import UNet3DConditionModel  # noqa: E402
+
+
+def main():
+    ap = argparse.ArgumentParser()
+    ap.add_argument("--config", default="small")
+    ap.add_argument("--dtype", default="float32")
+    ap.add_argument("--rounds", type=int, default=3)
+    ap.add_argument("--impls", default="none,xla")
+    a = ap.parse_args()
+    cfg = configs.get(a.config)["unet"]
+    dt = jnp.dtype(a.dtype)
+    model = UNet3DConditionModel(cfg, dtype=dt, param_dtype=dt, rngs=nnx.Rngs(0))
+    g, st = nnx.split(model)
+    x = jax.random.normal(jax.random.key(1), (2, 16, 32, 32, 4)).astype(dt)
+    c = jax.random.normal(jax.random.key(2), (2, 77, cfg["cross_attention_dim"])).astype(dt)
+    t = jnp.array([501, 501])
+    fns = {}
+    for name in a.impls.split(","):
+        layers.set_attention_implementation(None if name == "none" else name)
+        fns[name] = jax.jit(lambda s, x, t, c: nnx.merge(g, s)(x, t, c)).lower(st, x, t, c).compile()
+    layers.set_attention_implementation(None)
+    res = {n: [] for n in fns}
+    for _ in range(a.rounds):
+        for n, f in fns.items():
+            f(st, x, t, c).block_until_ready()
+            ts = []
+            for _ in range(3):
+                t0 = time.perf_counter()
+                f(st, x, t, c).block_until_ready()
+                ts.append(time.perf_counter() - t0)
+            res[n].append(statistics.median(ts))
+    for n, v in res.items():
+        print(f"{a.config} {a.dtype} attention={n}: pair median {statistics.median(v):.3f} s  rounds {[round(x, 3) for x in v]}")
+
+
+if __name__ == "__main__":
+    main()
