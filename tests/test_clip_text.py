@@ -8,6 +8,7 @@ import pytest
 import torch
 from flax import nnx
 
+from ti2v_jax import MS17B_CONFIGS
 from ti2v_jax import tokenizer as tok_lib
 from ti2v_jax.models import clip_text
 from ti2v_jax.weights import mapping
@@ -100,9 +101,7 @@ def test_real_modelscope_config_maps_key_for_key():
     from transformers import CLIPTextConfig
     from transformers import CLIPTextModel as TorchCLIPTextModel
 
-    path = pathlib.Path(__file__).resolve().parents[2] / "shared/configs/text-to-video-ms-1.7b/text_encoder.json"
-    if not path.exists():
-        pytest.skip(f"{path} not found")
+    path = MS17B_CONFIGS / "text_encoder.json"
     config = json.loads(path.read_text())
     with torch.device("meta"):
         ref = TorchCLIPTextModel(CLIPTextConfig(**config))

@@ -17,6 +17,7 @@ import numpy as np
 import pytest
 from flax import nnx
 
+from ti2v_jax import MS17B_CONFIGS
 from ti2v_jax import loading
 from ti2v_jax.weights import checkpoint as ckpt
 from ti2v_jax.weights import torch_io
@@ -380,10 +381,9 @@ def test_convert_checkpoint_detects_the_layout(tiny_diffusers_dir, tiny_converte
 
 # ---- the real model's configurations --------------------------------------------------
 
-REAL_CONFIGS = REPO.parent / "shared" / "configs" / "text-to-video-ms-1.7b"
+REAL_CONFIGS = MS17B_CONFIGS
 
 
-@pytest.mark.skipif(not REAL_CONFIGS.is_dir(), reason="real configs not available")
 def test_real_configs_map_strictly():
     """ModelScope 1.7B's configs: every PyTorch tensor (built on torch's meta device) maps, no memory used."""
     torch = pytest.importorskip("torch")

@@ -19,6 +19,7 @@ import torch
 from flax import nnx
 from torch import nn
 
+from ti2v_jax import MS17B_CONFIGS
 from ti2v_jax import loading
 from ti2v_jax.tokenizer import load_tokenizer, tokenize
 from ti2v_jax.weights import mapping
@@ -294,7 +295,7 @@ REAL_MODEL_CFG = dict(unet_in_dim=4, unet_dim=320, unet_y_dim=768, unet_context_
                       unet_dim_mult=[1, 2, 4, 4], unet_num_heads=8, unet_head_dim=64, unet_res_blocks=2,
                       unet_attn_scales=[1, 0.5, 0.25], unet_dropout=0.1, temporal_attention="True",
                       num_timesteps=1000, mean_type="eps", var_type="fixed_small", loss_type="mse")
-SHARED = Path(__file__).resolve().parents[2] / "shared" / "configs" / "text-to-video-ms-1.7b"
+SHARED = MS17B_CONFIGS
 
 
 def _shapes(module):

@@ -9,11 +9,11 @@ import jax.numpy as jnp
 import numpy as np
 import pytest
 
+from ti2v_jax import MS17B_CONFIGS
 from ti2v_jax import sampling as S
 import reference_numpy as ref
 
-CONFIG_DIR = os.path.join(os.path.dirname(__file__), "..", "..", "shared", "configs",
-                          "text-to-video-ms-1.7b")
+CONFIG_DIR = str(MS17B_CONFIGS)
 K, B, HW, T, D = 4, 2, 8, 3, 8  # latents (B, K, 4, 4, 4)
 
 

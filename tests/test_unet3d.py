@@ -14,6 +14,7 @@ from diffusers.models.embeddings import get_timestep_embedding
 from flax import nnx
 
 from helpers import flax_from_torch, perturb_
+from ti2v_jax import MS17B_CONFIGS
 from ti2v_jax.models import unet3d
 
 CA_DOWN, DOWN, CA_UP, UP = "CrossAttnDownBlock3D", "DownBlock3D", "CrossAttnUpBlock3D", "UpBlock3D"
@@ -36,7 +37,7 @@ CASES = [
 TOL = 1e-4
 # Tiny models run in well under a second; LLVM optimisation only costs compile time (~2x).
 FAST_COMPILE = {"xla_backend_optimization_level": 0}
-REAL_CONFIG = Path(__file__).resolve().parents[2] / "shared/configs/text-to-video-ms-1.7b/unet.json"
+REAL_CONFIG = MS17B_CONFIGS / "unet.json"
 
 
 class Ported:
@@ -133,7 +134,6 @@ def test_layout_round_trip():
     assert (unet3d.to_torch_layout(unet3d.from_torch_layout(x)) == x).all()
 
 
-@pytest.mark.skipif(not REAL_CONFIG.exists(), reason="real config not present")
 def test_real_config_parameter_count():
     config = json.loads(REAL_CONFIG.read_text())
     model = nnx.eval_shape(lambda: unet3d.UNet3DConditionModel(config, param_dtype=jnp.bfloat16))

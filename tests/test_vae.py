@@ -8,6 +8,7 @@ import pytest
 import torch
 from flax import nnx
 
+from ti2v_jax import MS17B_CONFIGS
 from ti2v_jax.models import vae
 from ti2v_jax.weights import mapping
 
@@ -120,9 +121,7 @@ def test_real_modelscope_config_maps_key_for_key():
 
     from diffusers import AutoencoderKL as TorchAutoencoderKL
 
-    path = pathlib.Path(__file__).resolve().parents[2] / "shared/configs/text-to-video-ms-1.7b/vae.json"
-    if not path.exists():
-        pytest.skip(f"{path} not found")
+    path = MS17B_CONFIGS / "vae.json"
     config = json.loads(path.read_text())
     with torch.device("meta"):
         ref = TorchAutoencoderKL(**{k: v for k, v in config.items() if not k.startswith("_")})
