@@ -134,7 +134,7 @@ def run_jax(args, out: dict, save):
         attn = "cudnn" if gpu and dt != jnp.float32 else None
     layers.set_attention_implementation(attn)
     out.update(impl="ti2v-jax", jax=jax.__version__, device=f"{dev.platform}: {dev.device_kind}",
-               dtype=dt.name, attention=attn or "xla")
+               dtype=dt.name, attention=attn or ("default (layers._attention_cpu)" if not gpu else "xla"))
 
     def dev_peak():
         try:
