@@ -4,18 +4,15 @@ small: the real ModelScope U-Net's structure (4 levels, 2 layers per block, ever
   type, 16 frames, 32x32 latents, 256x256 pixels) with channels scaled down, a small VAE
   (also 4 levels, so 8x) and a 2-layer CLIP text encoder: one new frame at S=10, R=4 takes
   a minute or two on a 2-core CPU.
-full: ModelScope text-to-video-ms-1.7b's own configs (../shared/configs/text-to-video-ms-1.7b),
+full: ModelScope text-to-video-ms-1.7b's own configs (shipped as `ti2v_jax.MS17B_CONFIGS`),
   random weights. GPU only.
 """
 
 from __future__ import annotations
 
 import json
-from pathlib import Path
 
-SHARED = Path(__file__).resolve().parents[2] / "shared" / "configs" / "text-to-video-ms-1.7b"
-# The GPU machine gets only the repository: keep a copy of the real configs beside this file.
-LOCAL = Path(__file__).resolve().parent / "ms17b_configs"
+from ti2v_jax import MS17B_CONFIGS
 
 CA_DOWN, DOWN, CA_UP, UP = "CrossAttnDownBlock3D", "DownBlock3D", "CrossAttnUpBlock3D", "UpBlock3D"
 
@@ -38,13 +35,11 @@ SMALL = {
 
 
 def _full() -> dict:
-    d = SHARED if SHARED.is_dir() else LOCAL
-    return {name: json.loads((d / f"{name}.json").read_text()) for name in ("unet", "vae", "text_encoder")}
+    return {name: json.loads((MS17B_CONFIGS / f"{name}.json").read_text()) for name in ("unet", "vae", "text_encoder")}
 
 
 def scheduler() -> dict:
-    d = SHARED if SHARED.is_dir() else LOCAL
-    return json.loads((d / "scheduler.json").read_text())
+    return json.loads((MS17B_CONFIGS / "scheduler.json").read_text())
 
 
 # Model FLOPs of one 16-frame pass, batch 1, 32x32 latents (torch FlopCounter, PERF-NOTES.md).

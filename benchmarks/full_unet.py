@@ -23,9 +23,10 @@ import numpy as np
 from flax import nnx
 
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
+from ti2v_jax import MS17B_CONFIGS  # noqa: E402
 from ti2v_jax.models.unet3d import UNet3DConditionModel  # noqa: E402
 
-DEFAULT_CONFIG = Path(__file__).resolve().parents[2] / "shared/configs/text-to-video-ms-1.7b/unet.json"
+DEFAULT_CONFIG = MS17B_CONFIGS / "unet.json"
 MODELSCOPE_PARAMS = 1_411_233_860
 
 

@@ -17,7 +17,7 @@ HERE = Path(__file__).parent
 
 p = argparse.ArgumentParser()
 p.add_argument("--model", default=None, help="checkpoint directory (default: the shipped model)")
-p.add_argument("--image", default=str(HERE / "red_circle.png"))
+p.add_argument("--image", default=str(HERE / "start_red_circle.png"))
 p.add_argument("--prompt", default="a red circle moving right")
 p.add_argument("--out", default="image_to_video.gif")
 p.add_argument("--frames", type=int, default=15, help="new frames N")

@@ -16,7 +16,7 @@ HERE = Path(__file__).parent
 
 p = argparse.ArgumentParser()
 p.add_argument("--model", default=None)
-p.add_argument("--image", default=str(HERE / "red_circle.png"))
+p.add_argument("--image", default=str(HERE / "start_red_circle.png"))
 p.add_argument("--prompt", default="a red circle moving right")
 p.add_argument("--frames", type=int, default=31, help="new frames N (any number: one compiled program)")
 p.add_argument("--steps", type=int, default=10)

@@ -32,7 +32,7 @@ pipe = TI2VZeroPipeline.from_pretrained(a.model)
 n = a.batch or 2 * jax.local_device_count()
 colours = ["red", "green", "blue", "yellow"]
 prompts = [f"a {colours[i % 4]} circle moving {['left', 'right', 'up', 'down'][i % 4]}" for i in range(n)]
-images = [str(HERE / "red_circle.png")] * n
+images = [str(HERE / "start_red_circle.png")] * n
 seeds = [100 * jax.process_index() + i for i in range(n)]
 kw = dict(num_new_frames=7, num_inference_steps=a.steps, resample_iters=2, seed=seeds)
 videos = pipe(images, prompts, parallel=a.parallel, **kw)

@@ -28,7 +28,7 @@ pipe = TI2VZeroPipeline.from_pretrained(a.model)
 if a.frames_dir:
     frames = list(read_video(a.frames_dir))
 else:
-    frames = list(pipe(str(HERE / "red_circle.png"), a.prompt, num_new_frames=a.given - 1,
+    frames = list(pipe(str(HERE / "start_red_circle.png"), a.prompt, num_new_frames=a.given - 1,
                        num_inference_steps=a.steps))
 given = frames[:a.given]
 video = pipe(given, a.prompt, given_frames_as_video=True, num_new_frames=a.new, num_inference_steps=a.steps,

@@ -79,8 +79,9 @@ def build_parser() -> argparse.ArgumentParser:
     g.add_argument("--image", required=True, action="append",
                    help="start image (path); repeat --image for video prediction from several frames")
     _add_sampler(g)
-    g.add_argument("--num-new-frames", type=_positive_int("--num-new-frames"), default=15,
-                   help="frames N to generate after the given image (default 15: a 16-frame video)")
+    g.add_argument("--num-new-frames", type=_positive_int("--num-new-frames"), default=None,
+                   help="frames N to generate after the given image (default 15: a 16-frame video; "
+                        "or the checkpoint's recommendation, 7 for the shipped model)")
     g.add_argument("--resample", type=_nonneg_int("--resample"), default=4,
                    help="resampling iterations R per step (default 4)")
     g.add_argument("--no-inversion", action="store_true",

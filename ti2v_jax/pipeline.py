@@ -31,6 +31,7 @@ from ti2v_jax.tokenizer import tokenize
 
 DEFAULT_MODEL = Path(__file__).resolve().parent / "assets" / "default_model"
 DEFAULT_NUM_FRAMES = 16  # ModelScope's K
+DEFAULT_NUM_NEW_FRAMES = 15  # the published demo: a 16-frame video
 SLIDES = ("pixel", "latent")
 
 # The progress bar of the generation in flight. The compiled program calls `_tick`, one
@@ -115,9 +116,10 @@ class TI2VZeroPipeline:
     """TI2V-Zero over loaded components (see `ti2v_jax.loading.Components`)."""
 
     def __init__(self, components: loading.Components, *, num_frames: int = DEFAULT_NUM_FRAMES,
-                 dtype=jnp.float32, name: str = ""):
+                 dtype=jnp.float32, name: str = "", default_num_new_frames: int = DEFAULT_NUM_NEW_FRAMES):
         self.components = components
         self.num_frames = int(num_frames)
+        self.default_num_new_frames = int(default_num_new_frames)
         self.dtype = jnp.dtype(dtype)
         self.name = name
         self.params = components.params
@@ -145,7 +147,8 @@ class TI2VZeroPipeline:
         index = json.loads((directory / "model_index.json").read_text()) \
             if (directory / "model_index.json").is_file() else {}
         k = num_frames or int(index.get("num_frames", DEFAULT_NUM_FRAMES))
-        return cls(comps, num_frames=k, dtype=dtype, name=str(path_or_repo_id or "default"))
+        n = int(index.get("num_new_frames", DEFAULT_NUM_NEW_FRAMES))  # a checkpoint may recommend its own N
+        return cls(comps, num_frames=k, dtype=dtype, name=str(path_or_repo_id or "default"), default_num_new_frames=n)
 
     # ------------------------------------------------------------------ helpers
 
@@ -179,7 +182,7 @@ class TI2VZeroPipeline:
 
     # ------------------------------------------------------------------ public API
 
-    def __call__(self, image, prompt, *, num_new_frames: int = 15, num_inference_steps: int = 10,
+    def __call__(self, image, prompt, *, num_new_frames: int | None = None, num_inference_steps: int = 10,
                  resample_iters: int = 4, guidance_scale: float = 9.0, eta: float = 0.0,
                  ddpm_inversion: bool = True, slide: str = "pixel", seed=0, height=None, width=None,
                  baseline: bool = False, parallel: str = "none", progress: bool = False,
@@ -190,10 +193,13 @@ class TI2VZeroPipeline:
         prompts of the same length, or one prompt for all). With
         `given_frames_as_video=True` the list is instead the M given frames of ONE
         video (video prediction; M <= num_frames - 1).
+        num_new_frames: N; default 15 (the published demo), or what the checkpoint's
+        model_index.json recommends ("num_new_frames"; 7 for the shipped tiny model).
         Returns uint8 (1 + N, H, W, 3) with the given image first (M + N for
         prediction), or (B, 1 + N, H, W, 3) for a batch. `baseline=True` runs the
         paper's replacing-based baseline instead (num_frames frames, N ignored).
         """
+        num_new_frames = self.default_num_new_frames if num_new_frames is None else num_new_frames
         _check_settings(num_new_frames=num_new_frames, num_inference_steps=num_inference_steps,
                         resample_iters=resample_iters, guidance_scale=guidance_scale, eta=eta, slide=slide,
                         num_frames=self.num_frames)
