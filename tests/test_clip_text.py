@@ -96,7 +96,6 @@ def test_tokenizer_basics(tmp_path):
 def test_real_modelscope_config_maps_key_for_key():
     """The real text-to-video-ms-1.7b text-encoder config, with transformers 4.27's key names."""
     import json
-    import pathlib
 
     from transformers import CLIPTextConfig
     from transformers import CLIPTextModel as TorchCLIPTextModel

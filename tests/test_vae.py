@@ -117,7 +117,6 @@ def test_vae_without_mid_attention_and_config_errors():
 def test_real_modelscope_config_maps_key_for_key():
     """The real text-to-video-ms-1.7b VAE config, under diffusers 0.15's names: every tensor has a home."""
     import json
-    import pathlib
 
     from diffusers import AutoencoderKL as TorchAutoencoderKL
 

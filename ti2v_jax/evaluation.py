@@ -23,7 +23,6 @@ from __future__ import annotations
 import dataclasses
 
 import jax
-import jax.numpy as jnp
 import numpy as np
 
 from ti2v_jax import synthetic
@@ -156,52 +155,32 @@ VARIANTS = {
 
 
 def contexts(model, prompts):
-    """(text contexts (B,T,D), empty-prompt context (1,T,D)) from a loaded checkpoint."""
-    from ti2v_jax.tokenizer import tokenize
+    """(text contexts (B,T,D), empty-prompt contexts (B,T,D)) from a loaded checkpoint."""
+    return _pipeline(model, synthetic.NUM_FRAMES).contexts(prompts)
 
-    ids = tokenize(model.tokenizer, list(prompts) + [""])
-    ctx = model.text_encode(model.text_encoder_params, jnp.asarray(ids))
-    return ctx[:-1], ctx[-1:]
+
+def _pipeline(model, num_frames):
+    from ti2v_jax.pipeline import TI2VZeroPipeline
+
+    return TI2VZeroPipeline(model, num_frames=num_frames)
 
 
 def run_variant(model, images, prompts, *, kind="ti2v", num_frames=synthetic.NUM_FRAMES, num_new_frames=None,
                 num_steps=10, guidance_scale=9.0, resample_iters=4, ddpm_inversion=True, slide="pixel", seed=0):
-    """Videos (B, 1 + N, H, W, 3) uint8 (start image first) for one variant.
+    """Videos (B, 1 + N, H, W, 3) uint8 (start image first) for one variant, through the pipeline.
 
     kind="ti2v": TI2V-Zero repeat-and-slide (N = num_new_frames, default K-1);
     kind="replacing": the replacing baseline, one pass of K frames (frame 0 is then
     the model's reconstruction of the image; we show the given image in its place).
+    All items' noise comes from `jax.random.key(seed)` (item i: fold_in(key, i)).
     """
-    from ti2v_jax.sampling import ddim_timesteps
-    from ti2v_jax.sampling.ti2v_zero import replacing_baseline_sample, ti2v_zero_sample
-
-    k = num_frames
-    n_new = num_new_frames or k - 1
-    x = jnp.asarray(synthetic.to_model_range(images))[:, None]          # (B, 1, H, W, 3)
-    ctx, unc = contexts(model, prompts)
-    ts = jnp.asarray(ddim_timesteps(num_steps))
-    p_unet, p_vae = model.unet_params, model.vae_params
-    denoise = lambda x_, t, c: model.unet_apply(p_unet, x_, t, c)  # noqa: E731
-    encode = lambda f: model.vae_encode(p_vae, f)  # noqa: E731
-    decode = lambda z: model.vae_decode(p_vae, z)  # noqa: E731
-    key = jax.random.key(seed)
-    if kind == "replacing":
-        @jax.jit
-        def go(key, x, ctx, unc, ts):
-            lat = encode(x)[:, 0]
-            z = replacing_baseline_sample(key, denoise, lat, ctx, unc, num_frames=k, timesteps=ts,
-                                          guidance_scale=guidance_scale)
-            return decode(z)[:, 1:]
-    else:
-        @jax.jit
-        def go(key, x, ctx, unc, ts):
-            out = ti2v_zero_sample(key, denoise, encode, decode, x, ctx, unc, num_frames=k, num_new_frames=n_new,
-                                   timesteps=ts, guidance_scale=guidance_scale, resample_iters=resample_iters,
-                                   ddpm_inversion=ddpm_inversion, slide=slide)
-            return out[1]  # the new frames, decoded (pixel: as slid; latent: one decode at the end)
-    new = go(key, x, ctx, unc, ts)
-    new = np.asarray(jnp.round(jnp.clip((new + 1.0) / 2.0, 0.0, 1.0) * 255.0)).astype(np.uint8)
-    return np.concatenate([np.asarray(images)[:, None], new], axis=1)
+    if kind not in ("ti2v", "replacing"):
+        raise ValueError(f"kind must be 'ti2v' or 'replacing', got {kind!r}")
+    pipe = _pipeline(model, num_frames)
+    return pipe(list(np.asarray(images)), list(prompts), num_new_frames=num_new_frames or num_frames - 1,
+                num_inference_steps=num_steps, resample_iters=resample_iters, guidance_scale=guidance_scale,
+                ddpm_inversion=ddpm_inversion, slide=slide, baseline=kind == "replacing",
+                key=jax.random.key(seed))
 
 
 def evaluate(model, n_cases=32, *, seed=0, variants=VARIANTS, batch=None, **kw):

@@ -61,8 +61,8 @@ def resolve_model(path_or_repo_id) -> Path:
     looks_like_repo = s.count("/") == 1 and not s.startswith((".", "/", "~")) and " " not in s
     if not looks_like_repo:
         raise FileNotFoundError(f"model directory {p} does not exist")
-    how = (f"download or copy the checkpoint elsewhere, then run `ti2v-jax convert LOCAL_DIR OUT_DIR` "
-           f"and pass --model OUT_DIR")
+    how = ("download or copy the checkpoint elsewhere, then run `ti2v-jax convert LOCAL_DIR OUT_DIR` "
+           "and pass --model OUT_DIR")
     if os.environ.get("HF_HUB_OFFLINE", "0") not in ("0", "", "false", "False"):
         raise FileNotFoundError(f"{s!r} is not a local directory and the hub is offline (HF_HUB_OFFLINE); {how}")
     try:
@@ -186,7 +186,7 @@ class TI2VZeroPipeline:
                  resample_iters: int = 4, guidance_scale: float = 9.0, eta: float = 0.0,
                  ddpm_inversion: bool = True, slide: str = "pixel", seed=0, height=None, width=None,
                  baseline: bool = False, parallel: str = "none", progress: bool = False,
-                 given_frames_as_video: bool = False):
+                 given_frames_as_video: bool = False, key=None):
         """Animate `image` following `prompt`.
 
         image: a path, PIL image or array; a list of them is a batch (with a list of
@@ -198,6 +198,9 @@ class TI2VZeroPipeline:
         Returns uint8 (1 + N, H, W, 3) with the given image first (M + N for
         prediction), or (B, 1 + N, H, W, 3) for a batch. `baseline=True` runs the
         paper's replacing-based baseline instead (num_frames frames, N ignored).
+        seed: an int (item i gets seed + i) or one seed per item; each item's noise comes
+        from `jax.random.key(seed)` alone. key: instead of seeds, one `jax.random.key`
+        for the batch, item i getting `fold_in(key, i)` (the samplers' own convention).
         """
         num_new_frames = self.default_num_new_frames if num_new_frames is None else num_new_frames
         _check_settings(num_new_frames=num_new_frames, num_inference_steps=num_inference_steps,
@@ -223,7 +226,8 @@ class TI2VZeroPipeline:
                     raise ValueError(f"got {len(images)} images but {len(prompts)} prompts")
             frames = np.stack([io.load_image(f, (h, w)) for f in images])[:, None]
         ctx, uncond = self.contexts(prompts)
-        keys = par.per_item_keys(self._seeds(seed, frames.shape[0]))
+        keys = (par.per_item_keys(self._seeds(seed, frames.shape[0])) if key is None
+                else schedule.item_keys(key, frames.shape[0]))
         timesteps = jnp.asarray(schedule.ddim_timesteps(num_inference_steps))
         settings = dict(num_new_frames=int(num_new_frames), guidance_scale=float(guidance_scale),
                         resample_iters=int(resample_iters), eta=float(eta), ddpm_inversion=bool(ddpm_inversion),

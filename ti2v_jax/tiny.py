@@ -10,7 +10,6 @@ import tempfile
 from pathlib import Path
 
 import jax
-import jax.numpy as jnp
 from flax import nnx
 
 TINY_UNET = dict(
