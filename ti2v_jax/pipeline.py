@@ -124,6 +124,10 @@ class TI2VZeroPipeline:
         self.name = name
         self.params = components.params
         ucfg, vcfg = components.configs["unet"], components.configs["vae"]
+        width = components.configs.get("text_encoder", {}).get("hidden_size")
+        if width is not None and ucfg.get("cross_attention_dim", width) != width:
+            raise ValueError(f"the checkpoint's parts do not fit: the U-Net attends to {ucfg['cross_attention_dim']}-wide "
+                             f"text contexts but the text encoder's hidden_size is {width}")
         self.vae_scale = 2 ** (len(vcfg["block_out_channels"]) - 1)
         self.latent_channels = int(ucfg.get("in_channels", 4))
         sample = ucfg.get("sample_size", 32)
