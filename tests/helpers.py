@@ -27,9 +27,9 @@ def torch_state_numpy(module) -> dict:
     return {k: v.detach().cpu().float().numpy() for k, v in module.state_dict().items()}
 
 
-def flax_from_torch(build: Callable[[], nnx.Module], torch_module, *, renames: Iterable = (), ignore: Iterable = (),
-                    prefix: str = "", component: str = "model"):
-    """Our Flax model with the weights of `torch_module`: `build()` is traced abstractly, then filled.
+def flax_from_state(build: Callable[[], nnx.Module], torch_state: dict, *, renames: Iterable = (),
+                    ignore: Iterable = (), prefix: str = "", component: str = "model"):
+    """(our Flax model filled from a PyTorch-layout state dict, skipped keys); `build()` is traced abstractly.
 
     Strict: `mapping.fill_params` raises on any missing, unexpected or wrong-shape tensor.
     """
@@ -37,11 +37,16 @@ def flax_from_torch(build: Callable[[], nnx.Module], torch_module, *, renames: I
     flat = nnx.to_flat_state(nnx.state(abstract, nnx.Param))
     shapes = {path: v.get_value().shape for path, v in flat}
     dtypes = {path: v.get_value().dtype for path, v in flat}
-    state = mapping.rename_keys(torch_state_numpy(torch_module), renames)
-    params, _ = mapping.fill_params(shapes, state, prefix=prefix, ignore=ignore, component=component)
+    state = mapping.rename_keys(torch_state, renames)
+    params, skipped = mapping.fill_params(shapes, state, prefix=prefix, ignore=ignore, component=component)
     nnx.update(abstract, nnx.from_flat_state({p: jnp.asarray(np.asarray(a), dtypes[p]) for p, a in params.items()}))
     leftover = [p for p, v in nnx.to_flat_state(nnx.state(abstract))
                 if not isinstance(v.get_value(), (jnp.ndarray, np.ndarray))]
     if leftover:
         raise ValueError(f"{component}: state left unfilled (not parameters): {leftover}")
-    return abstract
+    return abstract, skipped
+
+
+def flax_from_torch(build: Callable[[], nnx.Module], torch_module, **kw):
+    """Our Flax model with the weights of `torch_module` (see `flax_from_state`)."""
+    return flax_from_state(build, torch_state_numpy(torch_module), **kw)[0]

@@ -2,11 +2,12 @@
 
 import warnings
 
-import jax.numpy as jnp
 import numpy as np
 import pytest
 import torch
 from flax import nnx
+
+from helpers import flax_from_state
 
 from ti2v_jax import MS17B_CONFIGS
 from ti2v_jax import tokenizer as tok_lib
@@ -15,14 +16,9 @@ from ti2v_jax.weights import mapping
 
 
 def _port(model_cls, config, torch_state, module):
-    """Build our model and fill it from a PyTorch state dict through `mapping.fill_params`."""
-    abstract = nnx.eval_shape(lambda: model_cls(config, rngs=nnx.Rngs(0)))
-    flat = nnx.to_flat_state(nnx.state(abstract, nnx.Param))
-    shapes = {path: v.get_value().shape for path, v in flat}
-    state = mapping.rename_keys(torch_state, module.TORCH_RENAMES)
-    params, skipped = mapping.fill_params(shapes, state, ignore=module.TORCH_IGNORE)
-    model = model_cls(config, rngs=nnx.Rngs(0))
-    nnx.update(model, nnx.from_flat_state({p: jnp.asarray(a) for p, a in params.items()}))
+    """Our model filled from a PyTorch state dict through `mapping.fill_params` (tests/helpers.py)."""
+    model, skipped = flax_from_state(lambda: model_cls(config, rngs=nnx.Rngs(0)), torch_state,
+                                     renames=module.TORCH_RENAMES, ignore=module.TORCH_IGNORE)
     return model, skipped
 
 

@@ -20,8 +20,6 @@ Shapes are rendered with 4x4 supersampling (anti-aliased edges).
 from __future__ import annotations
 
 import dataclasses
-import json
-import os
 
 import numpy as np
 
@@ -192,31 +190,12 @@ def write_caption_tokenizer(directory, words=VOCABULARY) -> str:
     tokenizes), then one merge chain per word (c+i, ci+r, ..., circl+e</w>), then
     BOS/EOS. Padding is "!" (id of the byte "!"), as ModelScope's OpenCLIP tokenizer pads.
     """
-    from ti2v_jax.tokenizer import BOS, EOS, PAD, _bytes_to_unicode
+    from ti2v_jax.tokenizer import write_clip_bpe_tokenizer
 
-    chars = list(_bytes_to_unicode().values())
-    tokens = chars + [c + "</w>" for c in chars]
     merges: list[tuple[str, str]] = []
     for word in words:
         # Add merges (lowest priority) until BPE, with the merges so far, makes the word one token.
         # A merge added later never fires inside an earlier word, which is already one token.
         while len(parts := _bpe(list(word[:-1]) + [word[-1] + "</w>"], merges)) > 1:
             merges.append((parts[0], parts[1]))
-    for a, b in merges:
-        if a + b not in tokens:
-            tokens.append(a + b)
-    tokens += [BOS, EOS]
-    vocab = {t: i for i, t in enumerate(tokens)}
-    os.makedirs(directory, exist_ok=True)
-    with open(os.path.join(directory, "vocab.json"), "w", encoding="utf-8") as f:
-        json.dump(vocab, f, ensure_ascii=False)
-    with open(os.path.join(directory, "merges.txt"), "w", encoding="utf-8") as f:
-        f.write("#version: 0.2\n" + "".join(f"{a} {b}\n" for a, b in merges))
-    special = {"bos_token": BOS, "eos_token": EOS, "unk_token": EOS, "pad_token": PAD}
-    with open(os.path.join(directory, "special_tokens_map.json"), "w") as f:
-        json.dump(special, f, indent=2)
-    config = dict(special, tokenizer_class="CLIPTokenizer", model_max_length=77, do_lower_case=True,
-                  errors="replace", add_prefix_space=False)
-    with open(os.path.join(directory, "tokenizer_config.json"), "w") as f:
-        json.dump(config, f, indent=2)
-    return str(directory)
+    return write_clip_bpe_tokenizer(directory, merges)

@@ -41,11 +41,40 @@ def _bytes_to_unicode() -> dict[int, str]:
     return dict(zip(bs, map(chr, cs)))
 
 
-def tiny_vocab() -> dict[str, int]:
-    """The tiny tokenizer's vocabulary, in CLIP's order (bytes, bytes</w>, merges, specials)."""
+def clip_bpe_vocab(merges) -> dict[str, int]:
+    """A CLIP BPE vocabulary in CLIP's order: 256 byte symbols, their end-of-word forms,
+    one token per merge (a repeated one kept once), then BOS, EOS."""
     chars = list(_bytes_to_unicode().values())
-    tokens = chars + [c + "</w>" for c in chars] + ["".join(m) for m in _TINY_MERGES] + [BOS, EOS]
+    tokens = dict.fromkeys(chars + [c + "</w>" for c in chars] + ["".join(m) for m in merges] + [BOS, EOS])
     return {t: i for i, t in enumerate(tokens)}
+
+
+def write_clip_bpe_tokenizer(directory, merges) -> str:
+    """Write transformers' CLIPTokenizer files (vocab.json, merges.txt, special tokens, config).
+
+    Padding is "!" to 77 tokens, as ModelScope's OpenCLIP tokenizer has it, and a "!"
+    typed in a prompt stays BPE text ("!</w>", as in open_clip) instead of being taken
+    for the padding token (split_special_tokens).
+    """
+    os.makedirs(directory, exist_ok=True)
+    with open(os.path.join(directory, "vocab.json"), "w", encoding="utf-8") as f:
+        json.dump(clip_bpe_vocab(merges), f, ensure_ascii=False)
+    with open(os.path.join(directory, "merges.txt"), "w", encoding="utf-8") as f:
+        # CLIP's merges.txt starts with a version line that readers skip.
+        f.write("#version: 0.2\n" + "".join(f"{a} {b}\n" for a, b in merges))
+    special = {"bos_token": BOS, "eos_token": EOS, "unk_token": EOS, "pad_token": PAD}
+    with open(os.path.join(directory, "special_tokens_map.json"), "w") as f:
+        json.dump(special, f, indent=2)
+    config = dict(special, tokenizer_class="CLIPTokenizer", model_max_length=77, do_lower_case=True,
+                  errors="replace", add_prefix_space=False, split_special_tokens=True)
+    with open(os.path.join(directory, "tokenizer_config.json"), "w") as f:
+        json.dump(config, f, indent=2)
+    return str(directory)
+
+
+def tiny_vocab() -> dict[str, int]:
+    """The tiny tokenizer's vocabulary."""
+    return clip_bpe_vocab(_TINY_MERGES)
 
 
 TINY_VOCAB_SIZE = 256 * 2 + len(_TINY_MERGES) + 2  # 530
@@ -53,22 +82,8 @@ TINY_VOCAB_SIZE = 256 * 2 + len(_TINY_MERGES) + 2  # 530
 
 def write_tiny_tokenizer(directory) -> str:
     """Write a small working CLIP BPE tokenizer (vocab.json, merges.txt, configs) into `directory`."""
-    os.makedirs(directory, exist_ok=True)
-    vocab = tiny_vocab()
-    assert len(vocab) == TINY_VOCAB_SIZE
-    with open(os.path.join(directory, "vocab.json"), "w", encoding="utf-8") as f:
-        json.dump(vocab, f, ensure_ascii=False)
-    with open(os.path.join(directory, "merges.txt"), "w", encoding="utf-8") as f:
-        # CLIP's merges.txt starts with a version line that readers skip.
-        f.write("#version: 0.2\n" + "".join(f"{a} {b}\n" for a, b in _TINY_MERGES))
-    special = {"bos_token": BOS, "eos_token": EOS, "unk_token": EOS, "pad_token": PAD}
-    with open(os.path.join(directory, "special_tokens_map.json"), "w") as f:
-        json.dump(special, f, indent=2)
-    config = dict(special, tokenizer_class="CLIPTokenizer", model_max_length=77, do_lower_case=True,
-                  errors="replace", add_prefix_space=False)
-    with open(os.path.join(directory, "tokenizer_config.json"), "w") as f:
-        json.dump(config, f, indent=2)
-    return str(directory)
+    assert len(tiny_vocab()) == TINY_VOCAB_SIZE
+    return write_clip_bpe_tokenizer(directory, _TINY_MERGES)
 
 
 def load_tokenizer(directory):

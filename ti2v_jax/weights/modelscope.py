@@ -359,13 +359,11 @@ def scheduler_config(model_cfg: dict) -> dict:
 
 def bpe_vocab_and_merges(bpe_path=BPE_FILE) -> tuple[dict, list]:
     """open_clip's SimpleTokenizer vocabulary (49408 ids) and merges, from its .txt.gz."""
-    from ti2v_jax.tokenizer import BOS, EOS, _bytes_to_unicode
+    from ti2v_jax.tokenizer import clip_bpe_vocab
 
     lines = gzip.open(bpe_path).read().decode("utf-8").split("\n")
     merges = [tuple(m.split()) for m in lines[1:49152 - 256 - 2 + 1]]
-    chars = list(_bytes_to_unicode().values())
-    tokens = chars + [c + "</w>" for c in chars] + ["".join(m) for m in merges] + [BOS, EOS]
-    return {t: i for i, t in enumerate(tokens)}, merges
+    return clip_bpe_vocab(merges), merges
 
 
 def write_clip_tokenizer(directory, bpe_path=BPE_FILE) -> Path:
@@ -374,21 +372,10 @@ def write_clip_tokenizer(directory, bpe_path=BPE_FILE) -> Path:
     open_clip pads with id 0, which is '!' in this vocabulary, to 77 tokens; its
     <start_of_text>/<end_of_text> are ids 49406/49407, here under CLIP's usual names.
     """
-    from ti2v_jax.tokenizer import BOS, EOS, PAD
+    from ti2v_jax.tokenizer import write_clip_bpe_tokenizer
 
-    d = Path(directory)
-    d.mkdir(parents=True, exist_ok=True)
-    vocab, merges = bpe_vocab_and_merges(bpe_path)
-    (d / "vocab.json").write_text(json.dumps(vocab, ensure_ascii=False), encoding="utf-8")
-    (d / "merges.txt").write_text("#version: 0.2\n" + "".join(f"{a} {b}\n" for a, b in merges), encoding="utf-8")
-    special = {"bos_token": BOS, "eos_token": EOS, "unk_token": EOS, "pad_token": PAD}
-    (d / "special_tokens_map.json").write_text(json.dumps(special, indent=2) + "\n")
-    # split_special_tokens: a "!" typed in a prompt is BPE text ("!</w>", id 256) as in open_clip,
-    # not the padding token (id 0) that transformers would otherwise cut out of the text.
-    config = dict(special, tokenizer_class="CLIPTokenizer", model_max_length=77, do_lower_case=True,
-                  errors="replace", add_prefix_space=False, split_special_tokens=True)
-    (d / "tokenizer_config.json").write_text(json.dumps(config, indent=2) + "\n")
-    return d
+    _, merges = bpe_vocab_and_merges(bpe_path)
+    return Path(write_clip_bpe_tokenizer(directory, merges))
 
 
 # ---- reading and converting --------------------------------------------------------
