@@ -112,12 +112,15 @@ MULTI_DEVICE = textwrap.dedent("""
     rng = np.random.RandomState(0)
     imgs = [(rng.rand(32, 32, 3) * 255).astype(np.uint8) for _ in range(4)]
     prompts = ["a red ball", "a blue cube", "", "a green cat"]
-    kw = dict(num_new_frames=2, num_inference_steps=2, resample_iters=1, seed=11)
-    ref = pipe(imgs, prompts, parallel="none", **kw)
-    out = {}
+    kw = dict(num_new_frames=2, num_inference_steps=2, resample_iters=1)
+    seeds = [11, 12, 13, 14]
+    # The reference: each video alone on one device (the shapes each device runs below).
+    ref = np.stack([pipe(i, p, seed=s, parallel="none", **kw) for i, p, s in zip(imgs, prompts, seeds)])
+    batch = pipe(imgs, prompts, seed=seeds, parallel="none", **kw)
+    out = {"one-device-batch-4": int(np.abs(batch.astype(int) - ref.astype(int)).max())}
     for mode in ("mesh", "pmap"):
         for n in (3, 4):
-            got = pipe(imgs[:n], prompts[:n], parallel=mode, **kw)
+            got = pipe(imgs[:n], prompts[:n], seed=seeds[:n], parallel=mode, **kw)
             out[f"{mode}-{n}"] = int(np.abs(got.astype(int) - ref[:n].astype(int)).max())
     print(json.dumps(out))
 """)
@@ -130,5 +133,7 @@ def test_mesh_and_pmap_equal_single_device(tiny_converted_dir):
     assert r.returncode == 0, r.stderr[-3000:]
     diffs = json.loads(r.stdout.strip().splitlines()[-1])
     print("max |multi-device - single-device| in uint8 levels:", diffs)
-    assert set(diffs) == {"mesh-3", "mesh-4", "pmap-3", "pmap-4"}
-    assert max(diffs.values()) <= 1
+    # 4 devices run one video each: the same program shapes as one video alone, so the same bits.
+    assert {diffs[k] for k in ("mesh-3", "mesh-4", "pmap-3", "pmap-4")} == {0}
+    # A batch of 4 on one device runs other matmul shapes; float rounding may move a level.
+    assert diffs["one-device-batch-4"] <= 1
