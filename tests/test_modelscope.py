@@ -281,12 +281,16 @@ def test_in_memory_matches_converted(release, converted):
 
 
 def test_detect_and_dispatch(release, tmp_path):
+    from ti2v_jax.weights.convert import convert_checkpoint
+
     src = release[0]
-    assert ms.detect_format(src) == "modelscope"
+    convert_checkpoint(src, tmp_path / "auto")  # source_format="auto"
+    assert json.loads((tmp_path / "auto" / "model_index.json").read_text())["source_format"] == "modelscope"
+    (tmp_path / "empty").mkdir()
     with pytest.raises(FileNotFoundError):
-        ms.detect_format(tmp_path)
+        convert_checkpoint(tmp_path / "empty", tmp_path / "y")
     with pytest.raises(ValueError, match="source_format"):
-        ms.convert_checkpoint(src, tmp_path / "x", source_format="onnx")
+        convert_checkpoint(src, tmp_path / "x", source_format="onnx")
 
 
 # ---- full-size name/shape maps, without weights (meta tensors) ---------------------

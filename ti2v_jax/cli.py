@@ -103,6 +103,8 @@ def build_parser() -> argparse.ArgumentParser:
     c.add_argument("--dtype", choices=DTYPES, default="float32", help="stored parameter dtype")
     c.add_argument("--from", dest="source_format", choices=("auto", "diffusers", "modelscope"), default="auto",
                    help="source layout (default: auto-detect)")
+    c.add_argument("--variant", default=None, help="diffusers layout: read weight files of this variant first, "
+                                                     "e.g. fp16")
     c.add_argument("--overwrite", action="store_true", help="replace an existing DST")
 
     i = sub.add_parser("info", help="show the configs, parameter counts and dtypes of a checkpoint directory")
@@ -170,7 +172,8 @@ def _add_batch(p):
 
 def _cmd_convert(a):
     from ti2v_jax.weights.convert import convert_checkpoint
-    report = convert_checkpoint(a.src, a.dst, dtype=a.dtype, source_format=a.source_format, overwrite=a.overwrite)
+    report = convert_checkpoint(a.src, a.dst, dtype=a.dtype, source_format=a.source_format, overwrite=a.overwrite,
+                                variant=a.variant)
     print(report.summary())
 
 

@@ -539,28 +539,3 @@ def convert_in_memory(src, *, dtype="float32", components=COMPONENT_NAMES):
         nnx.replace_by_pure_dict(state, jax.tree.map(jax.numpy.asarray, ckpt.nest(c.params)))
         out[name] = (c.config, state)
     return out
-
-
-def detect_format(src) -> str:
-    """'modelscope' for an original release (configuration.json), else 'diffusers'."""
-    src = Path(src)
-    if not src.is_dir():
-        raise NotADirectoryError(f"{src} is not a directory")
-    if (src / "model_index.json").is_file():
-        return "diffusers"
-    if is_modelscope(src):
-        return "modelscope"
-    raise FileNotFoundError(f"{src} holds neither model_index.json (diffusers layout) nor configuration.json "
-                            "with model.model_cfg (original ModelScope layout)")
-
-
-def convert_checkpoint(src, dst, dtype="float32", source_format: str = "auto", overwrite: bool = False):
-    """Dispatch for `ti2v-jax convert`: the diffusers or the original ModelScope converter."""
-    from ti2v_jax.weights.convert import convert_diffusers
-
-    fmt = detect_format(src) if source_format in (None, "auto") else source_format
-    if fmt == "modelscope":
-        return convert_modelscope(src, dst, dtype=dtype, overwrite=overwrite)
-    if fmt == "diffusers":
-        return convert_diffusers(src, dst, dtype=dtype, overwrite=overwrite)
-    raise ValueError(f"source_format must be 'auto', 'diffusers' or 'modelscope', got {source_format!r}")
