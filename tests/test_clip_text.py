@@ -7,7 +7,7 @@ import pytest
 import torch
 from flax import nnx
 
-from helpers import flax_from_state
+from helpers import flax_from_state, perturb_, torch_state_numpy
 
 from ti2v_jax import MS17B_CONFIGS
 from ti2v_jax import tokenizer as tok_lib
@@ -20,14 +20,6 @@ def _port(model_cls, config, torch_state, module):
     model, skipped = flax_from_state(lambda: model_cls(config, rngs=nnx.Rngs(0)), torch_state,
                                      renames=module.TORCH_RENAMES, ignore=module.TORCH_IGNORE)
     return model, skipped
-
-
-def _perturbed_state(module, seed):
-    g = torch.Generator().manual_seed(seed)
-    with torch.no_grad():
-        for p in module.parameters():
-            p.add_(0.1 * torch.randn(p.shape, generator=g))
-    return {k: v.numpy() for k, v in module.state_dict().items()}
 
 
 PROMPTS = [
@@ -56,7 +48,7 @@ def test_clip_text_matches_transformers(tmp_path, act):
                   bos_token_id=tok.bos_token_id, eos_token_id=2, pad_token_id=1, projection_dim=16)
     torch.manual_seed(0)
     ref = TorchCLIPTextModel(CLIPTextConfig(**config)).eval()
-    state = _perturbed_state(ref, seed=1 if act == "gelu" else 2)
+    state = torch_state_numpy(perturb_(ref, 0.1, seed=1 if act == "gelu" else 2))
     # Checkpoints from older transformers (ModelScope's) carry the buffer, and the prefix.
     state["text_model.embeddings.position_ids"] = np.arange(77)[None]
     model, skipped = _port(clip_text.CLIPTextModel, {"_name_or_path": "x", **config}, state, clip_text)

@@ -8,7 +8,7 @@ import pytest
 import torch
 from flax import nnx
 
-from helpers import flax_from_state
+from helpers import flax_from_state, perturb_, torch_state_numpy
 
 from ti2v_jax import MS17B_CONFIGS
 from ti2v_jax.models import vae
@@ -20,14 +20,6 @@ def _port(model_cls, config, torch_state, module):
     model, skipped = flax_from_state(lambda: model_cls(config, rngs=nnx.Rngs(0)), torch_state,
                                      renames=module.TORCH_RENAMES, ignore=module.TORCH_IGNORE)
     return model
-
-
-def _perturbed_state(module, seed):
-    g = torch.Generator().manual_seed(seed)
-    with torch.no_grad():
-        for p in module.parameters():
-            p.add_(0.1 * torch.randn(p.shape, generator=g))
-    return {k: v.numpy() for k, v in module.state_dict().items()}
 
 
 def _legacy_names(state):
@@ -57,7 +49,7 @@ def test_vae_matches_diffusers(cfg_i, hw):
                   up_block_types=["UpDecoderBlock2D"] * n, **CONFIGS[cfg_i])
     torch.manual_seed(cfg_i)
     ref = TorchAutoencoderKL(**{k: v for k, v in config.items() if not k.startswith("_")}).eval()
-    state = _perturbed_state(ref, seed=10 + cfg_i)
+    state = torch_state_numpy(perturb_(ref, 0.1, seed=10 + cfg_i))
     assert any(".to_out.0." in k for k in state)
     model = _port(vae.AutoencoderKL, config, state, vae)
     assert model.scaling_factor == pytest.approx(0.18215)
