@@ -43,6 +43,18 @@ def test_clips_cover_every_attribute():
     assert 0.3 < np.mean([h > 0 for h in holds]) < 0.7 and max(holds) == synthetic.NUM_FRAMES - 2
 
 
+def test_hold_heavy_clips():
+    """The data of the default model's last training run: 80% of clips rest for 2..K-2 frames."""
+    specs = synthetic.sample_specs(0, 400, hold_prob=0.8, min_hold=2)
+    holds = np.array([s.hold for s in specs])
+    assert 0.7 < np.mean(holds > 0) < 0.9
+    assert set(holds[holds > 0]) == set(range(2, synthetic.NUM_FRAMES - 1))
+    for s in specs:
+        assert np.diff(s.centers(), axis=0)[-1] @ np.asarray(synthetic.DIRECTIONS[s.direction]) > 1.0
+    with pytest.raises(ValueError, match="min_hold"):
+        synthetic.sample_specs(0, 4, min_hold=synthetic.NUM_FRAMES - 1)
+
+
 def test_object_stays_inside_and_moves_as_captioned():
     for s in synthetic.sample_specs(5, 200):
         c = s.centers()

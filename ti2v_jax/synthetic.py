@@ -92,8 +92,14 @@ def _start(rng, direction, radius, travel, size):
 
 
 def sample_specs(seed: int, n: int, *, num_frames: int = NUM_FRAMES, size: int = SIZE,
-                 hold_prob: float = HOLD_PROB, stream: int = TRAIN) -> list[ClipSpec]:
-    """n clip specifications, a pure function of (stream, seed)."""
+                 hold_prob: float = HOLD_PROB, min_hold: int = 1, stream: int = TRAIN) -> list[ClipSpec]:
+    """n clip specifications, a pure function of (stream, seed).
+
+    A clip holds with probability `hold_prob`, for h frames drawn uniformly from
+    min_hold..K-2 (min_hold > 1 makes the long holds a TI2V-Zero queue looks like commoner).
+    """
+    if not 1 <= min_hold <= num_frames - 2:
+        raise ValueError(f"min_hold must be in 1..{num_frames - 2} for {num_frames} frames, got {min_hold}")
     rng = np.random.default_rng([stream, seed])
     specs = []
     for _ in range(n):
@@ -102,7 +108,7 @@ def sample_specs(seed: int, n: int, *, num_frames: int = NUM_FRAMES, size: int =
         direction = list(DIRECTIONS)[rng.integers(len(DIRECTIONS))]
         radius = rng.uniform(*RADIUS)
         speed = rng.uniform(*SPEED)
-        hold = int(rng.integers(1, num_frames - 1)) if rng.random() < hold_prob else 0
+        hold = int(rng.integers(min_hold, num_frames - 1)) if rng.random() < hold_prob else 0
         moving = max(num_frames - 1 - hold, 1)
         speed = min(speed, (size - 2 * radius - 2) / moving)  # the biggest shapes move a bit slower
         x0, y0 = _start(rng, direction, radius, speed * (num_frames - 1 - hold), size)
@@ -148,9 +154,10 @@ def render_image(shape: str, color: str, center, radius: float = 6.0, background
 
 
 def make_batch(seed: int, n: int, *, num_frames: int = NUM_FRAMES, size: int = SIZE,
-               hold_prob: float = HOLD_PROB, stream: int = TRAIN):
+               hold_prob: float = HOLD_PROB, min_hold: int = 1, stream: int = TRAIN):
     """(videos (n, F, size, size, 3) uint8, captions list[str], specs) for one seed."""
-    specs = sample_specs(seed, n, num_frames=num_frames, size=size, hold_prob=hold_prob, stream=stream)
+    specs = sample_specs(seed, n, num_frames=num_frames, size=size, hold_prob=hold_prob, min_hold=min_hold,
+                         stream=stream)
     videos = np.stack([render(s, num_frames, size) for s in specs])
     return videos, [s.caption for s in specs], specs
 
