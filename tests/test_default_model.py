@@ -2,10 +2,8 @@
 
 Full TI2V-Zero (DDPM inversion, resampling R=1, pixel-space sliding) on 8 fixed held-out
 start images (synthetic EVAL stream, two per direction). Asserted: the object is kept
-(found in every frame, same colour, same shape, no jumps) and it moves along the
-prompted direction above chance. The target "right direction in at least 6 of 8" is
-a strict xfail: the shipped weights do not reach it yet (see train/README.md), and the
-day a retrained model does, the XPASS turns the suite red so the marker comes off.
+(found in every frame, same colour, same shape, no jumps) and it moves in the prompted
+direction in at least 6 of the 8 cases (the shipped weights: 7 of 8).
 """
 
 import json
@@ -19,7 +17,7 @@ from ti2v_jax import evaluation, loading, synthetic
 MODEL = Path(__file__).resolve().parents[1] / "ti2v_jax" / "assets" / "default_model"
 CASES, SEED = 8, 0
 STEPS, RESAMPLE, GUIDANCE = 10, 1, 9.0   # R = 1 keeps this test near a minute on 2 CPU cores
-MIN_CORRECT = 3
+MIN_CORRECT = 6
 
 @pytest.fixture(scope="module")
 def model():
@@ -62,17 +60,9 @@ def test_default_model_keeps_the_object(results):
     assert all(r["jumps"] == 0.0 for r in rows), [r["max_step_px"] for r in rows]
 
 
-def test_default_model_moves_the_object_above_chance(results):
-    """What the shipped weights do reliably: net motion along the prompt, direction above chance (2/8)."""
+def test_default_model_moves_the_object_as_prompted(results):
+    """Net motion (>= 3 px, start -> last frame) closest to the prompted direction in 6 of 8 cases."""
     _, _, rows = results
     correct = sum(r["direction_ok"] for r in rows)
     assert correct >= MIN_CORRECT, f"moved as prompted in {correct}/8"
-    assert np.mean([r["along_px"] for r in rows]) > 2.0
-
-
-@pytest.mark.xfail(strict=True, reason="the shipped weights are undertrained on motion (15k steps): "
-                   "direction accuracy is 25-62% depending on the variant (benchmarks/ABLATION.md); retrain longer to pass")
-def test_default_model_moves_the_object_as_prompted(results):
-    _, _, rows = results
-    correct = sum(r["direction_ok"] for r in rows)
-    assert correct >= 6, f"moved as prompted in {correct}/8"
+    assert np.mean([r["along_px"] for r in rows]) > 5.0
