@@ -256,15 +256,14 @@ def encode_dataset(vae, sf, videos):
     return lat.reshape((n, f) + lat.shape[1:])
 
 
-def timestep_weights(cap):
-    """Per-timestep loss weights: min(1 / alpha_bar(t), cap), normalised to mean 1 (cap None: uniform).
+def timestep_weights(abar, cap):
+    """Per-timestep loss weights from alpha_bar: min(1 / alpha_bar(t), cap), normalised to mean 1 (cap None: uniform).
 
     Epsilon-prediction weighs an error in the predicted clean video by alpha_bar / (1 - alpha_bar),
     so at high noise, where the motion a caption asks for must be decided, a wrong direction
     costs almost nothing. 1 / alpha_bar (v-prediction's weighting of the epsilon loss), capped,
     moves training signal there without changing the parametrisation the sampler uses.
     """
-    abar = alphas_cumprod()
     w = jnp.ones_like(abar) if cap is None else jnp.minimum(1.0 / abar, cap)
     return w / jnp.mean(w)
 
@@ -275,7 +274,7 @@ def stage_unet(workdir, latents, caption_ids, contexts, prof, seed, max_minutes=
     ctx = jnp.asarray(contexts)          # (73, 77, D); the last row is ""
     empty = ctx.shape[0] - 1
     abar = alphas_cumprod()
-    weights = timestep_weights(prof.get("t_weight_cap"))
+    weights = timestep_weights(abar, prof.get("t_weight_cap"))
     model = UNet3DConditionModel(UNET_CONFIG, rngs=nnx.Rngs(seed + 3000))
     if init is not None:  # fine-tune: start from these weights (fresh optimizer)
         nnx.update(model, nnx.state(init, nnx.Param))
@@ -342,20 +341,9 @@ def main(argv=None):
                    help="wall-time cap for the U-Net stage (stops early, checkpointed, logged)")
     a = p.parse_args(argv)
     prof = dict(PROFILES[a.profile])
-    if a.unet_steps:
-        prof["unet_steps"] = a.unet_steps
-    if a.unet_lr:
-        prof["unet_lr"] = a.unet_lr
-    if a.clips:
-        prof["clips"] = a.clips
-    if a.hold_prob is not None:
-        prof["hold_prob"] = a.hold_prob
-    if a.min_hold is not None:
-        prof["min_hold"] = a.min_hold
-    if a.unet_batch:
-        prof["unet_batch"] = a.unet_batch
-    if a.t_weight_cap:
-        prof["t_weight_cap"] = a.t_weight_cap
+    for name in ("unet_steps", "unet_lr", "clips", "hold_prob", "min_hold", "unet_batch", "t_weight_cap"):
+        if getattr(a, name) is not None:  # the options that override the profile
+            prof[name] = getattr(a, name)
     if jax.default_backend() == "cpu":
         # Same math; XLA's plain attention differentiates faster on CPU than the blocked
         # inference kernel (measured: 1.24 vs 1.52 s per U-Net step at batch 16).
