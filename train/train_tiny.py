@@ -74,10 +74,13 @@ SCHEDULER_CONFIG = {
     "steps_offset": 1,
 }
 
-# Step counts and batch sizes. "cpu" fits this repo's 2-core CPU budget (about 40 min, see
-# train/README.md); "gpu" is the same recipe, longer, and is what the shipped weights used.
+# Step counts, batch sizes, learning rates, data and loss options. "cpu" is the whole
+# training from scratch on this repo's 2-core CPU in under 60 minutes (see train/README.md;
+# its U-Net stage stops at `unet_minutes` if the machine is slower); "gpu" is the profile
+# runs 1-2 of the earlier shipped weights used.
 PROFILES = {
-    "cpu": dict(clips=4096, vae_steps=800, vae_batch=32, unet_steps=700, unet_batch=8, chunk=10),
+    "cpu": dict(clips=16384, vae_steps=1400, vae_batch=32, vae_lr=4e-3, unet_steps=2100, unet_batch=16,
+                unet_lr=3e-3, hold_prob=0.8, min_hold=2, t_weight_cap=10.0, unet_minutes=46.0, chunk=10),
     "gpu": dict(clips=32768, vae_steps=4000, vae_batch=128, unet_steps=30000, unet_batch=64, chunk=100),
     "smoke": dict(clips=64, vae_steps=4, vae_batch=8, unet_steps=4, unet_batch=2, chunk=2),
 }
@@ -223,8 +226,9 @@ def stage_vae(workdir, videos, prof, seed):
         kl = 0.5 * jnp.mean(jnp.sum(mean ** 2 + jnp.exp(logvar) - 1.0 - logvar, axis=(1, 2, 3)))
         return rec + VAE_KL * kl
 
-    tx = optax.adamw(optax.warmup_cosine_decay_schedule(0.0, VAE_LR, min(100, prof["vae_steps"] // 10 + 1),
-                                                       prof["vae_steps"], VAE_LR * 0.05),
+    lr = prof.get("vae_lr", VAE_LR)
+    tx = optax.adamw(optax.warmup_cosine_decay_schedule(0.0, lr, min(100, prof["vae_steps"] // 10 + 1),
+                                                       prof["vae_steps"], lr * 0.05),
                      weight_decay=0.0)
     params, graphdef, _ = train_loop(workdir, "vae", model, tx, loss_fn, frames, prof["vae_steps"], prof["chunk"],
                                   jax.random.key(seed + 2001))
@@ -338,10 +342,15 @@ def main(argv=None):
                    help="weight the U-Net loss at timestep t by min(1/alpha_bar(t), CAP) (mean 1); "
                    "default: the profile's (uniform if unset)")
     p.add_argument("--unet-minutes", type=float, default=None,
-                   help="wall-time cap for the U-Net stage (stops early, checkpointed, logged)")
+                   help="wall-time cap for the U-Net stage (stops early, checkpointed, logged); "
+                   "default: the profile's (none if unset)")
+    p.add_argument("--vae-steps", type=int, default=None, help="override the profile's VAE steps")
+    p.add_argument("--vae-lr", type=float, default=None, help=f"override the VAE peak learning rate "
+                   f"(default: the profile's, else {VAE_LR})")
     a = p.parse_args(argv)
     prof = dict(PROFILES[a.profile])
-    for name in ("unet_steps", "unet_lr", "clips", "hold_prob", "min_hold", "unet_batch", "t_weight_cap"):
+    for name in ("unet_steps", "unet_lr", "clips", "hold_prob", "min_hold", "unet_batch", "t_weight_cap",
+                 "unet_minutes", "vae_steps", "vae_lr"):
         if getattr(a, name) is not None:  # the options that override the profile
             prof[name] = getattr(a, name)
     if jax.default_backend() == "cpu":
@@ -379,7 +388,8 @@ def main(argv=None):
         return
     latents = encode_dataset(vae, vae_cfg["scaling_factor"], videos)
     print(f"latents {latents.shape}, std {latents.std():.3f}")
-    unet, unet_steps_done = stage_unet(wd, latents, caption_ids, contexts, prof, a.seed, a.unet_minutes, init_unet)
+    unet, unet_steps_done = stage_unet(wd, latents, caption_ids, contexts, prof, a.seed, prof.get("unet_minutes"),
+                                               init_unet)
     t_unet = time.time() - t_start
     if a.stage == "unet":
         return
@@ -387,6 +397,7 @@ def main(argv=None):
                 init_from=a.init_from,
                 devices=str(jax.devices()[0].device_kind), wall_s_data=round(t_data),
                 wall_s_vae=round(t_vae - t_data), wall_s_unet=round(t_unet - t_vae),
+                wall_s_total=round(time.time() - t_start),
                 data="ti2v_jax.synthetic (stream TRAIN)")
     export(a.export or wd / "default_model", unet, vae, vae_cfg, text, text_cfg, wd / "tokenizer", meta)
     log(wd, stage="done", wall_s=round(time.time() - t_start), **{k: v for k, v in meta.items() if k != "data"})
