@@ -272,7 +272,7 @@ def timestep_weights(abar, cap):
     return w / jnp.mean(w)
 
 
-def stage_unet(workdir, latents, caption_ids, contexts, prof, seed, max_minutes=None, init=None):
+def stage_unet(workdir, latents, caption_ids, contexts, prof, seed, init=None):
     lat = jnp.asarray(latents)
     cap = jnp.asarray(caption_ids)
     ctx = jnp.asarray(contexts)          # (73, 77, D); the last row is ""
@@ -302,7 +302,8 @@ def stage_unet(workdir, latents, caption_ids, contexts, prof, seed, max_minutes=
     tx = optax.chain(optax.clip_by_global_norm(1.0), optax.adamw(sched, weight_decay=0.0))
     params, graphdef, done = train_loop(workdir, "unet", model, tx, loss_fn, (lat, cap, ctx), prof["unet_steps"],
                                         prof["chunk"],
-                                        jax.random.key(seed + 3001), ema_decay=EMA_DECAY, max_minutes=max_minutes)
+                                        jax.random.key(seed + 3001), ema_decay=EMA_DECAY,
+                                        max_minutes=prof.get("unet_minutes"))
     return nnx.merge(graphdef, params), done
 
 
@@ -388,8 +389,7 @@ def main(argv=None):
         return
     latents = encode_dataset(vae, vae_cfg["scaling_factor"], videos)
     print(f"latents {latents.shape}, std {latents.std():.3f}")
-    unet, unet_steps_done = stage_unet(wd, latents, caption_ids, contexts, prof, a.seed, prof.get("unet_minutes"),
-                                               init_unet)
+    unet, unet_steps_done = stage_unet(wd, latents, caption_ids, contexts, prof, a.seed, init_unet)
     t_unet = time.time() - t_start
     if a.stage == "unet":
         return
