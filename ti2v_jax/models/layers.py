@@ -40,8 +40,8 @@ def attention(q, k, v, heads: int, *, is_causal: bool = False):
     k = k.reshape(b, tk, heads, d)
     v = v.reshape(b, tk, heads, d)
     impl = _ATTENTION_IMPL
-    if impl == "cudnn" and q.dtype not in (jnp.float16, jnp.bfloat16):
-        impl = None
+    if impl == "cudnn" and (q.dtype not in (jnp.float16, jnp.bfloat16) or d > 256 or d % 8):
+        impl = None  # cuDNN's fused kernel takes half precision and head dims <= 256, k*8
     if impl is None and not is_causal and jax.default_backend() == "cpu":
         return _attention_cpu(q, k, v).reshape(b, tq, c)
     out = jax.nn.dot_product_attention(q, k, v, is_causal=is_causal, implementation=impl)
