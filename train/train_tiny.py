@@ -147,7 +147,7 @@ def train_loop(workdir, name, model, tx, loss_fn, data, steps, chunk, key, *, em
                max_minutes=None):
     """Jitted training steps, tqdm, JSONL log (one record per `chunk` steps), resumable orbax checkpoints.
 
-    loss_fn(model, key, data) -> scalar; `data` (a pytree of arrays) is passed to the jitted
+    loss_fn(model, key, data, step) -> scalar; `data` (a pytree of arrays) is passed to the jitted
     step as an argument, not baked into the program as a constant. Returns the trained (or
     EMA) parameters as an nnx.State. max_minutes: stop early (checkpointing) once this much
     wall time has passed; logged.
@@ -168,7 +168,8 @@ def train_loop(workdir, name, model, tx, loss_fn, data, steps, chunk, key, *, em
     @jax.jit
     def one(state, k, data):
         k = jax.random.fold_in(k, state["step"])
-        loss, grads = jax.value_and_grad(lambda p: loss_fn(nnx.merge(graphdef, p), k, data))(state["params"])
+        loss, grads = jax.value_and_grad(lambda p: loss_fn(nnx.merge(graphdef, p), k, data, state["step"]))(
+            state["params"])
         updates, opt = tx.update(grads, state["opt"], state["params"])
         params = optax.apply_updates(state["params"], updates)
         ema = state["ema"]
@@ -217,7 +218,7 @@ def stage_vae(workdir, videos, prof, seed):
     model = AutoencoderKL(VAE_CONFIG, rngs=nnx.Rngs(seed + 2000))
     batch = prof["vae_batch"]
 
-    def loss_fn(vae, k, frames):
+    def loss_fn(vae, k, frames, step):
         ki, kz = jax.random.split(k)
         x = frames[jax.random.randint(ki, (batch,), 0, frames.shape[0])].astype(jnp.float32) / 127.5 - 1.0
         mean, logvar = vae.encode(x)
@@ -279,12 +280,15 @@ def stage_unet(workdir, latents, caption_ids, contexts, prof, seed, init=None):
     empty = ctx.shape[0] - 1
     abar = alphas_cumprod()
     weights = timestep_weights(abar, prof.get("t_weight_cap"))
+    # Uniform weighting for the first `t_weight_after` of the planned steps (content and shape
+    # are learned at low noise), the capped weighting after (motion, decided at high noise).
+    weight_from = int(prof.get("t_weight_after", 0.0) * prof["unet_steps"])
     model = UNet3DConditionModel(UNET_CONFIG, rngs=nnx.Rngs(seed + 3000))
     if init is not None:  # fine-tune: start from these weights (fresh optimizer)
         nnx.update(model, nnx.state(init, nnx.Param))
     batch = prof["unet_batch"]
 
-    def loss_fn(unet, k, data):
+    def loss_fn(unet, k, data, step):
         lat, cap, ctx = data
         ki, kt, kn, kd = jax.random.split(k, 4)
         idx = jax.random.randint(ki, (batch,), 0, lat.shape[0])
@@ -294,7 +298,8 @@ def stage_unet(workdir, latents, caption_ids, contexts, prof, seed, init=None):
         a = abar[t][:, None, None, None, None]
         xt = jnp.sqrt(a) * x0 + jnp.sqrt(1.0 - a) * eps
         c = jnp.where(jax.random.uniform(kd, (batch,)) < TEXT_DROPOUT, empty, cap[idx])
-        return jnp.mean(weights[t] * jnp.mean((unet(xt, t, ctx[c]) - eps) ** 2, axis=(1, 2, 3, 4)))
+        w = jnp.where(step >= weight_from, weights[t], 1.0)
+        return jnp.mean(w * jnp.mean((unet(xt, t, ctx[c]) - eps) ** 2, axis=(1, 2, 3, 4)))
 
     lr = prof.get("unet_lr", UNET_LR)
     sched = optax.warmup_cosine_decay_schedule(0.0, lr, min(UNET_WARMUP, prof["unet_steps"] // 10 + 1),
@@ -342,6 +347,9 @@ def main(argv=None):
     p.add_argument("--t-weight-cap", type=float, default=None,
                    help="weight the U-Net loss at timestep t by min(1/alpha_bar(t), CAP) (mean 1); "
                    "default: the profile's (uniform if unset)")
+    p.add_argument("--t-weight-after", type=float, default=None,
+                   help="fraction of the U-Net steps trained with uniform weighting before the "
+                   "--t-weight-cap weighting applies (default: the profile's, else 0)")
     p.add_argument("--unet-minutes", type=float, default=None,
                    help="wall-time cap for the U-Net stage (stops early, checkpointed, logged); "
                    "default: the profile's (none if unset)")
@@ -351,7 +359,7 @@ def main(argv=None):
     a = p.parse_args(argv)
     prof = dict(PROFILES[a.profile])
     for name in ("unet_steps", "unet_lr", "clips", "hold_prob", "min_hold", "unet_batch", "t_weight_cap",
-                 "unet_minutes", "vae_steps", "vae_lr"):
+                 "t_weight_after", "unet_minutes", "vae_steps", "vae_lr"):
         if getattr(a, name) is not None:  # the options that override the profile
             prof[name] = getattr(a, name)
     if jax.default_backend() == "cpu":
