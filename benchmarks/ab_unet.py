@@ -25,6 +25,28 @@ from ti2v_jax.models import layers  # noqa: E402
 from ti2v_jax.models.unet3d import UNet3DConditionModel  # noqa: E402
 
 
+def pair_programs(cfg: dict, dt, impls, frames: int = 16):
+    """A random-weight U-Net of `cfg`, the inputs of one batch-2 guidance pair (K=`frames`),
+    and the pair compiled once per attention setting in `impls` (None: the default).
+
+    Returns ({impl: compiled}, {impl: compile seconds}, (params, x, t, context)).
+    """
+    model = UNet3DConditionModel(cfg, dtype=dt, param_dtype=dt, rngs=nnx.Rngs(0))
+    g, st = nnx.split(model)
+    lat, c_in = cfg.get("sample_size", 32), cfg.get("in_channels", 4)
+    x = jax.random.normal(jax.random.key(1), (2, frames, lat, lat, c_in)).astype(dt)
+    c = jax.random.normal(jax.random.key(2), (2, 77, cfg["cross_attention_dim"])).astype(dt)
+    t = jnp.array([501, 501])
+    fns, compile_s = {}, {}
+    for impl in impls:
+        layers.set_attention_implementation(impl)
+        t0 = time.perf_counter()
+        fns[impl] = jax.jit(lambda s, x, t, c: nnx.merge(g, s)(x, t, c)).lower(st, x, t, c).compile()
+        compile_s[impl] = time.perf_counter() - t0
+    layers.set_attention_implementation(None)
+    return fns, compile_s, (st, x, t, c)
+
+
 def main():
     ap = argparse.ArgumentParser()
     ap.add_argument("--config", default="small")
@@ -32,26 +54,18 @@ def main():
     ap.add_argument("--rounds", type=int, default=3)
     ap.add_argument("--impls", default="none,xla")
     a = ap.parse_args()
-    cfg = configs.get(a.config)["unet"]
-    dt = jnp.dtype(a.dtype)
-    model = UNet3DConditionModel(cfg, dtype=dt, param_dtype=dt, rngs=nnx.Rngs(0))
-    g, st = nnx.split(model)
-    x = jax.random.normal(jax.random.key(1), (2, 16, 32, 32, 4)).astype(dt)
-    c = jax.random.normal(jax.random.key(2), (2, 77, cfg["cross_attention_dim"])).astype(dt)
-    t = jnp.array([501, 501])
-    fns = {}
-    for name in a.impls.split(","):
-        layers.set_attention_implementation(None if name == "none" else name)
-        fns[name] = jax.jit(lambda s, x, t, c: nnx.merge(g, s)(x, t, c)).lower(st, x, t, c).compile()
-    layers.set_attention_implementation(None)
+    names = a.impls.split(",")
+    fns, _, args = pair_programs(configs.get(a.config)["unet"], jnp.dtype(a.dtype),
+                                 [None if n == "none" else n for n in names])
+    fns = dict(zip(names, fns.values()))
     res = {n: [] for n in fns}
     for _ in range(a.rounds):
         for n, f in fns.items():
-            f(st, x, t, c).block_until_ready()
+            f(*args).block_until_ready()
             ts = []
             for _ in range(3):
                 t0 = time.perf_counter()
-                f(st, x, t, c).block_until_ready()
+                f(*args).block_until_ready()
                 ts.append(time.perf_counter() - t0)
             res[n].append(statistics.median(ts))
     for n, v in res.items():

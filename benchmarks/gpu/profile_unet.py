@@ -15,31 +15,25 @@ import argparse
 import collections
 import glob
 import re
-import statistics
 import sys
 import tempfile
-import time
 from pathlib import Path
 
 import jax
 import jax.numpy as jnp
-from flax import nnx
 
 sys.path[:0] = [str(Path(__file__).resolve().parents[1]), str(Path(__file__).resolve().parents[2])]
+from ab_unet import pair_programs  # noqa: E402
+from bench import median_time  # noqa: E402
 from configs import get as get_config  # noqa: E402
 
 from ti2v_jax.models import layers  # noqa: E402
-from ti2v_jax.models.unet3d import UNet3DConditionModel  # noqa: E402
 
 
 def timed(fn, repeats):
+    """Median seconds of `repeats` calls after one warm-up call."""
     fn()
-    ts = []
-    for _ in range(repeats):
-        t0 = time.perf_counter()
-        fn()
-        ts.append(time.perf_counter() - t0)
-    return statistics.median(ts)
+    return median_time(fn, repeats)[0]
 
 
 def kind(name: str) -> str:
@@ -74,32 +68,19 @@ def main():
     cfg = dict(get_config(a.config)["unet"])
     gpu = jax.default_backend() == "gpu"
     say(f"config {a.config}, {dt.name}, K={a.frames}, devices {jax.devices()}, jax {jax.__version__}")
-    t0 = time.perf_counter()
-    model = UNet3DConditionModel(cfg, dtype=dt, param_dtype=dt, rngs=nnx.Rngs(0))
-    graphdef, params = nnx.split(model)
-    params = jax.block_until_ready(params)
-    say(f"init {time.perf_counter() - t0:.1f} s")
-    lat, c_in = cfg.get("sample_size", 32), cfg.get("in_channels", 4)
-    x = jax.random.normal(jax.random.key(1), (2, a.frames, lat, lat, c_in), jnp.float32).astype(dt)
-    t = jnp.full((2,), 500, jnp.int32)
-    ctx = jax.random.normal(jax.random.key(2), (2, 77, cfg["cross_attention_dim"]), jnp.float32).astype(dt)
-    fwd = lambda p, x, t, c: nnx.merge(graphdef, p)(x, t, c)  # noqa: E731
-
     impls = ["cudnn", "xla"] if gpu else [None]
-    pairs = {}
-    for impl in impls:
-        layers.set_attention_implementation(impl)
-        t0 = time.perf_counter()
-        fn = jax.jit(fwd).lower(params, x, t, ctx).compile()
-        comp = time.perf_counter() - t0
-        pairs[impl] = fn
-        s = timed(lambda: jax.block_until_ready(fn(params, x, t, ctx)), a.repeats)
-        say(f"pair, attention {impl or 'default'}: {s * 1e3:.1f} ms (compile {comp:.1f} s)")
+    pairs, compile_s, args = pair_programs(cfg, dt, impls, a.frames)
+    lat = cfg.get("sample_size", 32)
+    for impl, fn in pairs.items():
+        s = timed(lambda: jax.block_until_ready(fn(*args)), a.repeats)
+        say(f"pair, attention {impl or 'default'}: {s * 1e3:.1f} ms (compile {compile_s[impl]:.1f} s)")
 
     # attention alone at level 0 (as bench.py's row)
     c0 = cfg["block_out_channels"][0]
     heads = c0 // cfg["attention_head_dim"]
     qa = jax.random.normal(jax.random.key(3), (3, 2 * a.frames, lat * lat, c0), jnp.float32).astype(dt)
+    # temporal attention: (B*H*W, K tokens)
+    qt = jax.random.normal(jax.random.key(4), (3, 2 * lat * lat, a.frames, c0), jnp.float32).astype(dt)
     for impl in impls:
         layers.set_attention_implementation(impl)
         att = jax.jit(lambda q, k, v: layers.attention(q, k, v, heads))
@@ -107,8 +88,6 @@ def main():
         flops = 4 * 2 * a.frames * (lat * lat) ** 2 * c0
         say(f"attention alone ({2 * a.frames}, {lat * lat} tokens, {heads} x {c0 // heads}), {impl or 'default'}: "
             f"{s * 1e3:.3f} ms, {flops / s / 1e12:.1f} TFLOP/s")
-        # temporal attention: (B*H*W, K tokens)
-        qt = jax.random.normal(jax.random.key(4), (3, 2 * lat * lat, a.frames, c0), jnp.float32).astype(dt)
         s = timed(lambda: jax.block_until_ready(att(qt[0], qt[1], qt[2])), a.repeats)
         say(f"temporal attention alone ({2 * lat * lat}, {a.frames} tokens, {heads} x {c0 // heads}), "
             f"{impl or 'default'}: {s * 1e3:.3f} ms")
@@ -116,12 +95,11 @@ def main():
     # kernel-level trace of the first (default) choice
     from jax._src.lib import _profile_data
     fn = pairs[impls[0]]
-    layers.set_attention_implementation(impls[0])
     n = 3
     with tempfile.TemporaryDirectory() as tmp:
         jax.profiler.start_trace(tmp)
         for _ in range(n):
-            out = fn(params, x, t, ctx)
+            out = fn(*args)
         jax.block_until_ready(out)
         jax.profiler.stop_trace()
         f = sorted(glob.glob(f"{tmp}/**/*.xplane.pb", recursive=True))[-1]
