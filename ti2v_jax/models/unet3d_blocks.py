@@ -63,7 +63,7 @@ def _frame_conv(c: nnx.Conv, x):
     """`c`, a Conv3d with kernel (3, 1, 1), on (B, F, H, W, C), computed as a 2D (3, 1) convolution
     over (B, F, H*W, C): the same kernel and the same sums, in a layout (NHWC) cuDNN takes as it
     is. As a 3D convolution, XLA handed the 88 temporal convolutions of a pass to cuDNN in NCDHW
-    order and cuDNN transposed their operands: 265 layout kernels, 6.5 ms of a 49.7 ms guidance
+    order and cuDNN transposed their operands: 353 layout kernels, 6.5 ms of a 49.7 ms guidance
     pair on an H100 (config full, bf16); the pair takes 42.9 ms this way
     (benchmarks/gpu/profile_unet.py). On CPU it is about 5% faster too (benchmarks/RESULTS.md)."""
     b, f, h, w, cin = x.shape
