@@ -35,3 +35,42 @@ def test_cudnn_falls_back_where_it_cannot_run(heads, width, dtype):
     print(f"heads {heads} x {width // heads}, {jnp.dtype(dtype).name}: max abs err {err:.2e}")
     assert out.shape == q.shape and out.dtype == dtype
     assert err < (2e-2 if dtype == jnp.bfloat16 else 1e-5)
+
+
+# --- the CPU formulation's blocks -----------------------------------------------------
+
+@pytest.mark.parametrize("items,per_item,budget,blocks", [
+    (12, 10, 40, (3, 4)),      # 4 items per block divide 12
+    (12, 10, 50, (3, 4)),      # 5 do not: the nearest divisor, 4
+    (13, 10, 40, (4, 4)),      # 13 is prime: padded to 16, four blocks of 4
+    (12, 10, 10_000, None),    # everything fits: one plain call
+])
+def test_map_in_blocks(items, per_item, budget, blocks):
+    seen = []
+
+    def fn(a, b):
+        seen.append(a.shape[:1])
+        return jnp.tanh(a) * b[:, :1] + jnp.sum(a, axis=1, keepdims=True)
+
+    a = jax.random.normal(jax.random.key(1), (items, 3))
+    b = jax.random.normal(jax.random.key(2), (items, 2))
+    out = layers.map_in_blocks(fn, (a, b), per_item, budget)
+    want = jnp.tanh(a) * b[:, :1] + jnp.sum(a, axis=1, keepdims=True)
+    assert out.shape == want.shape
+    np.testing.assert_allclose(np.asarray(out), np.asarray(want), rtol=1e-6, atol=1e-6)
+    assert seen == [(items,)] if blocks is None else seen == [(blocks[1],)]
+    if blocks is not None:  # the traced block count: the scan's length
+        jaxpr = jax.make_jaxpr(lambda a, b: layers.map_in_blocks(fn, (a, b), per_item, budget))(a, b)
+        assert any(e.primitive.name == "scan" and e.params["length"] == blocks[0] for e in jaxpr.eqns)
+
+
+def test_cpu_attention_in_blocks_matches_reference(monkeypatch):
+    """The blocked CPU attention, forced into several (padded) blocks, is the same attention."""
+    monkeypatch.setattr(layers, "_CPU_BLOCK_BYTES", 3 * 7 * 5 * 4 * 2)  # two items of 3 heads x 7 x 5 scores
+    ks = jax.random.split(jax.random.key(0), 3)
+    q, k, v = (jax.random.normal(kk, (5, n, 12), jnp.float32) for kk, n in zip(ks, (7, 5, 5)))
+    out = layers.attention(q, k, v, 3)
+    err = float(np.max(np.abs(np.asarray(out, np.float64) - _reference(q, k, v, 3))))
+    print(f"blocked CPU attention (5 items, blocks of 2): max abs err {err:.2e}")
+    assert layers.cpu_blocked() == (jax.default_backend() == "cpu")
+    assert err < 1e-5

@@ -14,7 +14,7 @@ import jax.numpy as jnp
 from flax import nnx
 
 from ti2v_jax.models.layers import (Attention, Downsample2D, FeedForward, GroupNorm, LayerNorm, ResnetBlock2D,
-                                    Upsample2D, conv, linear)
+                                    Upsample2D, conv, cpu_blocked, linear, map_in_blocks)
 
 
 def _placeholder():
@@ -73,6 +73,20 @@ def _frame_conv(c: nnx.Conv, x):
     return (y + bias).reshape(b, f, h, w, -1)
 
 
+def _over_sequences(fn, args: tuple, tokens: int, inner: int):
+    """fn(*args) over independent sequences (the leading axis of every arg).
+
+    With the CPU formulation (`layers.cpu_blocked`) the sequences go through in blocks
+    whose largest intermediate, the feed-forward's GEGLU projection (8 x inner wide), fits
+    in cache (`layers.map_in_blocks`): on the benchmark's small config, transformer_in
+    (8 heads of 32, 2,048 sequences of 16 frames) takes 0.50 s instead of 0.81 s per
+    guidance pair on a 2-core EPYC. Elsewhere one call over all sequences.
+    """
+    if cpu_blocked():
+        return map_in_blocks(fn, args, tokens * 8 * inner * 4)
+    return fn(*args)
+
+
 class BasicTransformerBlock(nnx.Module):
     """diffusers BasicTransformerBlock (layer_norm, GEGLU, no attention bias): self-attn, attn2, feed-forward.
 
@@ -120,10 +134,16 @@ class Transformer2DModel(nnx.Module):
     def __call__(self, x, context):
         n, h, w, c = x.shape
         residual = x
-        x = self.proj_in(self.norm(x).reshape(n, h * w, c))
-        for block in self.transformer_blocks:
-            x = block(x, context)
-        return self.proj_out(x).reshape(n, h, w, c) + residual
+
+        def per_frame(x, context):
+            x = self.proj_in(x)
+            for block in self.transformer_blocks:
+                x = block(x, context)
+            return self.proj_out(x)
+
+        x = _over_sequences(per_frame, (self.norm(x).reshape(n, h * w, c), context), h * w,
+                            self.proj_in.out_features)
+        return x.reshape(n, h, w, c) + residual
 
 
 class TransformerTemporalModel(nnx.Module):
@@ -148,10 +168,14 @@ class TransformerTemporalModel(nnx.Module):
         residual = x
         x = self.norm(x.reshape(b, num_frames, h, w, c))  # statistics over frames too, as in torch
         x = x.transpose(0, 2, 3, 1, 4).reshape(b * h * w, num_frames, c)
-        x = self.proj_in(x)
-        for block in self.transformer_blocks:
-            x = block(x)
-        x = self.proj_out(x)
+
+        def per_pixel(x):
+            x = self.proj_in(x)
+            for block in self.transformer_blocks:
+                x = block(x)
+            return self.proj_out(x)
+
+        x = _over_sequences(per_pixel, (x,), num_frames, self.proj_in.out_features)
         x = x.reshape(b, h, w, num_frames, c).transpose(0, 3, 1, 2, 4).reshape(bf, h, w, c)
         return x + residual
 
