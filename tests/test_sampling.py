@@ -170,6 +170,17 @@ def test_guided_eps_one_batched_call():
     S.guided_eps(denoise, x, 501, ctx, uctx, jnp.float32(1.0))
     assert calls == [(2 * B, (2 * B,), 2 * B)]  # an array g is never special-cased
 
+    # A denoise marked as taking n contexts per sample gets x once and both contexts.
+    def shared(x, t, c):
+        calls.append((x.shape[0], t.shape, c.shape[0]))
+        n = c.shape[0] // x.shape[0]
+        return TOY.denoise(jnp, jnp.tile(x, (n, 1, 1, 1, 1)), jnp.tile(t, n), c)
+
+    calls.clear()
+    got = S.guided_eps(S.shares_samples(shared), x, 501, ctx, uctx, 9.0)
+    assert calls == [(B, (B,), 2 * B)]
+    np.testing.assert_allclose(got, eps, atol=1e-6)
+
 
 # --- TI2V-Zero vs the NumPy reference (float64) ---------------------------------------
 

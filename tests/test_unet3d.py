@@ -14,7 +14,7 @@ from flax import nnx
 
 from helpers import flax_from_torch, perturb_
 from ti2v_jax import MS17B_CONFIGS
-from ti2v_jax.models import unet3d
+from ti2v_jax.models import layers, unet3d
 
 CA_DOWN, DOWN, CA_UP, UP = "CrossAttnDownBlock3D", "DownBlock3D", "CrossAttnUpBlock3D", "UpBlock3D"
 CONFIGS = {
@@ -90,6 +90,48 @@ def test_parity(ported, name, frames, hw, timesteps):
     print(f"{name} frames={frames} {hw}: max|ref|={np.abs(ref).max():.3f} max abs err={err:.2e}")
     assert out.shape == ref.shape
     assert err <= TOL
+
+
+def test_shared_samples_match_diffusers_on_tiled_batch(ported):
+    """n contexts per sample: as diffusers on the samples tiled n times (context-major), with
+    conv_in and transformer_in run once per sample."""
+    p = ported("lpb2")
+    sample, context = _inputs(p.config, 3, (10, 14))
+    g = torch.Generator().manual_seed(5)
+    contexts = torch.cat([context, torch.randn(context.shape, generator=g)])  # 4 contexts for 2 samples
+    t = [999, 1]
+    with torch.no_grad():
+        ref = p.torch(torch.cat([sample, sample]), torch.tensor(t + t), encoder_hidden_states=contexts).sample.numpy()
+    out = p.apply(p.state, unet3d.from_torch_layout(jnp.asarray(sample.numpy())), jnp.asarray(t),
+                  jnp.asarray(contexts.numpy()))
+    out = np.asarray(unet3d.to_torch_layout(out))
+    err = float(np.abs(out - ref).max())
+    print(f"2 samples x 2 contexts each: max abs err {err:.2e}")
+    assert out.shape == ref.shape and err <= TOL
+    with pytest.raises(ValueError, match="3 contexts for 2 samples"):
+        p.apply(p.state, unet3d.from_torch_layout(jnp.asarray(sample.numpy())), jnp.asarray(t),
+                jnp.asarray(contexts.numpy()[:3]))
+
+
+@pytest.mark.skipif(jax.default_backend() != "cpu", reason="the CPU formulation's blocks")
+def test_parity_in_small_cpu_blocks(ported, monkeypatch):
+    """Attention and the transformers' per-sequence layers forced through many small blocks
+    (`layers.map_in_blocks`): still diffusers' output."""
+    monkeypatch.setattr(layers, "_CPU_BLOCK_BYTES", 16 << 10)
+    assert layers.cpu_blocked()
+    p = ported("lpb1")
+    sample, context = _inputs(p.config, 8, (16, 24))
+    with torch.no_grad():
+        ref = p.torch(sample, torch.tensor([10, 980]), encoder_hidden_states=context).sample.numpy()
+    graphdef = nnx.graphdef(p.flax)
+    args = (p.state, unet3d.from_torch_layout(jnp.asarray(sample.numpy())), jnp.array([10, 980]),
+            jnp.asarray(context.numpy()))
+    jaxpr = jax.make_jaxpr(lambda st, x, t, c: nnx.merge(graphdef, st)(x, t, c))(*args)
+    scans = [e for e in jaxpr.eqns if e.primitive.name == "scan"]
+    out = np.asarray(unet3d.to_torch_layout(_jit(graphdef)(*args)))  # traced afresh, at this budget
+    err = float(np.abs(out - ref).max())
+    print(f"lpb1 in 16 KiB blocks ({len(scans)} blocked loops): max abs err {err:.2e}")
+    assert len(scans) >= 10 and err <= TOL
 
 
 def test_bfloat16_runs_close(ported):

@@ -52,7 +52,8 @@ def _over_frames(fn):
 class Components:
     """What a checkpoint holds: (graphdef, params) per network, tokenizer, configs, pure functions.
 
-    unet_apply(params, x (B,F,h,w,C), t (B,) or scalar, ctx (B,T,D)) -> eps.
+    unet_apply(params, x (B,F,h,w,C), t (B,) or scalar, ctx (B,T,D) or (n*B,T,D)) -> eps (B or n*B, ...):
+        n contexts per sample as `UNet3DConditionModel` documents.
     vae_encode(params, frames (N,H,W,3) or (B,F,H,W,3) in [-1,1]) -> posterior mean *
         scaling_factor (the diffusion-space latents; deterministic, no sampling).
     vae_decode(params, latents (N,h,w,C) or (B,F,h,w,C), diffusion space) -> frames in ~[-1,1].

@@ -300,7 +300,7 @@ class _ProgramSpec:
         return cls._cache[key]
 
     def fns(self, p):
-        denoise = lambda x, t, ctx: self.unet_apply(p["unet"], x, t, ctx)  # noqa: E731
+        denoise = schedule.shares_samples(lambda x, t, ctx: self.unet_apply(p["unet"], x, t, ctx))
         encode = lambda f: self.vae_encode(p["vae"], f.astype(self.dtype))  # noqa: E731
         decode = lambda z: self.vae_decode(p["vae"], z.astype(self.dtype)).astype(jnp.float32)  # noqa: E731
         return denoise, encode, decode

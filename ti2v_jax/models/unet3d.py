@@ -3,6 +3,13 @@
     sample (B, F, h, w, C), timesteps (B,) or scalar, encoder_hidden_states (B, T, D)
         -> noise prediction (B, F, h, w, C_out), in the computation dtype.
 
+encoder_hidden_states may also hold n*B contexts (n > 1): each sample is then denoised
+under each of its n contexts, as if the samples and timesteps were tiled n times
+(output (n*B, ...), context-major: item i*B + j is sample j under context i*B + j).
+The layers before the first one that reads the text (conv_in and transformer_in) run
+once for the n of them. Classifier-free guidance (`sampling.schedule.guided_eps`) uses
+this for its two halves.
+
 Frames are folded into the batch for the spatial layers, as diffusers does; the
 temporal layers (TemporalConvLayer, TransformerTemporalModel) unfold them. The
 blocks live in `unet3d_blocks.py`.
@@ -165,14 +172,19 @@ class UNet3DConditionModel(nnx.Module):
 
     def __call__(self, sample, timesteps, encoder_hidden_states):
         b, f, h, w, _ = sample.shape
+        n, rest = divmod(encoder_hidden_states.shape[0], b)
+        if rest or not n:
+            raise ValueError(f"UNet3DConditionModel: {encoder_hidden_states.shape[0]} contexts for {b} samples; "
+                             "give one per sample or n per sample (n x the batch, context-major)")
         timesteps = jnp.broadcast_to(jnp.asarray(timesteps), (b,))
         # The sinusoid stays float32; linear_1 casts it to the computation dtype, as diffusers does.
         emb = self.time_embedding(timestep_embedding(timesteps, self.time_proj_channels))
-        emb = jnp.repeat(emb, f, axis=0)
-        context = jnp.repeat(encoder_hidden_states.astype(self.dtype), f, axis=0)
-
         x = self.conv_in(sample.astype(self.dtype).reshape(b * f, h, w, -1))
         x = self.transformer_in(x, f)
+        if n > 1:  # the text-free prefix above ran once for the n contexts of each sample
+            x, emb, b = jnp.tile(x, (n, 1, 1, 1)), jnp.tile(emb, (n, 1)), n * b
+        emb = jnp.repeat(emb, f, axis=0)
+        context = jnp.repeat(encoder_hidden_states.astype(self.dtype), f, axis=0)
 
         skips = (x,)
         for block in self.down_blocks:
@@ -182,8 +194,8 @@ class UNet3DConditionModel(nnx.Module):
         x = self.mid_block(x, emb, context, f)
 
         for block in self.up_blocks:
-            n = len(block.resnets)
-            res, skips = skips[-n:], skips[:-n]
+            k = len(block.resnets)
+            res, skips = skips[-k:], skips[:-k]
             # Upsample to the next skip's size: 2x when the latent divides by 2**levels, the
             # size diffusers forwards (upsample_size) when it does not.
             size = tuple(skips[-1].shape[1:3]) if skips else None

@@ -98,20 +98,33 @@ def push_back(x, t, t_next, abar, z):
     return (jnp.sqrt(ratio) * x + jnp.sqrt(1.0 - ratio) * z).astype(x.dtype)
 
 
+def shares_samples(denoise):
+    """Mark `denoise` as taking n contexts per sample: denoise(x (B,...), t (B,), context (n*B,...))
+    -> eps (n*B, ...), context-major, equal to denoising x and t tiled n times (as
+    `UNet3DConditionModel` does, running its text-free first layers once). `guided_eps`
+    then sends x once instead of twice. Returns `denoise`."""
+    denoise.shares_samples = True
+    return denoise
+
+
 def guided_eps(denoise, x, t, context, uncond_context, g):
     """Classifier-free guidance: eps_u + g * (eps_t - eps_u), both halves in ONE call.
 
-    The batch sent to `denoise` is [uncond; text] (diffusers' order), with t
-    broadcast to shape (2B,). A Python `g == 1` skips the unconditional half
-    (decided at trace time); an array `g` always runs both.
+    The contexts sent to `denoise` are [uncond; text] (diffusers' order). The samples
+    are [x; x] with t broadcast to shape (2B,), or x once with t of shape (B,) for a
+    `denoise` marked with `shares_samples`. A Python `g == 1` skips the unconditional
+    half (decided at trace time); an array `g` always runs both.
     """
     b = x.shape[0]
     t = jnp.broadcast_to(jnp.asarray(t, jnp.int32), (b,))
     if isinstance(g, (int, float)) and g == 1:
         return denoise(x, t, context)
     uncond_context = jnp.broadcast_to(uncond_context, (b,) + uncond_context.shape[1:])
-    eps = denoise(jnp.concatenate([x, x]), jnp.concatenate([t, t]),
-                  jnp.concatenate([uncond_context.astype(context.dtype), context]))
+    contexts = jnp.concatenate([uncond_context.astype(context.dtype), context])
+    if getattr(denoise, "shares_samples", False):
+        eps = denoise(x, t, contexts)
+    else:
+        eps = denoise(jnp.concatenate([x, x]), jnp.concatenate([t, t]), contexts)
     eps_u, eps_t = eps[:b], eps[b:]
     return eps_u + jnp.asarray(g, eps.dtype) * (eps_t - eps_u)
 

@@ -1,7 +1,8 @@
 """TI2V-Zero sampling: repeat-and-slide with DDPM inversion and resampling (Ni et al., CVPR 2024).
 
 See ALGORITHM.md. The network enters as pure functions:
-  denoise(x (B,K,h,w,C), t (B,) int32, context (B,T,D)) -> eps, same shape as x;
+  denoise(x (B,K,h,w,C), t (B,) int32, context (B,T,D)) -> eps, same shape as x
+    (or, marked with `schedule.shares_samples`, n contexts per sample: see guided_eps);
   encode(frames (B,F,H,W,3)) -> latents (B,F,h,w,C), already scaled by the VAE factor;
   decode(latents (B,F,h,w,C)) -> frames (B,F,H,W,3), float, unclamped.
 Each sampler here is traceable: wrap it in `jax.jit` (binding the functions and the
