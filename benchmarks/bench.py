@@ -16,6 +16,7 @@ from __future__ import annotations
 
 import argparse
 import datetime
+import functools
 import json
 import os
 import platform
@@ -124,7 +125,7 @@ def run_jax(args, out: dict, save):
     from ti2v_jax import loading
     from ti2v_jax.models import layers
     from ti2v_jax.sampling import schedule
-    from ti2v_jax.sampling.ti2v_zero import ti2v_zero_frame, ti2v_zero_sample
+    from ti2v_jax.sampling.ti2v_zero import slide_frame, ti2v_zero_sample
 
     dev = jax.devices()[0]
     gpu = dev.platform == "gpu"
@@ -206,20 +207,16 @@ def run_jax(args, out: dict, save):
         decode = lambda z: comps.vae_decode(pp["vae"], z.astype(dt)).astype(jnp.float32)  # noqa: E731
         return denoise, encode, decode
 
-    # (b) one new frame: the body of the video's scan, as its own program (queue donated)
-    def frame_pixel(pp, keys, queue, text, empty):
+    # (b) one new frame: the body of the video's scan (sampling.slide_frame), as its own program
+    # (queue donated). Both slides carry a latent queue: pixel slide encodes each decoded frame once.
+    def frame(pp, keys, queue, text, empty, slide):
         denoise, encode, decode = fns(pp)
-        x = ti2v_zero_frame(keys, denoise, encode(queue), text, empty, **common)
-        px = decode(x[:, None]).astype(queue.dtype)
-        return jnp.concatenate([queue[:, 1:], px], axis=1)
-
-    def frame_latent(pp, keys, queue, text, empty):
-        denoise, _, _ = fns(pp)
-        x = ti2v_zero_frame(keys, denoise, queue, text, empty, **common)
-        return jnp.concatenate([queue[:, 1:], x[:, None].astype(queue.dtype)], axis=1)
+        return slide_frame(keys, denoise, encode, decode, queue, text, empty, slide=slide, **common)[0]
 
     compiled_frames = {}
-    for slide, fn, q0 in (("latent", frame_latent, lat_q), ("pixel", frame_pixel, frames_q)):
+    q0 = lat_q
+    for slide in ("latent", "pixel"):
+        fn = functools.partial(frame, slide=slide)
         c, out[f"frame_{slide}_compile_s"] = compile_(fn, p, keys, q0, text, empty, donate=(2,))
         compiled_frames[slide] = c
         ts = []
@@ -240,7 +237,6 @@ def run_jax(args, out: dict, save):
     for slide in args.video_slides if args.video_mode == "loop" else ():
         n = args.new_frames
         c = compiled_frames[slide]
-        q0 = frames_q if slide == "pixel" else lat_q
         t0 = time.perf_counter()
         q = jnp.array(q0, copy=True)
         for i in range(n):

@@ -97,6 +97,25 @@ def ti2v_zero_frame(frame_keys, denoise, s0, context, uncond_context, *, num_fra
     return x[:, k - 1]
 
 
+def slide_frame(frame_keys, denoise, encode, decode, queue, context, uncond_context, *, slide="pixel",
+                pixel_dtype=jnp.float32, **frame_kw):
+    """One repeat-and-slide step: a new frame from the latent queue (B,K-1,h,w,C), then the queue slid.
+
+    slide="pixel": the new latent is decoded, and the decoded frame (as `pixel_dtype`,
+    unclamped) encoded and appended. The VAE encodes frames one by one (ALGORITHM.md),
+    so this is the queue the published code gets by re-encoding all K-1 pixel frames
+    before each new frame, at one encode per frame instead of K-1.
+    slide="latent": the new latent itself is appended.
+    frame_kw: ti2v_zero_frame's keyword arguments. Returns (queue, (latent, frame)) for
+    "pixel" and (queue, latent) for "latent".
+    """
+    x = ti2v_zero_frame(frame_keys, denoise, queue, context, uncond_context, **frame_kw)
+    if slide == "pixel":
+        px = decode(x[:, None]).astype(pixel_dtype)
+        return jnp.concatenate([queue[:, 1:], encode(px).astype(queue.dtype)], axis=1), (x, px[:, 0])
+    return jnp.concatenate([queue[:, 1:], x[:, None].astype(queue.dtype)], axis=1), x
+
+
 def ti2v_zero_sample(key, denoise, encode, decode, frames, context, uncond_context, *,
                      num_frames, num_new_frames, timesteps, guidance_scale=9.0, resample_iters=4,
                      eta=0.0, ddpm_inversion=True, slide="pixel", abar=None, latents=None,
@@ -108,8 +127,8 @@ def ti2v_zero_sample(key, denoise, encode, decode, frames, context, uncond_conte
     latents: instead of `frames`, (B, M, h, w, C) given latents (slide="latent" only).
     slide: "pixel" = the published algorithm (decode each new latent, keep the decoder's
       float output in a pixel queue, re-encode all K-1 queue frames before each new
-      frame); "latent" = slide the latents themselves (no per-frame VAE calls; a
-      different, cheaper algorithm).
+      frame; computed with one encode per frame, see `slide_frame`); "latent" = slide
+      the latents themselves (no per-frame VAE calls; a different, cheaper algorithm).
     on_frame: optional host function called as `on_frame(i)` (through
       `jax.debug.callback`) when new frame i is done, e.g. to drive a progress bar;
       it must be the same object across calls to avoid recompiling.
@@ -127,22 +146,14 @@ def ti2v_zero_sample(key, denoise, encode, decode, frames, context, uncond_conte
         raise ValueError(f"num_frames must be >= 2, got {k}")
     given = frames if frames is not None else latents
     keys = item_keys(key, given.shape[0])
-    if slide == "latent" and latents is None:
-        given = encode(frames)
-    queue = pad_queue(given, k - 1)
-    sample_frame = lambda fk, s0: ti2v_zero_frame(  # noqa: E731
-        fk, denoise, s0, context, uncond_context, num_frames=k, timesteps=timesteps,
-        guidance_scale=guidance_scale, resample_iters=resample_iters, eta=eta,
-        ddpm_inversion=ddpm_inversion, abar=abar)
+    # The latent queue; in pixel mode each queue frame is encoded once (see slide_frame).
+    queue = pad_queue(given, k - 1) if latents is not None else encode(pad_queue(frames, k - 1))
 
     def new_frame(queue, i):
-        fk = fold(keys, i)
-        if slide == "pixel":
-            x = sample_frame(fk, encode(queue))
-            px = decode(x[:, None]).astype(queue.dtype)
-            return jnp.concatenate([queue[:, 1:], px], axis=1), (x, px[:, 0])
-        x = sample_frame(fk, queue)
-        return jnp.concatenate([queue[:, 1:], x[:, None].astype(queue.dtype)], axis=1), x
+        return slide_frame(fold(keys, i), denoise, encode, decode, queue, context, uncond_context, slide=slide,
+                           pixel_dtype=given.dtype, num_frames=k, timesteps=timesteps,
+                           guidance_scale=guidance_scale, resample_iters=resample_iters, eta=eta,
+                           ddpm_inversion=ddpm_inversion, abar=abar)
 
     if on_frame is not None:
         sample_one = new_frame
