@@ -1,4 +1,4 @@
-"""A/B of one U-Net guidance pair (batch 2, K=16, 32x32) across attention settings, interleaved.
+"""A/B of one U-Net guidance pair (one sample, both contexts; K=16, 32x32) across attention settings, interleaved.
 
     python benchmarks/ab_unet.py [--config small] [--dtype float32] [--rounds 3] [--impls none,xla]
 
@@ -26,17 +26,18 @@ from ti2v_jax.models.unet3d import UNet3DConditionModel  # noqa: E402
 
 
 def pair_programs(cfg: dict, dt, impls, frames: int = 16):
-    """A random-weight U-Net of `cfg`, the inputs of one batch-2 guidance pair (K=`frames`),
-    and the pair compiled once per attention setting in `impls` (None: the default).
+    """A random-weight U-Net of `cfg`, the inputs of one guidance pair (K=`frames`: one sample
+    and its two contexts, as `sampling.guided_eps` sends them), and the pair compiled once per
+    attention setting in `impls` (None: the default).
 
     Returns ({impl: compiled}, {impl: compile seconds}, (params, x, t, context)).
     """
     model = UNet3DConditionModel(cfg, dtype=dt, param_dtype=dt, rngs=nnx.Rngs(0))
     g, st = nnx.split(model)
     lat, c_in = cfg.get("sample_size", 32), cfg.get("in_channels", 4)
-    x = jax.random.normal(jax.random.key(1), (2, frames, lat, lat, c_in)).astype(dt)
+    x = jax.random.normal(jax.random.key(1), (1, frames, lat, lat, c_in)).astype(dt)
     c = jax.random.normal(jax.random.key(2), (2, 77, cfg["cross_attention_dim"])).astype(dt)
-    t = jnp.array([501, 501])
+    t = jnp.array([501])
     fns, compile_s = {}, {}
     for impl in impls:
         layers.set_attention_implementation(impl)

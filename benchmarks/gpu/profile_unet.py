@@ -1,9 +1,9 @@
 """Where a U-Net guidance pair spends its device time: a kernel-level profile.
 
 Builds the U-Net of a benchmark config with random weights directly in JAX (no PyTorch,
-no checkpoint), times one batch-2 guidance pair (K=16 frames) with each attention choice
-the device has, then traces a few pairs and sums the device kernels by name and by kind
-(convolution, matmul, attention, other fusions). Also times the attention kernel alone
+no checkpoint), times one guidance pair (one K=16-frame sample, both contexts) with each
+attention choice the device has, then traces a few pairs and sums the device kernels by
+name and by kind (convolution, matmul, attention, other fusions). Also times the attention kernel alone
 at the U-Net's widest self-attention. Output: text on stdout and `--out`/profile_<tag>.txt.
 
     python benchmarks/gpu/profile_unet.py --config full --dtype bfloat16 --out $OUT
