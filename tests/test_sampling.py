@@ -178,7 +178,7 @@ def test_guided_eps_one_batched_call():
 
     calls.clear()
     got = S.guided_eps(S.shares_samples(shared), x, 501, ctx, uctx, 9.0)
-    assert calls == [(B, (B,), 2 * B)]
+    assert calls == [(B, (B,), 2 * B)] and not hasattr(shared, "shares_samples")
     np.testing.assert_allclose(got, eps, atol=1e-6)
 
 

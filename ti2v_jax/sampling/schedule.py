@@ -11,6 +11,8 @@ the dtype of `x`, so a scan carry keeps its dtype.
 
 from __future__ import annotations
 
+import functools
+
 import jax
 import jax.numpy as jnp
 import numpy as np
@@ -102,9 +104,14 @@ def shares_samples(denoise):
     """Mark `denoise` as taking n contexts per sample: denoise(x (B,...), t (B,), context (n*B,...))
     -> eps (n*B, ...), context-major, equal to denoising x and t tiled n times (as
     `UNet3DConditionModel` does, running its text-free first layers once). `guided_eps`
-    then sends x once instead of twice. Returns `denoise`."""
-    denoise.shares_samples = True
-    return denoise
+    then sends x once instead of twice. Returns a marked wrapper (any callable works, `denoise`
+    itself is left as it is)."""
+    @functools.wraps(denoise)
+    def marked(x, t, context):
+        return denoise(x, t, context)
+
+    marked.shares_samples = True
+    return marked
 
 
 def guided_eps(denoise, x, t, context, uncond_context, g):
