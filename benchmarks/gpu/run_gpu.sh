@@ -1,6 +1,7 @@
 #!/usr/bin/env bash
 # The whole benchmark (config `full`, ModelScope 1.7B shapes, random weights) on a fresh,
-# offline GPU machine, in well under 8 minutes. Run from the repository root:
+# offline GPU machine, then the kernel profile of one guidance pair (about 80 s more;
+# NO_PROFILE=1 skips it); about 6 minutes in all on an H100. Run from the repository root:
 #     bash benchmarks/gpu/run_gpu.sh [OUT_DIR]     (default $OUT, else benchmarks/out)
 # Needs the wheels in .whl/ (git-ignored; the device tool's `carry: [".whl"]`):
 # diffusers (not preinstalled there) and flax 0.12.8 (the version the tests pass with).
@@ -26,3 +27,7 @@ python3 -c "import jax, flax, torch, diffusers, transformers; print('jax', jax._
 python3 benchmarks/bench.py --config full --dtype bfloat16 --attention auto --impls torch,jax \
   --repeats 5 --frame-repeats 2 --new-frames 15 --torch-new-frames 0 --video-slides pixel --video-mode loop \
   --tag gpu_full --out "$OUT_DIR" "${@:2}" 2>&1 | grep -v -E "Warning|warn\(" | tee "$OUT_DIR/log.txt"
+if [ -z "${NO_PROFILE:-}" ]; then
+  timeout 200 python3 benchmarks/gpu/profile_unet.py --config full --dtype bfloat16 --out "$OUT_DIR" 2>&1 \
+    | grep -v -E "Warning|warn\(" | tee "$OUT_DIR/profile_log.txt"
+fi
