@@ -56,7 +56,7 @@ def cpu_blocked() -> bool:
     """Whether the CPU formulation is in use: the default attention setting on a CPU backend.
 
     It computes attention (`_attention_cpu`) and the transformers' per-sequence layers
-    (`over_sequences`) in cache-sized blocks of independent sequences.
+    (`unet3d_blocks._over_sequences`) in cache-sized blocks of independent sequences.
     """
     return _ATTENTION_IMPL is None and jax.default_backend() == "cpu"
 

@@ -80,7 +80,7 @@ def _over_sequences(fn, args: tuple, tokens: int, inner: int):
     whose largest intermediate, the feed-forward's GEGLU projection (8 x inner wide), fits
     in cache (`layers.map_in_blocks`): on the benchmark's small config, transformer_in
     (8 heads of 32, 2,048 sequences of 16 frames) takes 0.50 s instead of 0.81 s per
-    guidance pair on a 2-core EPYC. Elsewhere one call over all sequences.
+    batch-2 call on a 2-core EPYC. Elsewhere one call over all sequences.
     """
     if cpu_blocked():
         return map_in_blocks(fn, args, tokens * 8 * inner * 4)
