@@ -126,6 +126,7 @@ def run_jax(args, out: dict, save):
 
     from ti2v_jax import loading
     from ti2v_jax.models import layers
+    from ti2v_jax.pipeline import _ProgramSpec
     from ti2v_jax.sampling import schedule
     from ti2v_jax.sampling.ti2v_zero import slide_frame, ti2v_zero_sample
 
@@ -196,18 +197,13 @@ def run_jax(args, out: dict, save):
 
     # start image and queues
     img = jax.random.uniform(jax.random.key(2), (1, 1, lat * scale, lat * scale, 3), jnp.float32, -1, 1)
+    fns = _ProgramSpec(comps, k, dt, abar).fns  # the pipeline's (denoise, encode, decode) for params pp
     frames_q = jnp.repeat(img, k - 1, axis=1).astype(dt)
-    enc_v = lambda f: comps.vae_encode(p["vae"], f.astype(dt))  # noqa: E731
-    lat_q = sync(jax.jit(enc_v)(frames_q))
+    lat_q = sync(jax.jit(lambda f: fns(p)[1](f))(frames_q))
     keys = schedule.item_keys(jax.random.key(0), 1)
     common = dict(num_frames=k, timesteps=timesteps, guidance_scale=args.guidance, resample_iters=args.resample,
                   abar=abar)
 
-    def fns(pp):
-        denoise = schedule.shares_samples(lambda x, t, c: comps.unet_apply(pp["unet"], x, t, c))
-        encode = lambda f: comps.vae_encode(pp["vae"], f.astype(dt))  # noqa: E731
-        decode = lambda z: comps.vae_decode(pp["vae"], z.astype(dt)).astype(jnp.float32)  # noqa: E731
-        return denoise, encode, decode
 
     # (b) one new frame: the body of the video's scan (sampling.slide_frame), as its own program
     # (queue donated). Both slides carry a latent queue: pixel slide encodes each decoded frame once.

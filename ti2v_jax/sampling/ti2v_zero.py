@@ -146,8 +146,9 @@ def ti2v_zero_sample(key, denoise, encode, decode, frames, context, uncond_conte
         raise ValueError(f"num_frames must be >= 2, got {k}")
     given = frames if frames is not None else latents
     keys = item_keys(key, given.shape[0])
-    # The latent queue; in pixel mode each queue frame is encoded once (see slide_frame).
-    queue = pad_queue(given, k - 1) if latents is not None else encode(pad_queue(frames, k - 1))
+    # The latent queue: the M given frames encoded once each (the VAE works frame by frame,
+    # see slide_frame), then padded.
+    queue = pad_queue(latents if latents is not None else encode(frames), k - 1)
 
     def new_frame(queue, i):
         return slide_frame(fold(keys, i), denoise, encode, decode, queue, context, uncond_context, slide=slide,
