@@ -79,7 +79,7 @@ def _over_sequences(fn, args: tuple, tokens: int, inner: int):
     With the CPU formulation (`layers.cpu_blocked`) the sequences go through in blocks
     whose largest intermediate, the feed-forward's GEGLU projection (8 x inner wide), fits
     in cache (`layers.map_in_blocks`): on the benchmark's small config, transformer_in
-    (8 heads of 32, 2,048 sequences of 16 frames) takes 0.50 s instead of 0.81 s per
+    (8 heads of 32, 2,048 sequences of 16 frames) takes 0.53 s instead of 0.81 s per
     batch-2 call on a 2-core EPYC. Elsewhere one call over all sequences.
     """
     if cpu_blocked():
