@@ -283,23 +283,38 @@ def stage_unet(workdir, latents, caption_ids, contexts, prof, seed, init=None):
     # Uniform weighting for the first `t_weight_after` of the planned steps (content and shape
     # are learned at low noise), the capped weighting after (motion, decided at high noise).
     weight_from = int(prof.get("t_weight_after", 0.0) * prof["unet_steps"])
+    # Per-frame loss weights, mean 1: the last frame weighted `last_frame_weight` times the others.
+    # TI2V-Zero only ever uses the U-Net's prediction for the last frame of the window (the queue
+    # frames are replaced by their inversions at every step).
+    fw = np.ones(NUM_FRAMES, np.float32)
+    fw[-1] = prof.get("last_frame_weight", 1.0)
+    frame_w = jnp.asarray(fw / fw.mean())[None, :, None, None, None]
     model = UNet3DConditionModel(UNET_CONFIG, rngs=nnx.Rngs(seed + 3000))
     if init is not None:  # fine-tune: start from these weights (fresh optimizer)
         nnx.update(model, nnx.state(init, nnx.Param))
     batch = prof["unet_batch"]
+    static_uncond = bool(prof.get("static_uncond", False))
 
     def loss_fn(unet, k, data, step):
         lat, cap, ctx = data
         ki, kt, kn, kd = jax.random.split(k, 4)
         idx = jax.random.randint(ki, (batch,), 0, lat.shape[0])
         x0 = lat[idx]
+        dropped = jax.random.uniform(kd, (batch,)) < TEXT_DROPOUT
+        if static_uncond:
+            # Without a caption nothing starts moving: a clip that rests at its start (a hold)
+            # stays at rest to the end, while a clip already moving keeps moving. Then the empty
+            # text's prediction for a still queue is the still object, not an average of the four
+            # directions, whose x9 guidance extrapolation pinches squares into four-pointed stars.
+            holds = jnp.max(jnp.abs(x0[:, 1] - x0[:, 0]), axis=(1, 2, 3)) < 1e-4
+            x0 = jnp.where((dropped & holds)[:, None, None, None, None], x0[:, :1], x0)
         t = jax.random.randint(kt, (batch,), 0, 1000)
         eps = jax.random.normal(kn, x0.shape)
         a = abar[t][:, None, None, None, None]
         xt = jnp.sqrt(a) * x0 + jnp.sqrt(1.0 - a) * eps
-        c = jnp.where(jax.random.uniform(kd, (batch,)) < TEXT_DROPOUT, empty, cap[idx])
+        c = jnp.where(dropped, empty, cap[idx])
         w = jnp.where(step >= weight_from, weights[t], 1.0)
-        return jnp.mean(w * jnp.mean((unet(xt, t, ctx[c]) - eps) ** 2, axis=(1, 2, 3, 4)))
+        return jnp.mean(w * jnp.mean(frame_w * (unet(xt, t, ctx[c]) - eps) ** 2, axis=(1, 2, 3, 4)))
 
     lr = prof.get("unet_lr", UNET_LR)
     sched = optax.warmup_cosine_decay_schedule(0.0, lr, min(UNET_WARMUP, prof["unet_steps"] // 10 + 1),
@@ -350,6 +365,10 @@ def main(argv=None):
     p.add_argument("--t-weight-after", type=float, default=None,
                    help="fraction of the U-Net steps trained with uniform weighting before the "
                    "--t-weight-cap weighting applies (default: the profile's, else 0)")
+    p.add_argument("--last-frame-weight", type=float, default=None,
+                   help="U-Net loss weight of the window's last frame relative to the others (default 1)")
+    p.add_argument("--static-uncond", action="store_const", const=True, default=None,
+                   help="empty-caption training clips that start at rest stay at rest (see stage_unet)")
     p.add_argument("--unet-minutes", type=float, default=None,
                    help="wall-time cap for the U-Net stage (stops early, checkpointed, logged); "
                    "default: the profile's (none if unset)")
@@ -359,7 +378,7 @@ def main(argv=None):
     a = p.parse_args(argv)
     prof = dict(PROFILES[a.profile])
     for name in ("unet_steps", "unet_lr", "clips", "hold_prob", "min_hold", "unet_batch", "t_weight_cap",
-                 "t_weight_after", "unet_minutes", "vae_steps", "vae_lr"):
+                 "t_weight_after", "last_frame_weight", "static_uncond", "unet_minutes", "vae_steps", "vae_lr"):
         if getattr(a, name) is not None:  # the options that override the profile
             prof[name] = getattr(a, name)
     if jax.default_backend() == "cpu":
