@@ -80,7 +80,8 @@ SCHEDULER_CONFIG = {
 # runs 1-2 of the earlier shipped weights used.
 PROFILES = {
     "cpu": dict(clips=16384, vae_steps=1400, vae_batch=32, vae_lr=4e-3, unet_steps=2100, unet_batch=16,
-                unet_lr=3e-3, hold_prob=0.8, min_hold=2, t_weight_cap=10.0, unet_minutes=46.0, chunk=10),
+                unet_lr=3e-3, hold_prob=0.8, min_hold=2, t_weight_cap=10.0, last_frame_weight=7.0, unet_minutes=46.0,
+                chunk=10),
     "gpu": dict(clips=32768, vae_steps=4000, vae_batch=128, unet_steps=30000, unet_batch=64, chunk=100),
     "smoke": dict(clips=64, vae_steps=4, vae_batch=8, unet_steps=4, unet_batch=2, chunk=2),
 }
@@ -293,7 +294,6 @@ def stage_unet(workdir, latents, caption_ids, contexts, prof, seed, init=None):
     if init is not None:  # fine-tune: start from these weights (fresh optimizer)
         nnx.update(model, nnx.state(init, nnx.Param))
     batch = prof["unet_batch"]
-    static_uncond = bool(prof.get("static_uncond", False))
 
     def loss_fn(unet, k, data, step):
         lat, cap, ctx = data
@@ -301,13 +301,6 @@ def stage_unet(workdir, latents, caption_ids, contexts, prof, seed, init=None):
         idx = jax.random.randint(ki, (batch,), 0, lat.shape[0])
         x0 = lat[idx]
         dropped = jax.random.uniform(kd, (batch,)) < TEXT_DROPOUT
-        if static_uncond:
-            # Without a caption nothing starts moving: a clip that rests at its start (a hold)
-            # stays at rest to the end, while a clip already moving keeps moving. Then the empty
-            # text's prediction for a still queue is the still object, not an average of the four
-            # directions, whose x9 guidance extrapolation pinches squares into four-pointed stars.
-            holds = jnp.max(jnp.abs(x0[:, 1] - x0[:, 0]), axis=(1, 2, 3)) < 1e-4
-            x0 = jnp.where((dropped & holds)[:, None, None, None, None], x0[:, :1], x0)
         t = jax.random.randint(kt, (batch,), 0, 1000)
         eps = jax.random.normal(kn, x0.shape)
         a = abar[t][:, None, None, None, None]
@@ -367,8 +360,6 @@ def main(argv=None):
                    "--t-weight-cap weighting applies (default: the profile's, else 0)")
     p.add_argument("--last-frame-weight", type=float, default=None,
                    help="U-Net loss weight of the window's last frame relative to the others (default 1)")
-    p.add_argument("--static-uncond", action="store_const", const=True, default=None,
-                   help="empty-caption training clips that start at rest stay at rest (see stage_unet)")
     p.add_argument("--unet-minutes", type=float, default=None,
                    help="wall-time cap for the U-Net stage (stops early, checkpointed, logged); "
                    "default: the profile's (none if unset)")
@@ -378,7 +369,7 @@ def main(argv=None):
     a = p.parse_args(argv)
     prof = dict(PROFILES[a.profile])
     for name in ("unet_steps", "unet_lr", "clips", "hold_prob", "min_hold", "unet_batch", "t_weight_cap",
-                 "t_weight_after", "last_frame_weight", "static_uncond", "unet_minutes", "vae_steps", "vae_lr"):
+                 "t_weight_after", "last_frame_weight", "unet_minutes", "vae_steps", "vae_lr"):
         if getattr(a, name) is not None:  # the options that override the profile
             prof[name] = getattr(a, name)
     if jax.default_backend() == "cpu":
