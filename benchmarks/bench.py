@@ -128,7 +128,7 @@ def run_jax(args, out: dict, save):
     from ti2v_jax.models import layers
     from ti2v_jax.pipeline import _ProgramSpec
     from ti2v_jax.sampling import schedule
-    from ti2v_jax.sampling.ti2v_zero import slide_frame, ti2v_zero_sample
+    from ti2v_jax.sampling.ti2v_zero import pad_queue, slide_frame, ti2v_zero_sample
 
     dev = jax.devices()[0]
     gpu = dev.platform == "gpu"
@@ -198,12 +198,11 @@ def run_jax(args, out: dict, save):
     # start image and queues
     img = jax.random.uniform(jax.random.key(2), (1, 1, lat * scale, lat * scale, 3), jnp.float32, -1, 1)
     fns = _ProgramSpec(comps, k, dt, abar).fns  # the pipeline's (denoise, encode, decode) for params pp
-    frames_q = jnp.repeat(img, k - 1, axis=1).astype(dt)
-    lat_q = sync(jax.jit(lambda f: fns(p)[1](f))(frames_q))
+    # the start queue as the pipeline builds it: the image encoded once, then padded to K-1
+    lat_q = sync(jax.jit(lambda f: pad_queue(fns(p)[1](f), k - 1))(img))
     keys = schedule.item_keys(jax.random.key(0), 1)
     common = dict(num_frames=k, timesteps=timesteps, guidance_scale=args.guidance, resample_iters=args.resample,
                   abar=abar)
-
 
     # (b) one new frame: the body of the video's scan (sampling.slide_frame), as its own program
     # (queue donated). Both slides carry a latent queue: pixel slide encodes each decoded frame once.

@@ -300,12 +300,11 @@ def stage_unet(workdir, latents, caption_ids, contexts, prof, seed, init=None):
         ki, kt, kn, kd = jax.random.split(k, 4)
         idx = jax.random.randint(ki, (batch,), 0, lat.shape[0])
         x0 = lat[idx]
-        dropped = jax.random.uniform(kd, (batch,)) < TEXT_DROPOUT
         t = jax.random.randint(kt, (batch,), 0, 1000)
         eps = jax.random.normal(kn, x0.shape)
         a = abar[t][:, None, None, None, None]
         xt = jnp.sqrt(a) * x0 + jnp.sqrt(1.0 - a) * eps
-        c = jnp.where(dropped, empty, cap[idx])
+        c = jnp.where(jax.random.uniform(kd, (batch,)) < TEXT_DROPOUT, empty, cap[idx])
         w = jnp.where(step >= weight_from, weights[t], 1.0)
         return jnp.mean(w * jnp.mean(frame_w * (unet(xt, t, ctx[c]) - eps) ** 2, axis=(1, 2, 3, 4)))
 
