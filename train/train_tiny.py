@@ -80,8 +80,8 @@ SCHEDULER_CONFIG = {
 # runs 1-2 of the earlier shipped weights used.
 PROFILES = {
     "cpu": dict(clips=16384, vae_steps=1400, vae_batch=32, vae_lr=4e-3, unet_steps=2100, unet_batch=16,
-                unet_lr=3e-3, hold_prob=0.8, min_hold=2, t_weight_cap=10.0, last_frame_weight=7.0, unet_minutes=46.0,
-                chunk=10),
+                unet_lr=3e-3, hold_prob=0.8, min_hold=2, t_weight_cap=10.0, last_frame_weight=7.0,
+                consistency_pairs=4, consistency_weight=2.0, consistency_t=400, unet_minutes=46.0, chunk=10),
     "gpu": dict(clips=32768, vae_steps=4000, vae_batch=128, unet_steps=30000, unet_batch=64, chunk=100),
     "smoke": dict(clips=64, vae_steps=4, vae_batch=8, unet_steps=4, unet_batch=2, chunk=2),
 }
@@ -294,19 +294,42 @@ def stage_unet(workdir, latents, caption_ids, contexts, prof, seed, init=None):
     if init is not None:  # fine-tune: start from these weights (fresh optimizer)
         nnx.update(model, nnx.state(init, nnx.Param))
     batch = prof["unet_batch"]
+    text_dropout = prof.get("text_dropout", TEXT_DROPOUT)
+
+    # Guidance consistency (`consistency_pairs` P > 0): P of the batch's clips are drawn at low
+    # noise (t < `consistency_t`) and denoised twice, with their caption and with "", and the
+    # squared difference of the two predictions is added to the loss (weight
+    # `consistency_weight`). At such noise levels the caption is determined by the video, so
+    # the ideal conditional and unconditional predictions coincide; an undertrained model's
+    # do not, and guidance multiplies the difference (at g=9 it pinches squares into stars).
+    pairs = prof.get("consistency_pairs", 0)
+    cons_w, cons_t = prof.get("consistency_weight", 0.0), prof.get("consistency_t", 400)
+    single = batch - 2 * pairs
+    assert single >= 0, f"consistency_pairs {pairs} needs a U-Net batch of at least {2 * pairs}"
 
     def loss_fn(unet, k, data, step):
         lat, cap, ctx = data
         ki, kt, kn, kd = jax.random.split(k, 4)
-        idx = jax.random.randint(ki, (batch,), 0, lat.shape[0])
+        idx = jax.random.randint(ki, (batch - pairs,), 0, lat.shape[0])
+        t = jax.random.randint(kt, (batch - pairs,), 0, 1000)
+        c = jnp.where(jax.random.uniform(kd, (batch - pairs,)) < text_dropout, empty, cap[idx])
+        if pairs:  # the last P clips: low t, caption and "" both
+            t = t.at[single:].set(jax.random.randint(jax.random.fold_in(kt, 1), (pairs,), 0, cons_t))
+            c = c.at[single:].set(cap[idx[single:]])
+            idx, t = jnp.concatenate([idx, idx[single:]]), jnp.concatenate([t, t[single:]])
+            c = jnp.concatenate([c, jnp.full((pairs,), empty)])
         x0 = lat[idx]
-        t = jax.random.randint(kt, (batch,), 0, 1000)
         eps = jax.random.normal(kn, x0.shape)
+        if pairs:  # the same noise for both halves of a pair
+            eps = eps.at[batch - pairs:].set(eps[single:batch - pairs])
         a = abar[t][:, None, None, None, None]
         xt = jnp.sqrt(a) * x0 + jnp.sqrt(1.0 - a) * eps
-        c = jnp.where(jax.random.uniform(kd, (batch,)) < TEXT_DROPOUT, empty, cap[idx])
         w = jnp.where(step >= weight_from, weights[t], 1.0)
-        return jnp.mean(w * jnp.mean(frame_w * (unet(xt, t, ctx[c]) - eps) ** 2, axis=(1, 2, 3, 4)))
+        pred = unet(xt, t, ctx[c])
+        loss = jnp.mean(w * jnp.mean(frame_w * (pred - eps) ** 2, axis=(1, 2, 3, 4)))
+        if pairs:
+            loss = loss + cons_w * jnp.mean(frame_w * (pred[single:batch - pairs] - pred[batch - pairs:]) ** 2)
+        return loss
 
     lr = prof.get("unet_lr", UNET_LR)
     sched = optax.warmup_cosine_decay_schedule(0.0, lr, min(UNET_WARMUP, prof["unet_steps"] // 10 + 1),
@@ -359,6 +382,15 @@ def main(argv=None):
                    "--t-weight-cap weighting applies (default: the profile's, else 0)")
     p.add_argument("--last-frame-weight", type=float, default=None,
                    help="U-Net loss weight of the window's last frame relative to the others (default 1)")
+    p.add_argument("--text-dropout", type=float, default=None,
+                   help=f"fraction of U-Net training clips given the empty caption (default: the profile's, "
+                        f"else {TEXT_DROPOUT})")
+    p.add_argument("--consistency-pairs", type=int, default=None,
+                   help="clips per U-Net batch drawn at low noise and denoised with their caption and with \"\" "
+                        "(each takes two batch places); their predictions' squared difference is added to the loss "
+                        "(default: the profile's, else 0)")
+    p.add_argument("--consistency-weight", type=float, default=None, help="weight of that difference")
+    p.add_argument("--consistency-t", type=int, default=None, help="the pairs' timesteps are below this (default 400)")
     p.add_argument("--unet-minutes", type=float, default=None,
                    help="wall-time cap for the U-Net stage (stops early, checkpointed, logged); "
                    "default: the profile's (none if unset)")
@@ -368,7 +400,8 @@ def main(argv=None):
     a = p.parse_args(argv)
     prof = dict(PROFILES[a.profile])
     for name in ("unet_steps", "unet_lr", "clips", "hold_prob", "min_hold", "unet_batch", "t_weight_cap",
-                 "t_weight_after", "last_frame_weight", "unet_minutes", "vae_steps", "vae_lr"):
+                 "t_weight_after", "last_frame_weight", "text_dropout", "consistency_pairs", "consistency_weight",
+                 "consistency_t", "unet_minutes", "vae_steps", "vae_lr"):
         if getattr(a, name) is not None:  # the options that override the profile
             prof[name] = getattr(a, name)
     if jax.default_backend() == "cpu":
