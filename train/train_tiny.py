@@ -80,8 +80,8 @@ SCHEDULER_CONFIG = {
 # runs 1-2 of the earlier shipped weights used.
 PROFILES = {
     "cpu": dict(clips=16384, vae_steps=1400, vae_batch=32, vae_lr=4e-3, unet_steps=2100, unet_batch=16,
-                unet_lr=3e-3, hold_prob=0.8, min_hold=2, t_weight_cap=10.0, last_frame_weight=7.0,
-                consistency_pairs=4, consistency_weight=2.0, consistency_t=400, unet_minutes=46.0, chunk=10),
+                unet_lr=3e-3, hold_prob=0.8, min_hold=2, t_weight_cap=10.0, last_frame_weight=7.0, unet_minutes=46.0,
+                chunk=10),
     "gpu": dict(clips=32768, vae_steps=4000, vae_batch=128, unet_steps=30000, unet_batch=64, chunk=100),
     "smoke": dict(clips=64, vae_steps=4, vae_batch=8, unet_steps=4, unet_batch=2, chunk=2),
 }
