@@ -22,7 +22,7 @@ import numpy as np
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 
 from ti2v_jax import evaluation, loading, synthetic  # noqa: E402
-from ti2v_jax.sampling.schedule import alphas_cumprod  # noqa: E402
+from ti2v_jax.sampling.schedule import alphas_cumprod, q_sample  # noqa: E402
 
 TIMESTEPS = (1, 101, 201, 301, 501, 701, 901)
 
@@ -39,9 +39,9 @@ def guidance_gap(model_dir, n=48, seed=5, timesteps=TIMESTEPS):
     out = {}
     for t in timesteps:
         eps = jax.random.normal(jax.random.key(t), lat.shape)
-        xt = jnp.sqrt(abar[t]) * lat + jnp.sqrt(1 - abar[t]) * eps
+        xt = q_sample(lat, t, eps, abar)
         tt = jnp.full((n,), t)
-        ec, eu = unet(xt, tt, ctx)[:, -1], unet(xt, tt, jnp.broadcast_to(unc, ctx.shape))[:, -1]
+        ec, eu = unet(xt, tt, ctx)[:, -1], unet(xt, tt, unc)[:, -1]
         out[t] = (float(jnp.sqrt(jnp.mean((ec - eu) ** 2))), float(jnp.mean((ec - eps[:, -1]) ** 2)),
                   float(jnp.mean((eu - eps[:, -1]) ** 2)))
     return out

@@ -44,7 +44,7 @@ from ti2v_jax.models.clip_text import CLIPTextModel  # noqa: E402
 from ti2v_jax.models.layers import set_attention_implementation  # noqa: E402
 from ti2v_jax.models.unet3d import UNet3DConditionModel  # noqa: E402
 from ti2v_jax.models.vae import AutoencoderKL  # noqa: E402
-from ti2v_jax.sampling.schedule import alphas_cumprod  # noqa: E402
+from ti2v_jax.sampling.schedule import alphas_cumprod, q_sample  # noqa: E402
 from ti2v_jax.tokenizer import load_tokenizer, tokenize  # noqa: E402
 
 NUM_FRAMES = synthetic.NUM_FRAMES  # K
@@ -304,8 +304,8 @@ def stage_unet(workdir, latents, caption_ids, contexts, prof, seed, init=None):
     # do not, and guidance multiplies the difference (at g=9 it pinches squares into stars).
     pairs = prof.get("consistency_pairs", 0)
     cons_w, cons_t = prof.get("consistency_weight", 0.0), prof.get("consistency_t", 400)
-    single = batch - 2 * pairs
-    assert single >= 0, f"consistency_pairs {pairs} needs a U-Net batch of at least {2 * pairs}"
+    single = batch - 2 * pairs     # batch places: single clips, then the pairs' captioned and "" halves
+    paired, uncond = slice(single, batch - pairs), slice(batch - pairs, batch)
 
     def loss_fn(unet, k, data, step):
         lat, cap, ctx = data
@@ -314,21 +314,20 @@ def stage_unet(workdir, latents, caption_ids, contexts, prof, seed, init=None):
         t = jax.random.randint(kt, (batch - pairs,), 0, 1000)
         c = jnp.where(jax.random.uniform(kd, (batch - pairs,)) < text_dropout, empty, cap[idx])
         if pairs:  # the last P clips: low t, caption and "" both
-            t = t.at[single:].set(jax.random.randint(jax.random.fold_in(kt, 1), (pairs,), 0, cons_t))
-            c = c.at[single:].set(cap[idx[single:]])
-            idx, t = jnp.concatenate([idx, idx[single:]]), jnp.concatenate([t, t[single:]])
+            t = t.at[paired].set(jax.random.randint(jax.random.fold_in(kt, 1), (pairs,), 0, cons_t))
+            c = c.at[paired].set(cap[idx[paired]])
+            idx, t = jnp.concatenate([idx, idx[paired]]), jnp.concatenate([t, t[paired]])
             c = jnp.concatenate([c, jnp.full((pairs,), empty)])
         x0 = lat[idx]
         eps = jax.random.normal(kn, x0.shape)
         if pairs:  # the same noise for both halves of a pair
-            eps = eps.at[batch - pairs:].set(eps[single:batch - pairs])
-        a = abar[t][:, None, None, None, None]
-        xt = jnp.sqrt(a) * x0 + jnp.sqrt(1.0 - a) * eps
+            eps = eps.at[uncond].set(eps[paired])
+        xt = q_sample(x0, t, eps, abar)
         w = jnp.where(step >= weight_from, weights[t], 1.0)
         pred = unet(xt, t, ctx[c])
         loss = jnp.mean(w * jnp.mean(frame_w * (pred - eps) ** 2, axis=(1, 2, 3, 4)))
         if pairs:
-            loss = loss + cons_w * jnp.mean(frame_w * (pred[single:batch - pairs] - pred[batch - pairs:]) ** 2)
+            loss = loss + cons_w * jnp.mean(frame_w * (pred[paired] - pred[uncond]) ** 2)
         return loss
 
     lr = prof.get("unet_lr", UNET_LR)
@@ -404,6 +403,9 @@ def main(argv=None):
                  "consistency_t", "unet_minutes", "vae_steps", "vae_lr"):
         if getattr(a, name) is not None:  # the options that override the profile
             prof[name] = getattr(a, name)
+    if 2 * prof.get("consistency_pairs", 0) > prof["unet_batch"]:  # checked before hours of training
+        p.error(f"--consistency-pairs {prof['consistency_pairs']}: each pair takes two places of the U-Net batch "
+                f"({prof['unet_batch']})")
     if jax.default_backend() == "cpu":
         # Same math; XLA's plain attention differentiates faster on CPU than the blocked
         # inference kernel (measured: 1.24 vs 1.52 s per U-Net step at batch 16).
