@@ -1,6 +1,7 @@
 """train/train_tiny.py, the script that makes the default model, runs end to end.
 
-The `smoke` profile (a few steps of every stage) with the guidance-consistency pairs on:
+The `smoke` profile (a few steps of every stage, the guidance-consistency finish included)
+with the guidance-consistency pairs on in the first U-Net stage too:
 every stage logs, checkpoints and exports a converted model directory that loads and
 generates. Training quality is `tests/test_default_model.py`'s business (the shipped weights).
 """
@@ -28,12 +29,14 @@ def test_train_tiny_smoke_profile_exports_a_working_model(tmp_path, monkeypatch)
                      "--consistency-weight", "1", "--last-frame-weight", "3"])
 
     records = [json.loads(line) for line in (wd / "log.jsonl").read_text().splitlines()]
-    losses = {s: [r["loss"] for r in records if r.get("stage") == s and "loss" in r] for s in ("vae", "unet")}
-    assert losses["vae"] and losses["unet"], losses
-    assert all(math.isfinite(v) for v in losses["vae"] + losses["unet"])
-    assert (wd / "ckpt_vae").is_dir() and (wd / "ckpt_unet").is_dir()
+    stages = ("vae", "unet", "unet_finish")
+    losses = {s: [r["loss"] for r in records if r.get("stage") == s and "loss" in r] for s in stages}
+    assert all(losses.values()), losses
+    assert all(math.isfinite(v) for s in stages for v in losses[s])
+    assert all((wd / f"ckpt_{s}").is_dir() for s in stages)
     done = [r for r in records if r.get("stage") == "done"]
     assert done and done[0]["consistency_pairs"] == 1 and done[0]["unet_steps_done"] == 4
+    assert done[0]["finish_steps_done"] == 2 and done[0]["finish_pairs"] == 1
 
     out = wd / "default_model"
     index = json.loads((out / "model_index.json").read_text())

@@ -76,14 +76,20 @@ SCHEDULER_CONFIG = {
 
 # Step counts, batch sizes, learning rates, data and loss options. "cpu" is the whole
 # training from scratch on this repo's 2-core CPU in under 60 minutes (see train/README.md;
-# its U-Net stage stops at `unet_minutes` if the machine is slower); "gpu" is the profile
-# runs 1-2 of the earlier shipped weights used.
+# its U-Net stages stop at `unet_minutes` / `finish_minutes` if the machine is slower); "gpu"
+# is the profile runs 1-2 of the earlier shipped weights used.
+# `finish_*`: a second U-Net stage ("unet_finish") that starts from the first's EMA weights
+# with a fresh optimizer: `finish_steps` steps at peak lr `finish_lr`, with `finish_pairs`
+# guidance-consistency pairs of weight `finish_weight` per batch (see stage_unet). It keeps
+# guidance 9 from pinching squares into stars (train/README.md).
 PROFILES = {
-    "cpu": dict(clips=16384, vae_steps=1400, vae_batch=32, vae_lr=4e-3, unet_steps=2100, unet_batch=16,
-                unet_lr=3e-3, hold_prob=0.8, min_hold=2, t_weight_cap=10.0, last_frame_weight=7.0, unet_minutes=46.0,
+    "cpu": dict(clips=16384, vae_steps=1400, vae_batch=32, vae_lr=4e-3, unet_steps=1800, unet_batch=16,
+                unet_lr=3e-3, hold_prob=0.8, min_hold=2, t_weight_cap=10.0, last_frame_weight=7.0, unet_minutes=40.0,
+                finish_steps=350, finish_lr=1e-3, finish_pairs=4, finish_weight=1.0, finish_minutes=9.0,
                 chunk=10),
     "gpu": dict(clips=32768, vae_steps=4000, vae_batch=128, unet_steps=30000, unet_batch=64, chunk=100),
-    "smoke": dict(clips=64, vae_steps=4, vae_batch=8, unet_steps=4, unet_batch=2, chunk=2),
+    "smoke": dict(clips=64, vae_steps=4, vae_batch=8, unet_steps=4, unet_batch=2, finish_steps=2, finish_pairs=1,
+                  finish_weight=1.0, chunk=2),
 }
 VAE_LR, VAE_KL = 1e-3, 1e-6
 UNET_LR, UNET_WARMUP, EMA_DECAY, TEXT_DROPOUT = 5e-4, 500, 0.999, 0.1
@@ -274,7 +280,7 @@ def timestep_weights(abar, cap):
     return w / jnp.mean(w)
 
 
-def stage_unet(workdir, latents, caption_ids, contexts, prof, seed, init=None):
+def stage_unet(workdir, latents, caption_ids, contexts, prof, seed, init=None, name="unet"):
     lat = jnp.asarray(latents)
     cap = jnp.asarray(caption_ids)
     ctx = jnp.asarray(contexts)          # (73, 77, D); the last row is ""
@@ -334,7 +340,7 @@ def stage_unet(workdir, latents, caption_ids, contexts, prof, seed, init=None):
     sched = optax.warmup_cosine_decay_schedule(0.0, lr, min(UNET_WARMUP, prof["unet_steps"] // 10 + 1),
                                                prof["unet_steps"], lr * 0.05)
     tx = optax.chain(optax.clip_by_global_norm(1.0), optax.adamw(sched, weight_decay=0.0))
-    params, graphdef, done = train_loop(workdir, "unet", model, tx, loss_fn, (lat, cap, ctx), prof["unet_steps"],
+    params, graphdef, done = train_loop(workdir, name, model, tx, loss_fn, (lat, cap, ctx), prof["unet_steps"],
                                         prof["chunk"],
                                         jax.random.key(seed + 3001), ema_decay=EMA_DECAY,
                                         max_minutes=prof.get("unet_minutes"))
@@ -393,6 +399,10 @@ def main(argv=None):
     p.add_argument("--unet-minutes", type=float, default=None,
                    help="wall-time cap for the U-Net stage (stops early, checkpointed, logged); "
                    "default: the profile's (none if unset)")
+    p.add_argument("--finish-steps", type=int, default=None,
+                   help="steps of the guidance-consistency stage after the U-Net stage (0: none; "
+                   "default: the profile's, else 0)")
+    p.add_argument("--finish-minutes", type=float, default=None, help="wall-time cap for that stage")
     p.add_argument("--vae-steps", type=int, default=None, help="override the profile's VAE steps")
     p.add_argument("--vae-lr", type=float, default=None, help=f"override the VAE peak learning rate "
                    f"(default: the profile's, else {VAE_LR})")
@@ -400,12 +410,12 @@ def main(argv=None):
     prof = dict(PROFILES[a.profile])
     for name in ("unet_steps", "unet_lr", "clips", "hold_prob", "min_hold", "unet_batch", "t_weight_cap",
                  "t_weight_after", "last_frame_weight", "text_dropout", "consistency_pairs", "consistency_weight",
-                 "consistency_t", "unet_minutes", "vae_steps", "vae_lr"):
+                 "consistency_t", "unet_minutes", "finish_steps", "finish_minutes", "vae_steps", "vae_lr"):
         if getattr(a, name) is not None:  # the options that override the profile
             prof[name] = getattr(a, name)
-    if 2 * prof.get("consistency_pairs", 0) > prof["unet_batch"]:  # checked before hours of training
-        p.error(f"--consistency-pairs {prof['consistency_pairs']}: each pair takes two places of the U-Net batch "
-                f"({prof['unet_batch']})")
+    for opt, key in (("--consistency-pairs", "consistency_pairs"), ("the profile's finish_pairs", "finish_pairs")):
+        if 2 * prof.get(key, 0) > prof["unet_batch"]:  # checked before hours of training
+            p.error(f"{opt} {prof[key]}: each pair takes two places of the U-Net batch ({prof['unet_batch']})")
     if jax.default_backend() == "cpu":
         # Same math; XLA's plain attention differentiates faster on CPU than the blocked
         # inference kernel (measured: 1.24 vs 1.52 s per U-Net step at batch 16).
@@ -442,10 +452,18 @@ def main(argv=None):
     latents = encode_dataset(vae, vae_cfg["scaling_factor"], videos)
     print(f"latents {latents.shape}, std {latents.std():.3f}")
     unet, unet_steps_done = stage_unet(wd, latents, caption_ids, contexts, prof, a.seed, init_unet)
+    finish_steps_done = 0
+    if prof.get("finish_steps", 0) > 0:
+        finish = dict(prof, unet_steps=prof["finish_steps"], unet_lr=prof.get("finish_lr", UNET_LR),
+                      consistency_pairs=prof.get("finish_pairs", 0),
+                      consistency_weight=prof.get("finish_weight", 0.0), unet_minutes=prof.get("finish_minutes"))
+        unet, finish_steps_done = stage_unet(wd, latents, caption_ids, contexts, finish, a.seed, unet,
+                                             name="unet_finish")
     t_unet = time.time() - t_start
     if a.stage == "unet":
         return
     meta = dict(script="train/train_tiny.py", profile=a.profile, seed=a.seed, **prof, unet_steps_done=unet_steps_done,
+                finish_steps_done=finish_steps_done,
                 init_from=a.init_from,
                 devices=str(jax.devices()[0].device_kind), wall_s_data=round(t_data),
                 wall_s_vae=round(t_vae - t_data), wall_s_unet=round(t_unet - t_vae),
