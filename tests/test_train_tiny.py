@@ -36,7 +36,7 @@ def test_train_tiny_smoke_profile_exports_a_working_model(tmp_path, monkeypatch)
     assert all((wd / f"ckpt_{s}").is_dir() for s in stages)
     done = [r for r in records if r.get("stage") == "done"]
     assert done and done[0]["consistency_pairs"] == 1 and done[0]["unet_steps_done"] == 4
-    assert done[0]["finish_steps_done"] == 2 and done[0]["finish_pairs"] == 1
+    assert done[0]["finish_steps_done"] == 2 and done[0]["finish"]["consistency_pairs"] == 1
 
     out = wd / "default_model"
     index = json.loads((out / "model_index.json").read_text())

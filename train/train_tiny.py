@@ -76,20 +76,21 @@ SCHEDULER_CONFIG = {
 
 # Step counts, batch sizes, learning rates, data and loss options. "cpu" is the whole
 # training from scratch on this repo's 2-core CPU in under 60 minutes (see train/README.md;
-# its U-Net stages stop at `unet_minutes` / `finish_minutes` if the machine is slower); "gpu"
-# is the profile runs 1-2 of the earlier shipped weights used.
-# `finish_*`: a second U-Net stage ("unet_finish") that starts from the first's EMA weights
-# with a fresh optimizer: `finish_steps` steps at peak lr `finish_lr`, with `finish_pairs`
-# guidance-consistency pairs of weight `finish_weight` per batch (see stage_unet). It keeps
-# guidance 9 from pinching squares into stars (train/README.md).
+# its U-Net stages stop at their `unet_minutes` if the machine is slower); "gpu" is the
+# profile runs 1-2 of the earlier shipped weights used.
+# `finish`: a second U-Net stage ("unet_finish") that starts from the first's EMA weights
+# with a fresh optimizer, its settings being the profile's with these overrides; the cpu
+# profile's adds guidance-consistency pairs (see stage_unet), which keep guidance 9 from
+# pinching squares into stars (train/README.md).
 PROFILES = {
     "cpu": dict(clips=16384, vae_steps=1400, vae_batch=32, vae_lr=4e-3, unet_steps=1800, unet_batch=16,
                 unet_lr=3e-3, hold_prob=0.8, min_hold=2, t_weight_cap=10.0, last_frame_weight=7.0, unet_minutes=40.0,
-                finish_steps=350, finish_lr=1e-3, finish_pairs=4, finish_weight=1.0, finish_minutes=9.0,
+                finish=dict(unet_steps=350, unet_lr=1e-3, consistency_pairs=4, consistency_weight=1.0,
+                            unet_minutes=9.0),
                 chunk=10),
     "gpu": dict(clips=32768, vae_steps=4000, vae_batch=128, unet_steps=30000, unet_batch=64, chunk=100),
-    "smoke": dict(clips=64, vae_steps=4, vae_batch=8, unet_steps=4, unet_batch=2, finish_steps=2, finish_pairs=1,
-                  finish_weight=1.0, chunk=2),
+    "smoke": dict(clips=64, vae_steps=4, vae_batch=8, unet_steps=4, unet_batch=2, chunk=2,
+                  finish=dict(unet_steps=2, consistency_pairs=1, consistency_weight=1.0)),
 }
 VAE_LR, VAE_KL = 1e-3, 1e-6
 UNET_LR, UNET_WARMUP, EMA_DECAY, TEXT_DROPOUT = 5e-4, 500, 0.999, 0.1
@@ -410,12 +411,19 @@ def main(argv=None):
     prof = dict(PROFILES[a.profile])
     for name in ("unet_steps", "unet_lr", "clips", "hold_prob", "min_hold", "unet_batch", "t_weight_cap",
                  "t_weight_after", "last_frame_weight", "text_dropout", "consistency_pairs", "consistency_weight",
-                 "consistency_t", "unet_minutes", "finish_steps", "finish_minutes", "vae_steps", "vae_lr"):
+                 "consistency_t", "unet_minutes", "vae_steps", "vae_lr"):
         if getattr(a, name) is not None:  # the options that override the profile
             prof[name] = getattr(a, name)
-    for opt, key in (("--consistency-pairs", "consistency_pairs"), ("the profile's finish_pairs", "finish_pairs")):
-        if 2 * prof.get(key, 0) > prof["unet_batch"]:  # checked before hours of training
-            p.error(f"{opt} {prof[key]}: each pair takes two places of the U-Net batch ({prof['unet_batch']})")
+    finish = dict(prof.pop("finish", {}))
+    for name in ("steps", "minutes"):
+        if getattr(a, f"finish_{name}") is not None:
+            finish[f"unet_{name}"] = getattr(a, f"finish_{name}")
+    if finish.get("unet_steps", 0) > 0:
+        prof["finish"] = finish
+    for opt, stage in (("--consistency-pairs", prof), ("the finish stage's consistency_pairs", finish)):
+        if 2 * stage.get("consistency_pairs", 0) > prof["unet_batch"]:  # checked before hours of training
+            p.error(f"{opt} {stage['consistency_pairs']}: each pair takes two places of the U-Net batch "
+                    f"({prof['unet_batch']})")
     if jax.default_backend() == "cpu":
         # Same math; XLA's plain attention differentiates faster on CPU than the blocked
         # inference kernel (measured: 1.24 vs 1.52 s per U-Net step at batch 16).
@@ -453,12 +461,9 @@ def main(argv=None):
     print(f"latents {latents.shape}, std {latents.std():.3f}")
     unet, unet_steps_done = stage_unet(wd, latents, caption_ids, contexts, prof, a.seed, init_unet)
     finish_steps_done = 0
-    if prof.get("finish_steps", 0) > 0:
-        finish = dict(prof, unet_steps=prof["finish_steps"], unet_lr=prof.get("finish_lr", UNET_LR),
-                      consistency_pairs=prof.get("finish_pairs", 0),
-                      consistency_weight=prof.get("finish_weight", 0.0), unet_minutes=prof.get("finish_minutes"))
-        unet, finish_steps_done = stage_unet(wd, latents, caption_ids, contexts, finish, a.seed, unet,
-                                             name="unet_finish")
+    if "finish" in prof:
+        unet, finish_steps_done = stage_unet(wd, latents, caption_ids, contexts, dict(prof, **prof["finish"]),
+                                             a.seed, unet, name="unet_finish")
     t_unet = time.time() - t_start
     if a.stage == "unet":
         return
