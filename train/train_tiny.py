@@ -12,6 +12,8 @@ Stages (each resumable: rerunning picks up from the last orbax checkpoint in --w
          then scaling_factor = 1 / std of the posterior means (unit-variance latents);
   unet   UNet3DConditionModel, epsilon prediction, scaled_linear schedule (1000 steps),
          uniform timesteps, 10% of captions replaced by "" (classifier-free guidance), EMA;
+         then, if the profile has a `finish`, a second U-Net stage from those EMA weights
+         (the cpu profile's: guidance-consistency pairs, see stage_unet);
   export the EMA weights as a converted checkpoint directory (ti2v_jax.loading reads it).
 Everything uses the project's own Flax classes, built from diffusers-style config dicts.
 """
@@ -420,10 +422,12 @@ def main(argv=None):
             finish[f"unet_{name}"] = getattr(a, f"finish_{name}")
     if finish.get("unet_steps", 0) > 0:
         prof["finish"] = finish
-    for opt, stage in (("--consistency-pairs", prof), ("the finish stage's consistency_pairs", finish)):
-        if 2 * stage.get("consistency_pairs", 0) > prof["unet_batch"]:  # checked before hours of training
-            p.error(f"{opt} {stage['consistency_pairs']}: each pair takes two places of the U-Net batch "
-                    f"({prof['unet_batch']})")
+    # The finish stage's settings: the profile's, with its overrides (None: no finish stage).
+    finish_prof = {**prof, **finish} if "finish" in prof else None
+    for name, stage in (("U-Net", prof), ("finish", finish_prof)):  # checked before hours of training
+        if stage is not None and 2 * stage.get("consistency_pairs", 0) > stage["unet_batch"]:
+            p.error(f"consistency_pairs {stage['consistency_pairs']} (the {name} stage): each pair takes two "
+                    f"places of the U-Net batch ({stage['unet_batch']})")
     if jax.default_backend() == "cpu":
         # Same math; XLA's plain attention differentiates faster on CPU than the blocked
         # inference kernel (measured: 1.24 vs 1.52 s per U-Net step at batch 16).
@@ -461,9 +465,9 @@ def main(argv=None):
     print(f"latents {latents.shape}, std {latents.std():.3f}")
     unet, unet_steps_done = stage_unet(wd, latents, caption_ids, contexts, prof, a.seed, init_unet)
     finish_steps_done = 0
-    if "finish" in prof:
-        unet, finish_steps_done = stage_unet(wd, latents, caption_ids, contexts, dict(prof, **prof["finish"]),
-                                             a.seed, unet, name="unet_finish")
+    if finish_prof is not None:
+        unet, finish_steps_done = stage_unet(wd, latents, caption_ids, contexts, finish_prof, a.seed, unet,
+                                             name="unet_finish")
     t_unet = time.time() - t_start
     if a.stage == "unet":
         return
