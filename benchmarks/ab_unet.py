@@ -1,6 +1,10 @@
 """A/B of one U-Net guidance pair (one sample, both contexts; K=16, 32x32) across attention settings, interleaved.
 
     python benchmarks/ab_unet.py [--config small] [--dtype float32] [--rounds 3] [--impls none,xla]
+                                 [--xla-options package|none|both]
+
+`--xla-options`: compile with ti2v-jax's compiler options (`ti2v_jax.xla_options`, the
+default), without them (XLA's defaults), or both ways, as separate settings.
 
 Random weights (timing only). Each round times every setting once (median of 3 calls) so
 a shared machine's load hits them alike; prints the per-setting median over rounds.
@@ -23,13 +27,15 @@ sys.path.insert(0, str(Path(__file__).resolve().parent))
 import configs  # noqa: E402
 from ti2v_jax.models import layers  # noqa: E402
 from ti2v_jax.models.unet3d import UNet3DConditionModel  # noqa: E402
+from ti2v_jax.xla_options import jit  # noqa: E402
 
 
-def pair_programs(cfg: dict, dt, impls, frames: int = 16):
+def pair_programs(cfg: dict, dt, impls, frames: int = 16, package_options: bool = True):
     """A random-weight U-Net of `cfg`, the inputs of one guidance pair (K=`frames`: one sample
     and its two contexts, as `sampling.guided_eps` sends them), and the pair compiled once per
     attention setting in `impls` (None: the default).
 
+    `package_options`: compile with ti2v-jax's compiler options (else XLA's defaults).
     Returns ({impl: compiled}, {impl: compile seconds}, (params, x, t, context)).
     """
     model = UNet3DConditionModel(cfg, dtype=dt, param_dtype=dt, rngs=nnx.Rngs(0))
@@ -42,7 +48,8 @@ def pair_programs(cfg: dict, dt, impls, frames: int = 16):
     for impl in impls:
         layers.set_attention_implementation(impl)
         t0 = time.perf_counter()
-        fns[impl] = jax.jit(lambda s, x, t, c: nnx.merge(g, s)(x, t, c)).lower(st, x, t, c).compile()
+        fn = lambda s, x, t, c: nnx.merge(g, s)(x, t, c)  # noqa: E731
+        fns[impl] = (jit(fn) if package_options else jax.jit(fn)).lower(st, x, t, c).compile()
         compile_s[impl] = time.perf_counter() - t0
     layers.set_attention_implementation(None)
     return fns, compile_s, (st, x, t, c)
@@ -54,11 +61,14 @@ def main():
     ap.add_argument("--dtype", default="float32")
     ap.add_argument("--rounds", type=int, default=3)
     ap.add_argument("--impls", default="none,xla")
+    ap.add_argument("--xla-options", choices=("package", "none", "both"), default="package")
     a = ap.parse_args()
     names = a.impls.split(",")
-    fns, _, args = pair_programs(configs.get(a.config)["unet"], jnp.dtype(a.dtype),
-                                 [None if n == "none" else n for n in names])
-    fns = dict(zip(names, fns.values()))
+    fns = {}
+    for opts in (("package", "none") if a.xla_options == "both" else (a.xla_options,)):
+        got, _, args = pair_programs(configs.get(a.config)["unet"], jnp.dtype(a.dtype),
+                                     [None if n == "none" else n for n in names], package_options=opts == "package")
+        fns.update({f"{n} options={opts}": f for n, f in zip(names, got.values())})
     res = {n: [] for n in fns}
     for _ in range(a.rounds):
         for n, f in fns.items():

@@ -129,6 +129,7 @@ def run_jax(args, out: dict, save):
     from ti2v_jax.pipeline import _ProgramSpec
     from ti2v_jax.sampling import schedule
     from ti2v_jax.sampling.ti2v_zero import pad_queue, slide_frame, ti2v_zero_sample
+    from ti2v_jax.xla_options import compiler_options, jit
 
     dev = jax.devices()[0]
     gpu = dev.platform == "gpu"
@@ -138,7 +139,8 @@ def run_jax(args, out: dict, save):
         attn = "cudnn" if gpu and dt != jnp.float32 else None
     layers.set_attention_implementation(attn)
     out.update(impl="ti2v-jax", jax=jax.__version__, device=f"{dev.platform}: {dev.device_kind}",
-               dtype=dt.name, attention=attn or ("default (layers._attention_cpu)" if not gpu else "xla"))
+               dtype=dt.name, attention=attn or ("default (layers._attention_cpu)" if not gpu else "xla"),
+               compiler_options=compiler_options(dev.platform))
 
     def dev_peak():
         try:
@@ -161,7 +163,7 @@ def run_jax(args, out: dict, save):
     timesteps = jnp.asarray(schedule.ddim_timesteps(args.steps))
 
     # contexts from the text encoder (same ids as torch)
-    enc = jax.jit(comps.text_encode)
+    enc = jit(comps.text_encode)
     ids = jnp.asarray(token_ids(), jnp.int32)
     t0 = time.perf_counter()
     ctx_all = sync(enc(p["text_encoder"], ids))
@@ -171,7 +173,7 @@ def run_jax(args, out: dict, save):
 
     def compile_(fn, *a, donate=()):
         t0 = time.perf_counter()
-        c = jax.jit(fn, donate_argnums=donate).lower(*a).compile()
+        c = jit(fn, donate_argnums=donate).lower(*a).compile()
         return c, time.perf_counter() - t0
 
     # (a) guidance pair: one call, the sample once with both contexts (uncond and text), as
@@ -199,7 +201,7 @@ def run_jax(args, out: dict, save):
     img = jax.random.uniform(jax.random.key(2), (1, 1, lat * scale, lat * scale, 3), jnp.float32, -1, 1)
     fns = _ProgramSpec(comps, k, dt, abar).fns  # the pipeline's (denoise, encode, decode) for params pp
     # the start queue as the pipeline builds it: the image encoded once, then padded to K-1
-    lat_q = sync(jax.jit(lambda f: pad_queue(fns(p)[1](f), k - 1))(img))
+    lat_q = sync(jit(lambda f: pad_queue(fns(p)[1](f), k - 1))(img))
     keys = schedule.item_keys(jax.random.key(0), 1)
     common = dict(num_frames=k, timesteps=timesteps, guidance_scale=args.guidance, resample_iters=args.resample,
                   abar=abar)
@@ -270,7 +272,7 @@ def run_jax(args, out: dict, save):
     heads = ucfg["block_out_channels"][0] // ucfg["attention_head_dim"]
     c0 = ucfg["block_out_channels"][0]
     qa = jax.random.normal(jax.random.key(3), (3, 2 * k, lat * lat, c0), jnp.float32).astype(dt)
-    att = jax.jit(lambda q, kk, v: layers.attention(q, kk, v, heads))
+    att = jit(lambda q, kk, v: layers.attention(q, kk, v, heads))
     sync(att(qa[0], qa[1], qa[2]))
     out["attention_s"], _ = median_time(lambda: sync(att(qa[0], qa[1], qa[2])), args.repeats)
     out["attention_shape"] = f"({2 * k}, {lat * lat} tokens, {heads} heads x {c0 // heads})"
@@ -488,7 +490,7 @@ def table(res: dict) -> str:
     return "\n".join([
         f"Config `{res['config']}`; {res['date']}; machine: {res['machine']}",
         f"ti2v-jax: {j.get('device', '-')}, {j.get('dtype', '-')}, attention {j.get('attention', '-')}, "
-        f"jax {j.get('jax', '-')}; PyTorch: {t.get('device', '-')}, {t.get('dtype', '-')}, torch {t.get('torch', '-')}",
+        f"jax {j.get('jax', '-')}, compiler options {j.get('compiler_options') or 'none'}; PyTorch: {t.get('device', '-')}, {t.get('dtype', '-')}, torch {t.get('torch', '-')}",
         f"Command: `{res['command']}`", "",
         *head, *rows, "", *extra,
         "- times: medians (frames: " + str(res["args"]["frame_repeats"]) + " runs, pair/attention: "

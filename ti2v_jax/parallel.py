@@ -8,6 +8,9 @@
   path for TPU pods and multi-GPU hosts;
 - "pmap": `jax.pmap` over a (devices, per_device, ...) reshape of the batch.
 
+All three compile with ti2v-jax's compiler options for the devices' platform
+(`ti2v_jax.xla_options`), so they run the same kernels.
+
 The contract with `fn`: it takes batched arrays (leading axis = items) and
 every output item depends only on the same input item. In particular all
 randomness must come from a per-item key passed in the batch
@@ -45,6 +48,8 @@ import jax.numpy as jnp
 import numpy as np
 from jax.sharding import Mesh, NamedSharding
 from jax.sharding import PartitionSpec as P
+
+from ti2v_jax.xla_options import compiler_options, jit
 
 MODES = ("none", "mesh", "pmap")
 _CACHE_SIZE = 32
@@ -142,9 +147,13 @@ class _Batched:
         else:
             def body(batch):
                 return fn(*batch)
+        platform = (devices[0] if devices else jax.local_devices()[0]).platform
+        # jax.pmap takes no compiler options: with some, `_call` compiles it ahead of time.
+        self.pmap_options = compiler_options(platform) if mode == "pmap" else {}
+        self.aot = OrderedDict()
         if mode == "none":
             self.n = 1
-            self.compiled = jax.jit(body)
+            self.compiled = jit(body, platform=platform)
         elif mode == "pmap":
             # devices=None lets pmap use the local devices of each process (pods).
             self.n = len(devices) if devices is not None else jax.local_device_count()
@@ -161,7 +170,7 @@ class _Batched:
             self.whole = NamedSharding(self.mesh, P())
             self.local_n = sum(d.process_index == jax.process_index() for d in devs)
             self.multiprocess = jax.process_count() > 1
-            self.compiled = jax.jit(body, out_shardings=self.data)
+            self.compiled = jit(body, platform=platform, out_shardings=self.data)
 
     def __call__(self, *args, replicated=None):
         if self.has_rep != (replicated is not None):
@@ -181,7 +190,19 @@ class _Batched:
         return self._call_mesh(replicated, args, b)
 
     def _call(self, replicated, args):
-        return self.compiled(replicated, args) if self.has_rep else self.compiled(args)
+        a = (replicated, args) if self.has_rep else (args,)
+        if not self.pmap_options:
+            return self.compiled(*a)
+        # One ahead-of-time compilation of the pmap per input signature (as its own cache would).
+        leaves, tree = jax.tree.flatten(a)
+        key = (tree, tuple(jax.typeof(x) for x in leaves))
+        c = self.aot.get(key)
+        if c is None:
+            c = self.aot[key] = self.compiled.lower(*a).compile(compiler_options=self.pmap_options)
+            if len(self.aot) > _CACHE_SIZE:
+                self.aot.popitem(last=False)
+        # Place the inputs as the compiled program takes them (a jax.pmap call does this itself).
+        return c(*jax.device_put(a, c.input_shardings[0]))
 
     def _call_mesh(self, replicated, args, b):
         if not self.multiprocess:

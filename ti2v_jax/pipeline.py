@@ -28,6 +28,7 @@ from ti2v_jax.sampling import schedule
 from ti2v_jax.sampling.t2v import t2v_sample
 from ti2v_jax.sampling.ti2v_zero import replacing_baseline_sample, ti2v_zero_sample
 from ti2v_jax.tokenizer import tokenize
+from ti2v_jax.xla_options import jit
 
 DEFAULT_MODEL = Path(__file__).resolve().parent / "assets" / "default_model"
 DEFAULT_NUM_FRAMES = 16  # ModelScope's K
@@ -138,7 +139,7 @@ class TI2VZeroPipeline:
             int(sched.get("num_train_timesteps", schedule.NUM_TRAIN_TIMESTEPS)),
             float(sched.get("beta_start", schedule.BETA_START)),
             float(sched.get("beta_end", schedule.BETA_END)))
-        self._encode_text = jax.jit(components.text_encode)
+        self._encode_text = jit(components.text_encode)
         self._spec = _ProgramSpec.get(components, self.num_frames, self.dtype, self.abar)
 
     @classmethod
