@@ -25,6 +25,10 @@ CONFIGS = {
     "lpb2": dict(block_out_channels=[16, 32, 32], down_block_types=[CA_DOWN, CA_DOWN, DOWN],
                  up_block_types=[UP, CA_UP, CA_UP], layers_per_block=2, norm_num_groups=8,
                  attention_head_dim=8, cross_attention_dim=24, in_channels=4, out_channels=4, norm_eps=1e-6),
+    # a first down block without attention: its text-free part is all of its first layer.
+    "plain_first": dict(block_out_channels=[16, 32], down_block_types=[DOWN, CA_DOWN], up_block_types=[CA_UP, UP],
+                        layers_per_block=1, norm_num_groups=8, attention_head_dim=8, cross_attention_dim=24,
+                        in_channels=4, out_channels=4),
 }
 # (config, frames, (h, w), timesteps): 10x14 is not a multiple of 2**2 (diffusers forwards upsample sizes).
 CASES = [
@@ -92,10 +96,12 @@ def test_parity(ported, name, frames, hw, timesteps):
     assert err <= TOL
 
 
-def test_shared_samples_match_diffusers_on_tiled_batch(ported):
+@pytest.mark.parametrize("name", ["lpb2", "plain_first"])
+def test_shared_samples_match_diffusers_on_tiled_batch(ported, name):
     """n contexts per sample: as diffusers on the samples tiled n times (context-major), with
-    conv_in and transformer_in run once per sample."""
-    p = ported("lpb2")
+    the text-free prefix (conv_in, transformer_in, the first down block up to its first
+    cross-attention) run once per sample."""
+    p = ported(name)
     sample, context = _inputs(p.config, 3, (10, 14))
     g = torch.Generator().manual_seed(5)
     contexts = torch.cat([context, torch.randn(context.shape, generator=g)])  # 4 contexts for 2 samples
@@ -106,7 +112,7 @@ def test_shared_samples_match_diffusers_on_tiled_batch(ported):
                   jnp.asarray(contexts.numpy()))
     out = np.asarray(unet3d.to_torch_layout(out))
     err = float(np.abs(out - ref).max())
-    print(f"2 samples x 2 contexts each: max abs err {err:.2e}")
+    print(f"{name}: 2 samples x 2 contexts each: max abs err {err:.2e}")
     assert out.shape == ref.shape and err <= TOL
     with pytest.raises(ValueError, match="3 contexts for 2 samples"):
         p.apply(p.state, unet3d.from_torch_layout(jnp.asarray(sample.numpy())), jnp.asarray(t),

@@ -6,9 +6,10 @@
 encoder_hidden_states may also hold n*B contexts (n > 1): each sample is then denoised
 under each of its n contexts, as if the samples and timesteps were tiled n times
 (output (n*B, ...), context-major: item i*B + j is sample j under context i*B + j).
-The layers before the first one that reads the text (conv_in and transformer_in) run
-once for the n of them. Classifier-free guidance (`sampling.schedule.guided_eps`) uses
-this for its two halves.
+The layers before the first one that reads the text (conv_in, transformer_in, and the
+first down block's resnet, temporal convolution and spatial self-attention) run once for
+the n of them. Classifier-free guidance (`sampling.schedule.guided_eps`) uses this for
+its two halves.
 
 Frames are folded into the batch for the spatial layers, as diffusers does; the
 temporal layers (TemporalConvLayer, TransformerTemporalModel) unfold them. The
@@ -180,14 +181,16 @@ class UNet3DConditionModel(nnx.Module):
         # The sinusoid stays float32; linear_1 casts it to the computation dtype, as diffusers does.
         emb = self.time_embedding(timestep_embedding(timesteps, self.time_proj_channels))
         x = self.conv_in(sample.astype(self.dtype).reshape(b * f, h, w, -1))
-        x = self.transformer_in(x, f)
-        if n > 1:  # the text-free prefix above ran once for the n contexts of each sample
-            x, emb, b = jnp.tile(x, (n, 1, 1, 1)), jnp.tile(emb, (n, 1)), n * b
-        emb = jnp.repeat(emb, f, axis=0)
+        x_in = x = self.transformer_in(x, f)
         context = jnp.repeat(encoder_hidden_states.astype(self.dtype), f, axis=0)
-
-        skips = (x,)
-        for block in self.down_blocks:
+        # With n contexts per sample, the text-free prefix (above, and the first down block's up
+        # to its first cross-attention) runs once for the n of them; the first block tiles.
+        x, res = self.down_blocks[0](x, jnp.repeat(emb, f, axis=0), context, f, shared=n)
+        skips = (jnp.tile(x_in, (n, 1, 1, 1)) if n > 1 else x_in,) + res
+        if n > 1:
+            emb, b = jnp.tile(emb, (n, 1)), n * b
+        emb = jnp.repeat(emb, f, axis=0)
+        for block in self.down_blocks[1:]:
             x, res = block(x, emb, context, f)
             skips += res
 

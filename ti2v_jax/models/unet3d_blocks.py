@@ -108,7 +108,14 @@ class BasicTransformerBlock(nnx.Module):
         self.ff = FeedForward(dim, **kw)
 
     def __call__(self, x, context=None):
-        x = self.attn1(self.norm1(x)) + x
+        return self.attend_text(self.self_attend(x), context)
+
+    def self_attend(self, x):
+        """The part before attn2: self-attention, which reads no text."""
+        return self.attn1(self.norm1(x)) + x
+
+    def attend_text(self, x, context=None):
+        """The rest, from attn2 (cross-attention to `context`) on."""
         x = self.attn2(self.norm2(x), None if self.double_self_attention else context) + x
         return self.ff(self.norm3(x)) + x
 
@@ -131,19 +138,30 @@ class Transformer2DModel(nnx.Module):
                                   cross_attention_dim=cross_attention_dim, **kw)])
         self.proj_out = linear(inner, in_channels, **kw)
 
-    def __call__(self, x, context):
+    def __call__(self, x, context, shared: int = 1):
+        """x (N, H, W, C) frames, context (N, T, D) one per frame.
+
+        shared > 1: x holds the frames of B samples and context `shared` x as many,
+        context-major (as `UNet3DConditionModel` takes them). The layers before the first
+        cross-attention, which read no text, then run once per frame and their output is
+        tiled `shared` times; the output has shared x N frames.
+        """
         n, h, w, c = x.shape
-        residual = x
+        inner = self.proj_in.out_features
+        first, rest = self.transformer_blocks[0], self.transformer_blocks[1:]
+        residual, x = x, self.norm(x).reshape(n, h * w, c)
+        if shared > 1:
+            x = _over_sequences(lambda x: first.self_attend(self.proj_in(x)), (x,), h * w, inner)
+            x, residual = jnp.tile(x, (shared, 1, 1)), jnp.tile(residual, (shared, 1, 1, 1))
 
         def per_frame(x, context):
-            x = self.proj_in(x)
-            for block in self.transformer_blocks:
+            x = first.attend_text(x, context) if shared > 1 else first(self.proj_in(x), context)
+            for block in rest:
                 x = block(x, context)
             return self.proj_out(x)
 
-        x = _over_sequences(per_frame, (self.norm(x).reshape(n, h * w, c), context), h * w,
-                            self.proj_in.out_features)
-        return x.reshape(n, h, w, c) + residual
+        x = _over_sequences(per_frame, (x, context), h * w, inner)
+        return x.reshape(residual.shape) + residual
 
 
 class TransformerTemporalModel(nnx.Module):
@@ -203,12 +221,16 @@ class _Block3D(nnx.Module):
                                          **kw)
                 for _ in resnet_in])
 
-    def _layer(self, i: int, x, temb, context, num_frames: int):
+    def _layer(self, i: int, x, temb, context, num_frames: int, shared: int = 1):
+        """Layer i. shared > 1: x and temb hold B samples, context shared x B (see
+        `Transformer2DModel`); the text-free part runs once and the output holds shared x B."""
         x = self.resnets[i](x, temb)
         x = self.temp_convs[i](x, num_frames)
         if self.has_cross_attention:
-            x = self.attentions[i](x, context)
+            x = self.attentions[i](x, context, shared)
             x = self.temp_attentions[i](x, num_frames)
+        elif shared > 1:
+            x = jnp.tile(x, (shared, 1, 1, 1))
         return x
 
 
@@ -226,10 +248,14 @@ class DownBlock3D(_Block3D):
         self.downsamplers = (nnx.List([Downsample2D(out_channels, padding=downsample_padding, **kw)])
                              if add_downsample else None)
 
-    def __call__(self, x, temb, context, num_frames: int):
+    def __call__(self, x, temb, context, num_frames: int, shared: int = 1):
+        """shared > 1: x and temb (per frame) hold B samples, context shared x B, context-major;
+        the first layer's text-free part runs once for the `shared` contexts (see `_layer`)."""
         outputs = ()
         for i in range(len(self.resnets)):
-            x = self._layer(i, x, temb, context, num_frames)
+            x = self._layer(i, x, temb, context, num_frames, shared)
+            if shared > 1:
+                temb, shared = jnp.tile(temb, (shared, 1)), 1
             outputs += (x,)
         if self.downsamplers is not None:
             for down in self.downsamplers:
