@@ -31,7 +31,7 @@ HERE = Path(__file__).resolve().parent
 sys.path[:0] = [str(HERE.parent), str(HERE)]
 
 
-def child_jax(weights: str, calls: int):
+def child_jax(weights: str):
     import jax
     import jax.numpy as jnp
 
@@ -50,7 +50,7 @@ def child_jax(weights: str, calls: int):
     return lambda: jax.block_until_ready(pair(p["unet"], x, t, ctx))
 
 
-def child_torch(weights: str, calls: int):
+def child_torch(weights: str):
     import torch
     from diffusers import UNet3DConditionModel
 
@@ -69,16 +69,13 @@ def child_torch(weights: str, calls: int):
 
 def child(impl: str, weights: str, calls: int):
     """Serve timing requests on stdin: each line -> `calls` timed pairs, printed as JSON."""
-    run = (child_jax if impl == "jax" else child_torch)(weights, calls)
+    from bench import median_time
+
+    run = (child_jax if impl == "jax" else child_torch)(weights)
     run()  # compile / warm up
     print("ready", flush=True)
     for _ in sys.stdin:
-        ts = []
-        for _ in range(calls):
-            t0 = time.perf_counter()
-            run()
-            ts.append(time.perf_counter() - t0)
-        print(json.dumps(ts), flush=True)
+        print(json.dumps(median_time(run, calls)[1]), flush=True)
 
 
 def main():
