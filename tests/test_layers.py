@@ -1,4 +1,4 @@
-"""The one attention: shapes and dtypes cuDNN's fused kernel cannot take fall back to XLA."""
+"""Shared layers: the one attention (shapes and dtypes cuDNN cannot take fall back to XLA), its CPU blocks, GELU."""
 
 import jax
 import jax.numpy as jnp
@@ -74,3 +74,15 @@ def test_cpu_attention_in_blocks_matches_reference(monkeypatch):
     print(f"blocked CPU attention (5 items, blocks of 2): max abs err {err:.2e}")
     assert layers.cpu_blocked() == (jax.default_backend() == "cpu")
     assert err < 1e-5
+
+
+def test_gelu_matches_torch():
+    """layers.gelu (torch's erf formula) against torch.nn.functional.gelu, float32, over [-12, 12]."""
+    torch = pytest.importorskip("torch")
+    x = np.linspace(-12, 12, 200_001, dtype=np.float32)
+    want = torch.nn.functional.gelu(torch.from_numpy(x)).numpy()
+    got = np.asarray(jax.jit(layers.gelu)(x))
+    err = float(np.max(np.abs(got - want)))
+    print(f"gelu vs torch: max abs err {err:.2e}")
+    assert err < 3e-6
+    assert np.array_equal(got[x > 6], x[x > 6]) and np.all(np.abs(got[x < -6]) < 1e-6)

@@ -12,7 +12,7 @@ import jax
 import jax.numpy as jnp
 from flax import nnx
 
-from .layers import LayerNorm, attention, linear
+from .layers import LayerNorm, attention, gelu, linear
 
 # transformers >= 5 saves CLIPTextModel without the `text_model.` prefix; older
 # checkpoints (ModelScope's, transformers 4.27) have it. Our module keeps it.
@@ -35,7 +35,7 @@ def _check_activation(name: str) -> str:
 
 def _activation(name: str, x):
     if name == "gelu":  # transformers' "gelu" is torch's exact erf GELU
-        return jax.nn.gelu(x, approximate=False)
+        return gelu(x)
     return x * jax.nn.sigmoid(1.702 * x)  # quick_gelu
 
 

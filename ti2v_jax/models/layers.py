@@ -212,6 +212,14 @@ class Attention(nnx.Module):
         return self.to_out[0](out)
 
 
+def gelu(x):
+    """Exact (erf) GELU in PyTorch's formula, x * 0.5 * (1 + erf(x / sqrt(2))), as torch's CPU
+    and CUDA kernels compute it. `jax.nn.gelu(approximate=False)` uses erfc instead, which
+    XLA:CPU evaluates about 3x slower (4M float32 values: 3.2 vs 1.0 ms on a 2-core EPYC);
+    both are within 1.5e-6 of torch.nn.functional.gelu over [-12, 12]."""
+    return x * 0.5 * (1.0 + jax.lax.erf(x * jnp.asarray(0.5 ** 0.5, x.dtype)))
+
+
 class GEGLU(nnx.Module):
     """diffusers GEGLU: a projection to 2x width, one half gating the other with exact GELU."""
 
@@ -220,7 +228,7 @@ class GEGLU(nnx.Module):
 
     def __call__(self, x):
         h, gate = jnp.split(self.proj(x), 2, axis=-1)
-        return h * jax.nn.gelu(gate, approximate=False)
+        return h * gelu(gate)
 
 
 class FeedForward(nnx.Module):
