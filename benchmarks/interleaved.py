@@ -1,0 +1,101 @@
+"""ti2v-jax against the PyTorch reference, interleaved in time: the guidance pair or a new frame.
+
+    python benchmarks/interleaved.py [--what pair|pixel|latent] [--config small] [--rounds 12] [--calls 3]
+                                     [--steps 10 --resample 4 ...: bench.py's options]
+
+On a shared machine whose speed drifts by 10-40% within minutes, `bench.py` (ti2v-jax's
+process first, then the reference's) can see the two under different loads. Here each
+implementation runs in its own long-lived process, and the two take turns: a round times
+`--calls` runs of one, then of the other (the order alternating, a 1 s pause between), so
+both see the same minutes. Per round the ratio of the two medians; printed: the median and
+range of those ratios and each side's median time.
+
+What is timed is exactly what `bench.py` times (its `jax_pair`/`torch_pair` and
+`jax_frame`/`torch_frame`, same weights, same settings): `--what pair` one guidance pair
+(ti2v-jax: one call with both contexts; the reference: a text and an empty-text call of
+batch 1 each, as the published code runs them); `--what pixel` / `--what latent` one new
+frame at S=--steps, R=--resample with that slide (the reference's pixel slide re-encodes
+the K-1 queue frames, as published).
+"""
+
+from __future__ import annotations
+
+import json
+import statistics
+import subprocess
+import sys
+import tempfile
+import time
+from pathlib import Path
+
+HERE = Path(__file__).resolve().parent
+sys.path[:0] = [str(HERE.parent), str(HERE)]
+
+import bench  # noqa: E402
+
+
+def child(args):
+    """Serve timing requests on stdin: each line -> `calls` timed runs, printed as JSON."""
+    if args.child == "jax":
+        s = bench.jax_setup(args)
+        run = bench.jax_pair(s)[0] if args.what == "pair" else bench.jax_frame(s, args.what)[1]
+    else:
+        s = bench.torch_setup(args)
+        run = bench.torch_pair(s) if args.what == "pair" else bench.torch_frame(s, args.what)
+    run()  # compile / warm up
+    print("ready", flush=True)
+    for _ in sys.stdin:
+        print(json.dumps(bench.median_time(run, args.calls)[1]), flush=True)
+
+
+def parser():
+    ap = bench.parser()
+    ap.description = __doc__.splitlines()[0]
+    ap.add_argument("--what", default="pair", choices=("pair", "pixel", "latent"))
+    ap.add_argument("--rounds", type=int, default=12)
+    ap.add_argument("--calls", type=int, default=3)
+    return ap
+
+
+def main():
+    args = parser().parse_args()
+    if args.child:
+        return child(args)
+    tmp = tempfile.TemporaryDirectory()
+    if args.weights is None:
+        args.weights = str(Path(tmp.name) / "w")
+        bench.make_weights(args.config, Path(args.weights))
+    argv = [a for a in sys.argv[1:]]
+    procs = {}
+    for impl in ("jax", "torch"):  # one at a time, so neither compiles while the other is timed
+        procs[impl] = subprocess.Popen([sys.executable, __file__, *argv, "--weights", args.weights, "--child", impl],
+                                       stdin=subprocess.PIPE, stdout=subprocess.PIPE, text=True)
+        while (line := procs[impl].stdout.readline()) and line.strip() != "ready":
+            pass
+        if procs[impl].poll() is not None:
+            raise SystemExit(f"the {impl} child stopped before it was ready")
+    what = "pair" if args.what == "pair" else (f"new frame ({args.what} slide, S={args.steps}, "
+                                               f"R={args.resample})")
+    times = {"jax": [], "torch": []}
+    ratios = []
+    for r in range(args.rounds):
+        med = {}
+        for impl in (("jax", "torch") if r % 2 == 0 else ("torch", "jax")):
+            time.sleep(1.0)  # let the other side's worker threads go idle
+            procs[impl].stdin.write("go\n")
+            procs[impl].stdin.flush()
+            ts = json.loads(procs[impl].stdout.readline())
+            times[impl] += ts
+            med[impl] = statistics.median(ts)
+        ratios.append(med["torch"] / med["jax"])
+        print(f"round {r}: jax {med['jax']:.3f} s, torch {med['torch']:.3f} s, ratio {ratios[-1]:.2f}", flush=True)
+    for p in procs.values():
+        p.stdin.close()
+        p.wait()
+    print(f"config {args.config}, {what}, {args.rounds} rounds x {args.calls} calls: jax median "
+          f"{statistics.median(times['jax']):.3f} s, torch median {statistics.median(times['torch']):.3f} s; "
+          f"per-round speed-up median {statistics.median(ratios):.2f}x (range {min(ratios):.2f}-{max(ratios):.2f}x)")
+
+
+if __name__ == "__main__":
+    main()
