@@ -249,8 +249,9 @@ def run_jax(args, out: dict, save):
     compiled_frames = {}
     for slide in ("latent", "pixel"):
         compiled_frames[slide], one, out[f"frame_{slide}_compile_s"] = jax_frame(s, slide)
-        # A compiled program's first run pays one-time costs (about 1 s on the 2-core CPU,
-        # about 0.4 s on the H100 for the full model): not part of a frame.
+        # A compiled program's first run can pay one-time costs (the small pair on the 2-core
+        # CPU: 2.2 s first, 1.2-1.5 s after; the H100 run timed from the first run got 2.42 then
+        # 2.03 s per frame): timed and reported apart, not part of a frame.
         out[f"frame_{slide}_first_run_s"], _ = median_time(one, 1)
         out[f"frame_{slide}_s"], ts = median_time(one, args.frame_repeats)
         out[f"frame_{slide}_all_s"] = ts

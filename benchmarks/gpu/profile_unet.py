@@ -42,7 +42,7 @@ def kind(name: str) -> str:
         return "attention (cuDNN)"
     if "conv" in n or "implicit" in n or "fprop" in n:
         return "convolution"
-    if "gemm" in n or "cutlass" in n or "matmul" in n or "sm90_xmma" in n or "cublas" in n:
+    if "gemm" in n or "cutlass" in n or "matmul" in n or "sm90_xmma" in n or "cublas" in n or "nvjet" in n:
         return "matmul"
     if "reduce" in n or "norm" in n:
         return "reduction/norm fusion"
