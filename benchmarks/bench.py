@@ -61,6 +61,23 @@ def median_time(fn, repeats):
     return statistics.median(ts), ts
 
 
+class Report:
+    """`say(line)` prints each line as it comes and keeps it; `say.write(out_dir, name)` writes
+    them all to out_dir/name (nothing when out_dir is None)."""
+
+    def __init__(self):
+        self.lines = []
+
+    def __call__(self, line: str = ""):
+        print(line, flush=True)
+        self.lines.append(line)
+
+    def write(self, out_dir, name: str):
+        if out_dir:
+            Path(out_dir).mkdir(parents=True, exist_ok=True)
+            (Path(out_dir) / name).write_text("\n".join(self.lines) + "\n")
+
+
 # ---------------------------------------------------------------- weights
 
 def make_weights(cfg_name: str, dst: Path, seed: int = 0, device: str = "cpu"):

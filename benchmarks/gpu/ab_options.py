@@ -26,6 +26,7 @@ import jax.numpy as jnp
 from flax import nnx
 
 sys.path[:0] = [str(Path(__file__).resolve().parents[1]), str(Path(__file__).resolve().parents[2])]
+from bench import Report  # noqa: E402
 from configs import get as get_config  # noqa: E402
 
 from ti2v_jax.models import layers  # noqa: E402
@@ -56,11 +57,7 @@ def main():
     ap.add_argument("--rounds", type=int, default=3)
     ap.add_argument("--out", default=None)
     a = ap.parse_args()
-    lines = []
-
-    def say(s=""):
-        print(s, flush=True)
-        lines.append(s)
+    say = Report()
 
     dt = jnp.dtype(a.dtype)
     gpu = jax.default_backend() == "gpu"
@@ -104,9 +101,7 @@ def main():
         m = statistics.median(v)
         say(f"{n:16s} frame ({pairs} pairs) median {m:.3f} s = {m / pairs * 1e3:.1f} ms per pair; "
             f"x50 pairs (S=10, R=4): {m / pairs * 50:.2f} s; rounds {[round(x, 3) for x in v]}")
-    if a.out:
-        Path(a.out).mkdir(parents=True, exist_ok=True)
-        (Path(a.out) / f"ab_options_{a.config}_{dt.name}.txt").write_text("\n".join(lines) + "\n")
+    say.write(a.out, f"ab_options_{a.config}_{dt.name}.txt")
 
 
 if __name__ == "__main__":

@@ -24,7 +24,7 @@ import jax.numpy as jnp
 
 sys.path[:0] = [str(Path(__file__).resolve().parents[1]), str(Path(__file__).resolve().parents[2])]
 from ab_unet import pair_programs  # noqa: E402
-from bench import median_time  # noqa: E402
+from bench import Report, median_time  # noqa: E402
 from configs import get as get_config  # noqa: E402
 
 from ti2v_jax.models import layers  # noqa: E402
@@ -58,11 +58,7 @@ def main():
     ap.add_argument("--top", type=int, default=30)
     ap.add_argument("--out", default=None)
     a = ap.parse_args()
-    lines = []
-
-    def say(s=""):
-        print(s, flush=True)
-        lines.append(s)
+    say = Report()
 
     dt = jnp.dtype(a.dtype)
     cfg = dict(get_config(a.config)["unet"])
@@ -135,9 +131,7 @@ def main():
     say(f"\ntop {a.top} kernels (ms per pair, launches per pair, name)")
     for k, v in agg.most_common(a.top):
         say(f"  {v / n / 1e6:8.3f} {cnt[k] // n:5d}  {k[:150]}")
-    if a.out:
-        Path(a.out).mkdir(parents=True, exist_ok=True)
-        (Path(a.out) / f"profile_{a.config}_{dt.name}.txt").write_text("\n".join(lines) + "\n")
+    say.write(a.out, f"profile_{a.config}_{dt.name}.txt")
 
 
 if __name__ == "__main__":
