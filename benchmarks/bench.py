@@ -135,6 +135,12 @@ def count_flops(cfg_name: str) -> float:
 
 # ---------------------------------------------------------------- ti2v-jax
 
+def auto_attention(gpu: bool, dtype) -> str | None:
+    """The attention `--attention auto` picks: cuDNN's fused kernel on GPU in half precision,
+    else the package default (None)."""
+    return "cudnn" if gpu and dtype != "float32" else None
+
+
 def jax_setup(args):
     """ti2v-jax's side, up to the timings: the weights loaded (and converted) from args.weights,
     the two contexts encoded, the attention chosen. Returns a namespace that `jax_pair` and
@@ -154,9 +160,7 @@ def jax_setup(args):
     dev = jax.devices()[0]
     gpu = dev.platform == "gpu"
     dt = jnp.dtype(args.dtype)
-    attn = args.attention
-    if attn == "auto":
-        attn = "cudnn" if gpu and dt != jnp.float32 else None
+    attn = auto_attention(gpu, dt) if args.attention == "auto" else args.attention
     layers.set_attention_implementation(attn)
     info = dict(impl="ti2v-jax", jax=jax.__version__, device=f"{dev.platform}: {dev.device_kind}",
                 dtype=dt.name, attention=attn or ("default (layers._attention_cpu)" if not gpu else "xla"),
@@ -188,7 +192,6 @@ def jax_setup(args):
         # the start queue as the pipeline builds it: the image encoded once, then padded to K-1
         q0=sync(jit(lambda f: pad_queue(fns(p)[1](f), k - 1))(img)),
         keys=schedule.item_keys(jax.random.key(0), 1),
-        timesteps=jnp.asarray(schedule.ddim_timesteps(args.steps)),
         common=dict(num_frames=k, timesteps=jnp.asarray(schedule.ddim_timesteps(args.steps)),
                     guidance_scale=args.guidance, resample_iters=args.resample, abar=abar))
 
@@ -244,9 +247,6 @@ def run_jax(args, out: dict, save):
             return dev.memory_stats().get("peak_bytes_in_use", 0) / 2**30
         except Exception:
             return None
-
-    def compile_(fn, *a, donate=()):
-        return _jax_compile(s, fn, *a, donate=donate)
 
     try:
         pair, out["pair_compile_s"] = jax_pair(s)
@@ -304,7 +304,7 @@ def run_jax(args, out: dict, save):
                                    slide=slide, **common)
             return res[1]
 
-        c, out[f"video_{slide}_compile_s"] = compile_(video, p, keys, img.astype(dt), text, empty)
+        c, out[f"video_{slide}_compile_s"] = _jax_compile(s, video, p, keys, img.astype(dt), text, empty)
         t0 = time.perf_counter()
         v = sync(c(p, keys, img.astype(dt), text, empty))
         out[f"video_{slide}_s"] = time.perf_counter() - t0

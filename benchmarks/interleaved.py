@@ -65,11 +65,10 @@ def main():
     if args.weights is None:
         args.weights = str(Path(tmp.name) / "w")
         bench.make_weights(args.config, Path(args.weights))
-    argv = [a for a in sys.argv[1:]]
     procs = {}
     for impl in ("jax", "torch"):  # one at a time, so neither compiles while the other is timed
-        procs[impl] = subprocess.Popen([sys.executable, __file__, *argv, "--weights", args.weights, "--child", impl],
-                                       stdin=subprocess.PIPE, stdout=subprocess.PIPE, text=True)
+        cmd = [sys.executable, __file__, *sys.argv[1:], "--weights", args.weights, "--child", impl]
+        procs[impl] = subprocess.Popen(cmd, stdin=subprocess.PIPE, stdout=subprocess.PIPE, text=True)
         while (line := procs[impl].stdout.readline()) and line.strip() != "ready":
             pass
         if procs[impl].poll() is not None:

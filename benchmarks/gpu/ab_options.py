@@ -26,7 +26,7 @@ import jax.numpy as jnp
 from flax import nnx
 
 sys.path[:0] = [str(Path(__file__).resolve().parents[1]), str(Path(__file__).resolve().parents[2])]
-from bench import Report  # noqa: E402
+from bench import Report, auto_attention  # noqa: E402
 from configs import get as get_config  # noqa: E402
 
 from ti2v_jax.models import layers  # noqa: E402
@@ -61,7 +61,7 @@ def main():
 
     dt = jnp.dtype(a.dtype)
     gpu = jax.default_backend() == "gpu"
-    layers.set_attention_implementation("cudnn" if gpu and dt != jnp.float32 else None)
+    layers.set_attention_implementation(auto_attention(gpu, dt))
     cfg = dict(get_config(a.config)["unet"])
     model = UNet3DConditionModel(cfg, dtype=dt, param_dtype=dt, rngs=nnx.Rngs(0))
     g, st = nnx.split(model)
