@@ -96,12 +96,12 @@ def test_padding_trimming_and_sharding():
         out = run_batched(toy, (keys, X0[:4]), replicated=W, mode="mesh")
         s = out[0].sharding
         res["sharded"] = isinstance(s, NamedSharding) and s.spec[0] == "data" and len(s.device_set) == 4
-        # padding: a batch of 3 on 4 devices, the padded slot repeats the last item
+        # padding: a batch of 6 on 4 devices is padded to 8 (the last item repeated)
         seen = []
         def spy(w, keys, x0):
             seen.append(x0.shape)
             return toy(w, keys, x0)
-        out = run_batched(spy, (per_item_keys(SEEDS[:3]), X0[:3]), replicated=W, mode="mesh")
+        out = run_batched(spy, (per_item_keys(SEEDS[:6]), X0[:6]), replicated=W, mode="mesh")
         res["mesh_padded_shape"] = list(seen[-1])
         res["mesh_out"] = [list(o.shape) for o in out]
         out = run_batched(spy, (per_item_keys(SEEDS[:6]), X0[:6]), replicated=W, mode="pmap")
@@ -121,8 +121,8 @@ def test_padding_trimming_and_sharding():
     """)
     print(r)
     assert r["sharded"]
-    assert r["mesh_padded_shape"] == [4, 8] and r["mesh_out"] == [[3, 8], [3, 6]]
-    # pmap body sees the per-device slice: 6 items -> 4 devices x 2
+    # Both bodies see the per-device slice (mesh: shard_map): 6 items -> 4 devices x 2
+    assert r["mesh_padded_shape"] == [2, 8] and r["mesh_out"] == [[6, 8], [6, 6]]
     assert r["pmap_padded_shape"] == [2, 8] and r["pmap_out"] == [[6, 8], [6, 6]]
     assert r["subset"] == [0, 1]
     assert r["none_dev"] == [3]

@@ -3,9 +3,10 @@
 `run_batched(fn, args, mode=...)` splits a batch over devices three ways:
 
 - "none": `jax.jit(fn)` on one device (the reference result);
-- "mesh": `jax.jit` over a 1-D `jax.sharding.Mesh` whose axis is named
-  "data"; inputs and outputs are `NamedSharding(mesh, P("data"))`. This is the
-  path for TPU pods and multi-GPU hosts;
+- "mesh": `jax.jit` of a `jax.shard_map` over a 1-D `jax.sharding.Mesh` whose
+  axis is named "data"; inputs and outputs are `NamedSharding(mesh, P("data"))`
+  and each device runs `fn` on its own slice. This is the path for TPU pods and
+  multi-GPU hosts;
 - "pmap": `jax.pmap` over a (devices, per_device, ...) reshape of the batch.
 
 All three compile with ti2v-jax's compiler options for the devices' platform
@@ -170,6 +171,13 @@ class _Batched:
             self.whole = NamedSharding(self.mesh, P())
             self.local_n = sum(d.process_index == jax.process_index() for d in devs)
             self.multiprocess = jax.process_count() > 1
+            # shard_map: each device traces and runs `fn` on its own items, the program one
+            # device runs alone on a batch of that size (so the same kernels and the same bits;
+            # partitioning the global program instead (GSPMD) let XLA pick other fusions and
+            # moved results by a uint8 level on AVX2 CPUs), and trace-time choices that depend
+            # on the batch size (e.g. `layers.map_in_blocks`) see the per-device size.
+            body = jax.shard_map(body, mesh=self.mesh, out_specs=P("data"),
+                                 in_specs=(P(), P("data")) if replicated else (P("data"),))
             self.compiled = jit(body, platform=platform, out_shardings=self.data)
 
     def __call__(self, *args, replicated=None):
