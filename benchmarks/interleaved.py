@@ -94,6 +94,7 @@ def main():
     print(f"config {args.config}, {what}, {args.rounds} rounds x {args.calls} calls: jax median "
           f"{statistics.median(times['jax']):.3f} s, torch median {statistics.median(times['torch']):.3f} s; "
           f"per-round speed-up median {statistics.median(ratios):.2f}x (range {min(ratios):.2f}-{max(ratios):.2f}x)")
+    print(f"{time.strftime('%Y-%m-%dT%H:%M:%S')}; machine: {bench.machine()}; command: python {' '.join(sys.argv)}")
 
 
 if __name__ == "__main__":
