@@ -1,21 +1,25 @@
-"""A/B of XLA compiler options on the sampling loop: one latent-slide frame program, interleaved.
+"""A/B of XLA compiler options (and the attention kernel) on the sampling loop: one
+latent-slide frame program, interleaved.
 
     python benchmarks/gpu/ab_options.py --config full --dtype bfloat16 [--steps 2 --resample 4]
-                                        [--sets default,cmdbuf_loops,no_cmdbuf] [--rounds 3]
+                                        [--sets default,triton_gemm,xla_attention] [--rounds 3] [--profile]
 
-Written for the next GPU lease (not yet run on a GPU): on the H100, 7 of a guidance pair's
-42.9 ms were gaps between its ~2,400 kernel launches (benchmarks/RESULTS.md), and a frame
-program runs its U-Net inside `lax.scan` loops, which XLA's default command buffers (CUDA
-graphs) may not capture. Each option set compiles the frame program once
+First run on an H200 (2026-11-27, benchmarks/RESULTS.md): command buffers over the scans'
+loops changed nothing, XLA's attention was 2% slower than cuDNN's, and turning Triton's
+matrix-product fusions off was 2.5% faster, now the package default on GPU
+(`ti2v_jax.xla_options`); `--profile` then sums the device kernels of the first set's program.
+Each option set compiles the frame program once
 (`sampling.ti2v_zero_frame` on a random-weight U-Net built in JAX: no checkpoint, no VAE,
 no PyTorch) with `jax.jit(..., compiler_options=...)`; the rounds then time every set in
-turn. A set this jaxlib refuses is reported and skipped. Output: text on stdout and
+turn. A set this jaxlib refuses is reported and skipped; each set's traced and compiled
+program is named by a short hash, so a set that changes nothing shows as the same program. Output: text on stdout and
 `--out`/ab_options_<config>_<dtype>.txt.
 """
 
 from __future__ import annotations
 
 import argparse
+import hashlib
 import statistics
 import sys
 import time
@@ -28,6 +32,8 @@ from flax import nnx
 sys.path[:0] = [str(Path(__file__).resolve().parents[1]), str(Path(__file__).resolve().parents[2])]
 from bench import Report, auto_attention  # noqa: E402
 from configs import get as get_config  # noqa: E402
+
+from profile_unet import kernel_profile  # noqa: E402  (this script's own folder)
 
 from ti2v_jax.models import layers  # noqa: E402
 from ti2v_jax.models.unet3d import UNet3DConditionModel  # noqa: E402
@@ -42,7 +48,13 @@ SETS = {
     # XLA's default command-buffer kinds plus the loops and conditionals of the scans
     "cmdbuf_loops": {_CMDBUF: "FUSION,CUBLAS,CUBLASLT,CUSTOM_CALL,CUDNN,WHILE,CONDITIONAL"},
     "no_cmdbuf": {_CMDBUF: ""},  # what command buffers bring at all
-    "no_triton_gemm": {"xla_gpu_enable_triton_gemm": False},
+    # ti2v-jax turns Triton's matrix-product fusions off on GPU (`xla_options`): this puts them back
+    "triton_gemm": {"xla_gpu_enable_triton_gemm": True},
+    "cublaslt": {"xla_gpu_enable_cublaslt": True},  # cuBLASLt, with its epilogue fusions
+    "cudnn_gemm_fusion": {"xla_gpu_cudnn_gemm_fusion_level": 2},  # cuDNN for fused products
+    # not an XLA option: XLA's attention instead of cuDNN's fused kernel (the profile's pair:
+    # 42.1 vs 42.9 ms; standalone, the temporal attention's 16-token sequences ran faster in XLA)
+    "xla_attention": {"attention": "xla"},
 }
 
 
@@ -53,15 +65,18 @@ def main():
     ap.add_argument("--frames", type=int, default=16)
     ap.add_argument("--steps", type=int, default=2, help="DDIM steps S of the timed frame (pairs: S x (R+1))")
     ap.add_argument("--resample", type=int, default=4)
-    ap.add_argument("--sets", default=",".join(SETS))
+    ap.add_argument("--sets", default="default,triton_gemm,cublaslt,cudnn_gemm_fusion",
+                    help=f"comma list, compiled in this order, of: {', '.join(SETS)}")
     ap.add_argument("--rounds", type=int, default=3)
+    ap.add_argument("--profile", action="store_true",
+                    help="then a kernel-level profile of the first set's frame program, per pair")
     ap.add_argument("--out", default=None)
     a = ap.parse_args()
     say = Report()
 
     dt = jnp.dtype(a.dtype)
     gpu = jax.default_backend() == "gpu"
-    layers.set_attention_implementation(auto_attention(gpu, dt))
+    attention = auto_attention(gpu, dt)
     cfg = dict(get_config(a.config)["unet"])
     model = UNet3DConditionModel(cfg, dtype=dt, param_dtype=dt, rngs=nnx.Rngs(0))
     g, st = nnx.split(model)
@@ -83,14 +98,24 @@ def main():
     fns = {}
     for name in a.sets.split(","):
         opts = {**compiler_options(), **SETS[name]}
+        att = opts.pop("attention", attention)
+        layers.set_attention_implementation(att)  # read when the frame program is traced
         t0 = time.perf_counter()
         try:
-            fns[name] = jax.jit(frame, compiler_options=opts or None).lower(*args).compile()
+            # a new function object per set: jit's trace cache would else hand every set the
+            # first set's trace, made under the first set's attention
+            lowered = jax.jit(lambda *x: frame(*x), compiler_options=opts or None).lower(*args)
+            fns[name] = lowered.compile()
             jax.block_until_ready(fns[name](*args))  # the first run's one-time costs
         except Exception as e:  # noqa: BLE001 - a refused option: say so, go on
             say(f"{name}: refused ({type(e).__name__}: {str(e).splitlines()[0][:200]})")
             continue
-        say(f"{name}: compile + first run {time.perf_counter() - t0:.1f} s, options {opts}")
+        t1 = time.perf_counter()
+        jax.block_until_ready(fns[name](*args))  # one timing now, in case the rounds are cut short
+        # short hashes of the traced and of the compiled program: equal ones mean one program
+        ids = [hashlib.sha1(x.as_text().encode()).hexdigest()[:8] for x in (lowered, fns[name])]
+        say(f"{name}: compile + first run {t1 - t0:.1f} s, second run {time.perf_counter() - t1:.3f} s, "
+            f"attention {att}, options {opts}, program traced/compiled {ids[0]}/{ids[1]}")
     res = {n: [] for n in fns}
     for _ in range(a.rounds):
         for n, f in fns.items():
@@ -101,6 +126,10 @@ def main():
         m = statistics.median(v)
         say(f"{n:16s} frame ({pairs} pairs) median {m:.3f} s = {m / pairs * 1e3:.1f} ms per pair; "
             f"x50 pairs (S=10, R=4): {m / pairs * 50:.2f} s; rounds {[round(x, 3) for x in v]}")
+    if a.profile and fns:
+        name = next(iter(fns))
+        say(f"\nkernel profile of {name}'s frame program ({pairs} pairs a call, 2 calls)")
+        kernel_profile(fns[name], args, say, calls=2, per_call=pairs, unit="pair", top=30)
     say.write(a.out, f"ab_options_{a.config}_{dt.name}.txt")
 
 

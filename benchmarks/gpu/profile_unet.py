@@ -49,6 +49,54 @@ def kind(name: str) -> str:
     return "other (elementwise/fusion/copy)"
 
 
+def kernel_profile(fn, args, say, *, calls: int, per_call: int, unit: str, top: int):
+    """Trace `calls` runs of the compiled `fn(*args)` and say where the device time went:
+    per `unit` (`per_call` units per run), by kind (`kind`) and by kernel name."""
+    from jax._src.lib import _profile_data
+
+    gpu = jax.default_backend() == "gpu"
+    with tempfile.TemporaryDirectory() as tmp:
+        jax.profiler.start_trace(tmp)
+        for _ in range(calls):
+            out = fn(*args)
+        jax.block_until_ready(out)
+        jax.profiler.stop_trace()
+        f = sorted(glob.glob(f"{tmp}/**/*.xplane.pb", recursive=True))[-1]
+        pd = _profile_data.ProfileData.from_file(f)
+    n = calls * per_call
+    agg, cnt, planes = collections.Counter(), collections.Counter(), collections.Counter()
+    dev_lines = [ln.name for p in pd.planes if p.name.startswith("/device:GPU") for ln in p.lines]
+    # GPU: the kernels on the device's streams (else XLA's op line); CPU: the XLA worker threads.
+    want = "stream" if any("stream" in s.lower() for s in dev_lines) else "xla ops"
+    for plane in pd.planes:
+        dev = plane.name.startswith("/device:GPU")
+        for line in plane.lines:
+            planes[(plane.name[:40], line.name[:40])] += sum(e.duration_ns for e in line.events)
+            if gpu and not (dev and want in line.name.lower()):
+                continue
+            if not gpu and "Eigen" not in line.name and "PjRt" not in line.name:
+                continue
+            for ev in line.events:
+                if "Thunk" in ev.name or "Await" in ev.name:
+                    continue
+                k = re.sub(r"[.\d]+$", "", ev.name)
+                agg[k] += ev.duration_ns
+                cnt[k] += 1
+    say(f"\ntrace lines (plane, line): total ms per {unit}")
+    for k, v in planes.most_common(12):
+        say(f"  {v / n / 1e6:9.2f}  {k}")
+    total = sum(agg.values()) / n / 1e6
+    say(f"\nkernels: {total:.2f} ms per {unit} in {sum(cnt.values()) // n} kernel launches")
+    kinds = collections.Counter()
+    for k, v in agg.items():
+        kinds[kind(k)] += v
+    for k, v in kinds.most_common():
+        say(f"  {v / n / 1e6:8.2f} ms  {100 * v / max(1, sum(agg.values())):5.1f}%  {k}")
+    say(f"\ntop {top} kernels (ms per {unit}, launches per {unit}, name)")
+    for k, v in agg.most_common(top):
+        say(f"  {v / n / 1e6:8.3f} {cnt[k] // n:5d}  {k[:150]}")
+
+
 def main():
     ap = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     ap.add_argument("--config", default="small", choices=["small", "full"])
@@ -89,48 +137,7 @@ def main():
             f"{impl or 'default'}: {s * 1e3:.3f} ms")
 
     # kernel-level trace of the first (default) choice
-    from jax._src.lib import _profile_data
-    fn = pairs[impls[0]]
-    n = 3
-    with tempfile.TemporaryDirectory() as tmp:
-        jax.profiler.start_trace(tmp)
-        for _ in range(n):
-            out = fn(*args)
-        jax.block_until_ready(out)
-        jax.profiler.stop_trace()
-        f = sorted(glob.glob(f"{tmp}/**/*.xplane.pb", recursive=True))[-1]
-        pd = _profile_data.ProfileData.from_file(f)
-    agg, cnt, planes = collections.Counter(), collections.Counter(), collections.Counter()
-    dev_lines = [ln.name for p in pd.planes if p.name.startswith("/device:GPU") for ln in p.lines]
-    # GPU: the kernels on the device's streams (else XLA's op line); CPU: the XLA worker threads.
-    want = "stream" if any("stream" in s.lower() for s in dev_lines) else "xla ops"
-    for plane in pd.planes:
-        dev = plane.name.startswith("/device:GPU")
-        for line in plane.lines:
-            planes[(plane.name[:40], line.name[:40])] += sum(e.duration_ns for e in line.events)
-            if gpu and not (dev and want in line.name.lower()):
-                continue
-            if not gpu and "Eigen" not in line.name and "PjRt" not in line.name:
-                continue
-            for ev in line.events:
-                if "Thunk" in ev.name or "Await" in ev.name:
-                    continue
-                k = re.sub(r"[.\d]+$", "", ev.name)
-                agg[k] += ev.duration_ns
-                cnt[k] += 1
-    say("\ntrace lines (plane, line): total ms per pair")
-    for k, v in planes.most_common(12):
-        say(f"  {v / n / 1e6:9.2f}  {k}")
-    total = sum(agg.values()) / n / 1e6
-    say(f"\nkernels: {total:.2f} ms per pair in {sum(cnt.values()) // n} kernel launches")
-    kinds = collections.Counter()
-    for k, v in agg.items():
-        kinds[kind(k)] += v
-    for k, v in kinds.most_common():
-        say(f"  {v / n / 1e6:8.2f} ms  {100 * v / max(1, sum(agg.values())):5.1f}%  {k}")
-    say(f"\ntop {a.top} kernels (ms per pair, launches per pair, name)")
-    for k, v in agg.most_common(a.top):
-        say(f"  {v / n / 1e6:8.3f} {cnt[k] // n:5d}  {k[:150]}")
+    kernel_profile(pairs[impls[0]], args, say, calls=3, per_call=1, unit="pair", top=a.top)
     say.write(a.out, f"profile_{a.config}_{dt.name}.txt")
 
 
