@@ -152,7 +152,7 @@ def jax_setup(args):
 
     from ti2v_jax import loading
     from ti2v_jax.models import layers
-    from ti2v_jax.pipeline import _ProgramSpec
+    from ti2v_jax.programs import ProgramSpec
     from ti2v_jax.sampling import schedule
     from ti2v_jax.sampling.ti2v_zero import pad_queue
     from ti2v_jax.xla_options import compiler_options, jit
@@ -183,7 +183,7 @@ def jax_setup(args):
     info["text_encode_compile_and_run_s"] = time.perf_counter() - t0
     info["text_encode_s"], _ = median_time(lambda: sync(enc(p["text_encoder"], ids)), 3)
 
-    fns = _ProgramSpec(comps, k, dt, abar).fns  # the pipeline's (denoise, encode, decode) for params pp
+    fns = ProgramSpec(comps, k, dt, abar).fns  # the pipeline's (denoise, encode, decode) for params pp
     img = jax.random.uniform(jax.random.key(2), (1, 1, lat * scale, lat * scale, 3), jnp.float32, -1, 1)
     return types.SimpleNamespace(
         jax=jax, jnp=jnp, sync=sync, jit=jit, layers=layers, schedule=schedule, dev=dev, gpu=gpu, dt=dt,

@@ -22,11 +22,9 @@ import jax
 import jax.numpy as jnp
 import numpy as np
 
-from ti2v_jax import io, loading
+from ti2v_jax import io, loading, programs
 from ti2v_jax import parallel as par
 from ti2v_jax.sampling import schedule
-from ti2v_jax.sampling.t2v import t2v_sample
-from ti2v_jax.sampling.ti2v_zero import replacing_baseline_sample, ti2v_zero_sample
 from ti2v_jax.tokenizer import tokenize
 from ti2v_jax.xla_options import jit
 
@@ -34,17 +32,6 @@ DEFAULT_MODEL = Path(__file__).resolve().parent / "assets" / "default_model"
 DEFAULT_NUM_FRAMES = 16  # ModelScope's K
 DEFAULT_NUM_NEW_FRAMES = 15  # the published demo: a 16-frame video
 SLIDES = ("pixel", "latent")
-
-# The progress bar of the generation in flight. The compiled program calls `_tick`, one
-# fixed function, so showing progress never changes (or recompiles) the program.
-_PROGRESS: dict = {"bar": None}
-
-
-def _tick(i):
-    bar = _PROGRESS["bar"]
-    if bar is not None and int(i) + 1 > bar.n:  # several devices may report the same frame
-        bar.update(int(i) + 1 - bar.n)
-
 
 def resolve_model(path_or_repo_id) -> Path:
     """A local checkpoint directory for `path_or_repo_id` (None: the shipped default model)."""
@@ -140,7 +127,7 @@ class TI2VZeroPipeline:
             float(sched.get("beta_start", schedule.BETA_START)),
             float(sched.get("beta_end", schedule.BETA_END)))
         self._encode_text = jit(components.text_encode)
-        self._spec = _ProgramSpec.get(components, self.num_frames, self.dtype, self.abar)
+        self._spec = programs.ProgramSpec.get(components, self.num_frames, self.dtype, self.abar)
 
     @classmethod
     def from_pretrained(cls, path_or_repo_id=None, *, dtype="float32", num_frames: int | None = None):
@@ -243,13 +230,13 @@ class TI2VZeroPipeline:
             from tqdm.auto import tqdm
 
             with tqdm(total=int(num_new_frames), desc="new frames", unit="frame") as bar:
-                _PROGRESS["bar"] = bar
+                programs._PROGRESS["bar"] = bar
                 try:
-                    new = jax.block_until_ready(self._run(_ti2v_program, settings, args, parallel))
+                    new = jax.block_until_ready(self._run(programs.ti2v_program, settings, args, parallel))
                 finally:
-                    _PROGRESS["bar"] = None
+                    programs._PROGRESS["bar"] = None
         else:
-            new = self._run(_ti2v_program, settings, args, parallel)
+            new = self._run(programs.ti2v_program, settings, args, parallel)
         video = np.concatenate([io.to_uint8(frames), io.to_uint8(np.asarray(new, np.float32))], axis=1)
         return video[0] if single else video
 
@@ -268,67 +255,6 @@ class TI2VZeroPipeline:
         batch_t = jnp.broadcast_to(timesteps, (len(prompts),) + timesteps.shape)
         settings = dict(latent_shape=(f, h // self.vae_scale, w // self.vae_scale, self.latent_channels),
                         guidance_scale=float(guidance_scale), eta=float(eta))
-        out = self._run(_t2v_program, settings, (keys, ctx, uncond, batch_t), parallel)
+        out = self._run(programs.t2v_program, settings, (keys, ctx, uncond, batch_t), parallel)
         video = io.to_uint8(np.asarray(out, np.float32))
         return video[0] if single else video
-
-
-class _ProgramSpec:
-    """What a compiled program needs from a pipeline, without its weights.
-
-    Weights enter the programs as arguments; this holds the pure network functions
-    and the static settings. Pipelines with equal networks and settings share one
-    spec (see `get`), hence one set of compiled programs.
-    """
-
-    _cache: dict = {}
-
-    def __init__(self, components, num_frames, dtype, abar):
-        self.unet_apply, self.vae_encode, self.vae_decode = (components.unet_apply, components.vae_encode,
-                                                             components.vae_decode)
-        self.num_frames, self.dtype, self.abar = num_frames, dtype, abar
-
-    @classmethod
-    def get(cls, components, num_frames, dtype, abar):
-        key = (components.unet[0], components.vae[0], components.configs["vae"].get("scaling_factor"),
-               num_frames, jnp.dtype(dtype).name, np.asarray(abar).tobytes())
-        try:
-            hash(key)
-        except TypeError:  # an unhashable graph: no sharing, still correct
-            return cls(components, num_frames, dtype, abar)
-        if key not in cls._cache:
-            cls._cache[key] = cls(components, num_frames, dtype, abar)
-        return cls._cache[key]
-
-    def fns(self, p):
-        denoise = schedule.shares_samples(lambda x, t, ctx: self.unet_apply(p["unet"], x, t, ctx))
-        encode = lambda f: self.vae_encode(p["vae"], f.astype(self.dtype))  # noqa: E731
-        decode = lambda z: self.vae_decode(p["vae"], z.astype(self.dtype)).astype(jnp.float32)  # noqa: E731
-        return denoise, encode, decode
-
-
-# The compiled programs. Static settings come as keyword arguments bound by functools.partial.
-
-def _ti2v_program(spec, p, keys, frames, ctx, uncond, batch_timesteps, *, num_new_frames, guidance_scale,
-                  resample_iters, eta, ddpm_inversion, slide, baseline, progress):
-    denoise, encode, decode = spec.fns(p)
-    timesteps = batch_timesteps[0]  # the same for every item
-    if baseline:
-        lat = encode(frames[:, -1:])[:, 0]
-        x = replacing_baseline_sample(keys, denoise, lat, ctx, uncond, num_frames=spec.num_frames,
-                                      timesteps=timesteps, guidance_scale=guidance_scale, eta=eta, abar=spec.abar)
-        return decode(x)[:, 1:]
-    out = ti2v_zero_sample(keys, denoise, encode, decode, frames, ctx, uncond, num_frames=spec.num_frames,
-                           num_new_frames=num_new_frames, timesteps=timesteps, guidance_scale=guidance_scale,
-                           resample_iters=resample_iters, eta=eta, ddpm_inversion=ddpm_inversion, slide=slide,
-                           abar=spec.abar, on_frame=_tick if progress else None)
-    return out[1]
-
-
-def _t2v_program(spec, p, keys, ctx, uncond, batch_timesteps, *, latent_shape, guidance_scale, eta):
-    denoise, _, decode = spec.fns(p)
-    timesteps = batch_timesteps[0]
-    x_t = schedule.normal(jax.vmap(lambda k: jax.random.fold_in(k, 0))(keys), latent_shape, spec.dtype)
-    x = t2v_sample(keys, denoise, x_t, ctx, uncond, timesteps=timesteps, guidance_scale=guidance_scale,
-                   eta=eta, abar=spec.abar)
-    return decode(x)

@@ -1,0 +1,39 @@
+"""The errors ti2v-jax raises for problems in what it was given (inputs, settings,
+checkpoints, resources), as opposed to bugs.
+
+Every message is one line that names the problem and, where there is one, what to do.
+The command line prints it as `ti2v-jax COMMAND: error: MESSAGE` and exits with 2.
+Each class also derives from the built-in exception a caller would expect
+(`SettingsError` is a `ValueError`, `CheckpointNotFoundError` a `FileNotFoundError`, ...),
+so `except ValueError` keeps working.
+"""
+
+from __future__ import annotations
+
+
+class TI2VError(Exception):
+    """Base class: a problem with what ti2v-jax was given, described in one line."""
+
+
+class SettingsError(TI2VError, ValueError):
+    """A sampler setting (or a combination of them) is invalid or out of bounds."""
+
+
+class InputError(TI2VError, ValueError):
+    """An image, prompt, manifest or output path cannot be used."""
+
+
+class CheckpointError(TI2VError, ValueError):
+    """A checkpoint is not one ti2v-jax can read, or is corrupt, truncated or incomplete."""
+
+
+class CheckpointNotFoundError(CheckpointError, FileNotFoundError):
+    """A checkpoint (directory or file in it) does not exist."""
+
+
+class IntegrityError(CheckpointError):
+    """A checkpoint file's content differs from the hash recorded when it was written."""
+
+
+class ResourceError(TI2VError, MemoryError):
+    """A call would need more memory (or other resources) than the device has."""
