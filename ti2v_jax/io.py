@@ -23,6 +23,13 @@ Decisions:
   directory and renamed into place, so a failure leaves nothing behind.
 - GIF: Pillow merges consecutive identical frames into one (adding their
   durations), so reading such a GIF back gives fewer frames; timing is kept.
+- GIF colours: every frame is mapped onto one fixed 6x7x6 colour cube (252
+  colours) with 8x8 ordered (Bayer) dithering. Each pixel's colour depends on that
+  pixel alone, so videos that differ by one uint8 level give GIFs that differ in
+  a few percent of pixels, each by one palette step (at most 51 levels), and 8x8
+  areas by a few levels on average. Pillow's default (an adaptive palette per
+  frame with error diffusion) turned a one-level difference into changes of up to
+  ~60 levels across most of the frame, and flickered between frames.
 """
 
 from __future__ import annotations
@@ -286,8 +293,46 @@ def _replace_dir(new: Path, target: Path) -> None:
     shutil.rmtree(old, ignore_errors=True)
 
 
+_GIF_LEVELS = np.array([6, 7, 6])  # levels of red, green, blue in the GIF palette (252 colours)
+
+
+def _bayer(n: int) -> np.ndarray:
+    """The n x n Bayer matrix (n a power of 2) as thresholds in (0, 1)."""
+    m = np.zeros((1, 1))
+    while m.shape[0] < n:
+        m = np.block([[4 * m, 4 * m + 2], [4 * m + 3, 4 * m + 1]])
+    return (m + 0.5) / m.size
+
+
+def gif_palette() -> np.ndarray:
+    """The fixed GIF palette, uint8 (252, 3): the 6x7x6 cube, index (r * 7 + g) * 6 + b."""
+    axes = [np.rint(np.arange(n) * 255.0 / (n - 1)) for n in _GIF_LEVELS]
+    return np.stack(np.meshgrid(*axes, indexing="ij"), -1).reshape(-1, 3).astype(np.uint8)
+
+
+def gif_indices(frames: np.ndarray) -> np.ndarray:
+    """Palette indices uint8 (T, H, W) of uint8 frames: ordered dithering onto `gif_palette`.
+
+    Channel value v with n levels becomes level floor(v * (n - 1) / 255 + threshold(y, x)),
+    the threshold from an 8x8 Bayer matrix tiled over the frame: a pixel's colour depends
+    on that pixel's value and position alone.
+    """
+    _, h, w, _ = frames.shape
+    th = np.tile(_bayer(8), (-(-h // 8), -(-w // 8)))[:h, :w, None]
+    levels = _GIF_LEVELS
+    q = np.empty(frames.shape, np.int64)
+    for t, f in enumerate(frames):  # frame by frame: float temporaries stay one frame large
+        q[t] = np.clip(np.floor(f * ((levels - 1) / 255.0) + th), 0, levels - 1)
+    return ((q[..., 0] * levels[1] + q[..., 1]) * levels[2] + q[..., 2]).astype(np.uint8)
+
+
 def _write_gif(frames: np.ndarray, path: Path, fps: float) -> None:
-    images = [Image.fromarray(f, "RGB") for f in frames]
+    palette = gif_palette().ravel().tolist()
+    images = []
+    for idx in gif_indices(frames):
+        im = Image.fromarray(idx, "P")
+        im.putpalette(palette)
+        images.append(im)
     images[0].save(path, format="GIF", save_all=True, append_images=images[1:],
                    duration=1000.0 / fps, loop=0)
 
