@@ -24,11 +24,8 @@ def _reference(q, k, v, heads):
 def test_cudnn_falls_back_where_it_cannot_run(heads, width, dtype):
     ks = jax.random.split(jax.random.key(0), 3)
     q, k, v = (jax.random.normal(kk, (2, n, width), jnp.float32) for kk, n in zip(ks, (7, 5, 5)))
-    layers.set_attention_implementation("cudnn")
-    try:
-        out = layers.attention(q.astype(dtype), k.astype(dtype), v.astype(dtype), heads)
-    finally:
-        layers.set_attention_implementation(None)
+    assert layers.attention_kernel("cudnn", dtype=dtype, head_dim=width // heads, q_len=7, kv_len=5) == "xla"
+    out = layers.attention(q.astype(dtype), k.astype(dtype), v.astype(dtype), heads, implementation="cudnn")
     ref = _reference(q.astype(dtype).astype(jnp.float32), k.astype(dtype).astype(jnp.float32),
                      v.astype(dtype).astype(jnp.float32), heads)
     err = float(np.max(np.abs(np.asarray(out, np.float64) - ref)))
@@ -69,11 +66,35 @@ def test_cpu_attention_in_blocks_matches_reference(monkeypatch):
     monkeypatch.setattr(layers, "_CPU_BLOCK_BYTES", 3 * 7 * 5 * 4 * 2)  # two items of 3 heads x 7 x 5 scores
     ks = jax.random.split(jax.random.key(0), 3)
     q, k, v = (jax.random.normal(kk, (5, n, 12), jnp.float32) for kk, n in zip(ks, (7, 5, 5)))
-    out = layers.attention(q, k, v, 3)
+    out = layers.attention(q, k, v, 3, implementation="blocked")
+    jaxpr = jax.make_jaxpr(lambda q, k, v: layers.attention(q, k, v, 3, implementation="blocked"))(q, k, v)
+    assert any(e.primitive.name == "scan" for e in jaxpr.eqns)  # it did run in blocks
     err = float(np.max(np.abs(np.asarray(out, np.float64) - _reference(q, k, v, 3))))
     print(f"blocked CPU attention (5 items, blocks of 2): max abs err {err:.2e}")
-    assert layers.cpu_blocked() == (jax.default_backend() == "cpu")
     assert err < 1e-5
+
+
+def test_attention_choice_is_explicit():
+    """None is the platform's kernel (the blocked one on CPU); the blocked transformer layers follow
+    the attention choice; a causal call or a shape a kernel cannot take falls back to XLA; a
+    kernel for another platform, or an unknown name, is a one-line SettingsError."""
+    from ti2v_jax.errors import SettingsError
+
+    backend = jax.default_backend()
+    assert layers.platform_attention(None) == layers.AUTO_ATTENTION.get(backend, "xla")
+    assert layers.platform_attention(None, "gpu") == "cudnn" and layers.platform_attention(None, "tpu") == "pallas"
+    assert layers.blocked_layers("blocked") and not layers.blocked_layers("xla")
+    assert layers.blocked_layers(None) == (backend == "cpu")
+    kw = dict(dtype=jnp.bfloat16, head_dim=64, q_len=1024, kv_len=1024)
+    assert layers.attention_kernel("blocked", **kw, is_causal=True) == "xla"
+    assert layers.attention_kernel("pallas_interpret", **{**kw, "kv_len": 77}) == "xla"
+    assert layers.attention_kernel("pallas_interpret", **kw) == "pallas_interpret"
+    if backend == "cpu":
+        for name in ("cudnn", "pallas"):
+            with pytest.raises(SettingsError, match=f"attention='{name}' needs"):
+                layers.attention_kernel(name, **kw)
+    with pytest.raises(SettingsError, match="'flash' is not an attention implementation"):
+        layers.check_attention("flash")
 
 
 def test_gelu_matches_torch():

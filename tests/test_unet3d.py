@@ -124,8 +124,8 @@ def test_parity_in_small_cpu_blocks(ported, monkeypatch):
     """Attention and the transformers' per-sequence layers forced through many small blocks
     (`layers.map_in_blocks`): still diffusers' output."""
     monkeypatch.setattr(layers, "_CPU_BLOCK_BYTES", 16 << 10)
-    assert layers.cpu_blocked()
     p = ported("lpb1")
+    assert p.flax.attention is None and layers.blocked_layers(p.flax.attention)  # automatic: blocked on CPU
     sample, context = _inputs(p.config, 8, (16, 24))
     with torch.no_grad():
         ref = p.torch(sample, torch.tensor([10, 980]), encoder_hidden_states=context).sample.numpy()
@@ -138,6 +138,33 @@ def test_parity_in_small_cpu_blocks(ported, monkeypatch):
     err = float(np.abs(out - ref).max())
     print(f"lpb1 in 16 KiB blocks ({len(scans)} blocked loops): max abs err {err:.2e}")
     assert len(scans) >= 10 and err <= TOL
+
+
+def _rebuilt(p, **kw):
+    """p's U-Net with the same weights, built with other constructor arguments (e.g. attention)."""
+    model = nnx.eval_shape(lambda: unet3d.UNet3DConditionModel(p.config, **kw))
+    nnx.update(model, nnx.state(p.flax, nnx.Param))
+    return model
+
+
+def test_parity_with_xla_attention(ported):
+    """attention="xla" (no blocked layers on any platform): still diffusers' output, and a
+    graph definition of its own (so no compiled program is shared with the automatic choice)."""
+    p = ported("lpb1")
+    model = _rebuilt(p, attention="xla")
+    assert model.attention == "xla" and nnx.graphdef(model) != nnx.graphdef(p.flax)
+    sample, context = _inputs(p.config, 4, (16, 24))
+    with torch.no_grad():
+        ref = p.torch(sample, torch.tensor([10, 980]), encoder_hidden_states=context).sample.numpy()
+    graphdef, state = nnx.split(model)
+    args = (state, unet3d.from_torch_layout(jnp.asarray(sample.numpy())), jnp.array([10, 980]),
+            jnp.asarray(context.numpy()))
+    jaxpr = jax.make_jaxpr(lambda st, x, t, c: nnx.merge(graphdef, st)(x, t, c))(*args)
+    assert not [e for e in jaxpr.eqns if e.primitive.name == "scan"]  # no blocks
+    out = np.asarray(unet3d.to_torch_layout(_jit(graphdef)(*args)))
+    err = float(np.abs(out - ref).max())
+    print(f"lpb1, attention xla: max abs err {err:.2e}")
+    assert err <= TOL
 
 
 def test_bfloat16_runs_close(ported):

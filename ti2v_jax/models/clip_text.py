@@ -12,7 +12,7 @@ import jax
 import jax.numpy as jnp
 from flax import nnx
 
-from .layers import LayerNorm, attention, gelu, linear
+from .layers import LayerNorm, attention, check_attention, gelu, linear
 
 # transformers >= 5 saves CLIPTextModel without the `text_model.` prefix; older
 # checkpoints (ModelScope's, transformers 4.27) have it. Our module keeps it.
@@ -40,18 +40,20 @@ def _activation(name: str, x):
 
 
 class CLIPAttention(nnx.Module):
-    def __init__(self, dim: int, heads: int, *, dtype, param_dtype, rngs):
+    def __init__(self, dim: int, heads: int, *, attention: str | None = None, dtype, param_dtype, rngs):
         if dim % heads:
             raise ValueError(f"hidden_size={dim} is not divisible by num_attention_heads={heads}")
         kw = dict(dtype=dtype, param_dtype=param_dtype, rngs=rngs)
         self.heads = heads
+        self.attention = check_attention(attention)
         self.k_proj = linear(dim, dim, **kw)
         self.v_proj = linear(dim, dim, **kw)
         self.q_proj = linear(dim, dim, **kw)
         self.out_proj = linear(dim, dim, **kw)
 
     def __call__(self, x):
-        out = attention(self.q_proj(x), self.k_proj(x), self.v_proj(x), self.heads, is_causal=True)
+        out = attention(self.q_proj(x), self.k_proj(x), self.v_proj(x), self.heads, is_causal=True,
+                        implementation=self.attention)
         return self.out_proj(out)
 
 
@@ -67,10 +69,10 @@ class CLIPMLP(nnx.Module):
 
 
 class CLIPEncoderLayer(nnx.Module):
-    def __init__(self, cfg: dict, *, dtype, param_dtype, rngs):
+    def __init__(self, cfg: dict, *, attention: str | None = None, dtype, param_dtype, rngs):
         kw = dict(dtype=dtype, param_dtype=param_dtype, rngs=rngs)
         d, eps = cfg["hidden_size"], cfg["layer_norm_eps"]
-        self.self_attn = CLIPAttention(d, cfg["num_attention_heads"], **kw)
+        self.self_attn = CLIPAttention(d, cfg["num_attention_heads"], attention=attention, **kw)
         self.layer_norm1 = LayerNorm(d, eps, **kw)
         self.mlp = CLIPMLP(d, cfg["intermediate_size"], cfg["hidden_act"], **kw)
         self.layer_norm2 = LayerNorm(d, eps, **kw)
@@ -81,8 +83,9 @@ class CLIPEncoderLayer(nnx.Module):
 
 
 class CLIPEncoder(nnx.Module):
-    def __init__(self, cfg: dict, *, dtype, param_dtype, rngs):
-        self.layers = nnx.List([CLIPEncoderLayer(cfg, dtype=dtype, param_dtype=param_dtype, rngs=rngs)
+    def __init__(self, cfg: dict, *, attention: str | None = None, dtype, param_dtype, rngs):
+        self.layers = nnx.List([CLIPEncoderLayer(cfg, attention=attention, dtype=dtype, param_dtype=param_dtype,
+                                                 rngs=rngs)
                                 for _ in range(cfg["num_hidden_layers"])])
 
     def __call__(self, x):
@@ -106,10 +109,10 @@ class CLIPTextEmbeddings(nnx.Module):
 
 
 class CLIPTextTransformer(nnx.Module):
-    def __init__(self, cfg: dict, *, dtype, param_dtype, rngs):
+    def __init__(self, cfg: dict, *, attention: str | None = None, dtype, param_dtype, rngs):
         kw = dict(dtype=dtype, param_dtype=param_dtype, rngs=rngs)
         self.embeddings = CLIPTextEmbeddings(cfg, **kw)
-        self.encoder = CLIPEncoder(cfg, **kw)
+        self.encoder = CLIPEncoder(cfg, attention=attention, **kw)
         self.final_layer_norm = LayerNorm(cfg["hidden_size"], cfg["layer_norm_eps"], **kw)
 
     def __call__(self, input_ids):
@@ -132,13 +135,20 @@ def _text_config(config: dict) -> dict:
 
 
 class CLIPTextModel(nnx.Module):
-    """CLIPTextModel(input_ids (B, T) int) -> last_hidden_state (B, T, hidden_size)."""
+    """CLIPTextModel(input_ids (B, T) int) -> last_hidden_state (B, T, hidden_size).
 
-    def __init__(self, config: dict, *, dtype=jnp.float32, param_dtype=jnp.float32, rngs: nnx.Rngs = None):
+    attention: the (causal) self-attention's kernel (`layers.ATTENTION_CHOICES`; None:
+    automatic per platform), a static attribute (part of every compiled program's cache key).
+    """
+
+    def __init__(self, config: dict, *, dtype=jnp.float32, param_dtype=jnp.float32, attention: str | None = None,
+                 rngs: nnx.Rngs = None):
         rngs = rngs if rngs is not None else nnx.Rngs(0)
         cfg = _text_config(config)
         self.hidden_size = cfg["hidden_size"]
-        self.text_model = CLIPTextTransformer(cfg, dtype=dtype, param_dtype=param_dtype, rngs=rngs)
+        self.attention = check_attention(attention)
+        self.text_model = CLIPTextTransformer(cfg, attention=attention, dtype=dtype, param_dtype=param_dtype,
+                                              rngs=rngs)
 
     def __call__(self, input_ids):
         return self.text_model(jnp.asarray(input_ids, jnp.int32))

@@ -12,26 +12,82 @@ import jax
 import jax.numpy as jnp
 from flax import nnx
 
-# Which `jax.nn.dot_product_attention` implementation to ask for. None lets
-# JAX choose (XLA everywhere); "cudnn" is the fused flash kernel on NVIDIA GPUs
-# (fp16/bf16 only). Changed through `set_attention_implementation`.
-_ATTENTION_IMPL: str | None = None
+from ti2v_jax.errors import SettingsError
+
+# The attention kernels a model can be built with (the `attention=` argument of
+# UNet3DConditionModel, AutoencoderKL, CLIPTextModel and the blocks that attend). It is a
+# static attribute of the modules, so it is part of the graph definition and of every
+# compiled program's cache key: a model built with another choice compiles new programs.
+#   None       automatic, per platform (`AUTO_ATTENTION`), decided when a program is traced
+#   "xla"      jax.nn.dot_product_attention's XLA formulation (softmax in float32), anywhere
+#   "cudnn"    cuDNN's fused flash kernel (NVIDIA GPUs, float16/bfloat16, head dims <= 256
+#              in multiples of 8); other dtypes or shapes use "xla"
+#   "blocked"  the cache-blocked XLA formulation written for XLA:CPU (`_attention_blocked`);
+#              the U-Net's transformers then also run their per-sequence layers in
+#              cache-sized blocks (`blocked_layers`). Causal attention uses "xla".
+#   "pallas"   the Pallas TPU flash-attention kernel (jax.experimental.pallas.ops.tpu) for
+#              sequences whose lengths are multiples of 128; shorter or other ones use "xla"
+#   "pallas_interpret"  the same kernel in Pallas' TPU interpret mode: runs on CPU, slowly;
+#              for checking the TPU path without a TPU (tests/test_kernels.py)
+ATTENTION_CHOICES = (None, "xla", "cudnn", "blocked", "pallas", "pallas_interpret")
+
+# What attention=None runs on each platform. GPU: cuDNN's flash kernel (2% faster than
+# XLA's attention in a full-size frame program on an H200, benchmarks/RESULTS.md); TPU: the
+# Pallas flash kernel for the long self-attentions (not measured on a TPU yet); CPU: the
+# blocked formulation (1.5-3x faster than one big batch on XLA:CPU).
+AUTO_ATTENTION = {"cpu": "blocked", "gpu": "cudnn", "tpu": "pallas"}
 
 
-def set_attention_implementation(impl: str | None) -> None:
-    """Select the attention kernel: None (default: a CPU-friendly formulation on CPU, else
-    XLA's), "xla" (jax.nn.dot_product_attention's XLA path everywhere) or "cudnn" (GPU,
-    half precision)."""
-    global _ATTENTION_IMPL
-    if impl not in (None, "xla", "cudnn"):
-        raise ValueError(f"attention implementation must be None, 'xla' or 'cudnn', got {impl!r}")
-    _ATTENTION_IMPL = impl
+def check_attention(attention):
+    """`attention` if it is one of `ATTENTION_CHOICES`, else a one-line SettingsError."""
+    if attention not in ATTENTION_CHOICES:
+        choices = ", ".join(repr(c) for c in ATTENTION_CHOICES)
+        raise SettingsError(f"attention={attention!r} is not an attention implementation; choose one of {choices}")
+    return attention
 
 
-def attention(q, k, v, heads: int, *, is_causal: bool = False):
+def platform_attention(attention, platform: str | None = None) -> str:
+    """The implementation `attention` stands for on `platform` (default: JAX's default backend,
+    the one a program traced now is compiled for), before any per-call fallback."""
+    check_attention(attention)
+    if attention is not None:
+        return attention
+    return AUTO_ATTENTION.get(platform or jax.default_backend(), "xla")
+
+
+def blocked_layers(attention) -> bool:
+    """Whether models built with `attention` run the transformers' per-sequence layers in
+    cache-sized blocks (`map_in_blocks`): with the "blocked" formulation (CPU's automatic one)."""
+    return platform_attention(attention) == "blocked"
+
+
+def attention_kernel(attention, *, dtype, head_dim: int, q_len: int, kv_len: int, is_causal: bool = False) -> str:
+    """The kernel one attention call runs: `attention` on this platform, or "xla" where that
+    kernel cannot take the call (dtype, head width, sequence lengths, causal mask)."""
+    impl = platform_attention(attention)
+    half = jnp.dtype(dtype) in (jnp.float16, jnp.bfloat16)
+    if impl == "cudnn" and not (half and head_dim <= 256 and head_dim % 8 == 0):
+        return "xla"
+    if impl == "blocked" and is_causal:
+        return "xla"
+    if impl in ("pallas", "pallas_interpret") and (q_len % 128 or kv_len % 128):
+        return "xla"
+    backend = jax.default_backend()
+    if impl == "cudnn" and backend != "gpu":
+        raise SettingsError(f"attention='cudnn' needs an NVIDIA GPU, but programs compile for {backend!r}; "
+                            "use attention=None (automatic) or 'xla'")
+    if impl == "pallas" and backend != "tpu":
+        raise SettingsError(f"attention='pallas' needs a TPU, but programs compile for {backend!r}; "
+                            "use attention=None (automatic), or 'pallas_interpret' to run the kernel on CPU")
+    return impl
+
+
+def attention(q, k, v, heads: int, *, is_causal: bool = False, implementation: str | None = None):
     """Multi-head scaled dot-product attention: the only one in the package.
 
-    q: (B, Tq, heads*D); k, v: (B, Tk, heads*D). Returns (B, Tq, heads*D).
+    q: (B, Tq, heads*D); k, v: (B, Tk, heads*D). Returns (B, Tq, heads*D) in q's dtype.
+    `implementation`: one of `ATTENTION_CHOICES` (see there); every kernel computes the
+    scores' softmax (max, exp, sum) in float32, whatever the input dtype.
     """
     b, tq, c = q.shape
     tk = k.shape[1]
@@ -39,26 +95,48 @@ def attention(q, k, v, heads: int, *, is_causal: bool = False):
     q = q.reshape(b, tq, heads, d)
     k = k.reshape(b, tk, heads, d)
     v = v.reshape(b, tk, heads, d)
-    impl = _ATTENTION_IMPL
-    if impl == "cudnn" and (q.dtype not in (jnp.float16, jnp.bfloat16) or d > 256 or d % 8):
-        impl = None  # cuDNN's fused kernel takes half precision and head dims <= 256, k*8
-    if impl is None and not is_causal and cpu_blocked():
-        return _attention_cpu(q, k, v).reshape(b, tq, c)
-    out = jax.nn.dot_product_attention(q, k, v, is_causal=is_causal, implementation=impl)
+    impl = attention_kernel(implementation, dtype=q.dtype, head_dim=d, q_len=tq, kv_len=tk, is_causal=is_causal)
+    if impl == "blocked":
+        out = _attention_blocked(q, k, v)
+    elif impl in ("pallas", "pallas_interpret"):
+        out = _attention_pallas(q, k, v, is_causal=is_causal, interpret=impl == "pallas_interpret")
+    else:
+        out = jax.nn.dot_product_attention(q, k, v, is_causal=is_causal, implementation=impl)
     return out.reshape(b, tq, c)
 
 
-# Working set per block of the CPU formulation (`map_in_blocks`): sized to stay in cache.
-_CPU_BLOCK_BYTES = 4 << 20
+def _pallas_block(n: int) -> int:
+    return next(blk for blk in (512, 256, 128) if n % blk == 0)
 
 
-def cpu_blocked() -> bool:
-    """Whether the CPU formulation is in use: the default attention setting on a CPU backend.
+def _attention_pallas(q, k, v, *, is_causal: bool, interpret: bool):
+    """The Pallas TPU flash-attention kernel on (B, T, heads, D), T multiples of 128.
 
-    It computes attention (`_attention_cpu`) and the transformers' per-sequence layers
-    (`unet3d_blocks._over_sequences`) in cache-sized blocks of independent sequences.
+    Tiles of up to 512 queries and 512 keys (the largest of 512/256/128 dividing the
+    length); the running max and sum are float32 in the kernel. `interpret`: Pallas' TPU
+    interpret mode, which runs the kernel on CPU (for tests).
     """
-    return _ATTENTION_IMPL is None and jax.default_backend() == "cpu"
+    from jax.experimental.pallas import tpu as pltpu
+    from jax.experimental.pallas.ops.tpu import flash_attention as fa
+
+    tq, tk, d = q.shape[1], k.shape[1], q.shape[-1]
+    bq, bk = _pallas_block(tq), _pallas_block(tk)
+    sizes = fa.BlockSizes(block_q=bq, block_k_major=bk, block_k=bk, block_b=1)
+    qh, kh, vh = (x.transpose(0, 2, 1, 3) for x in (q, k, v))
+
+    def run():
+        return fa.flash_attention(qh, kh, vh, causal=is_causal, sm_scale=d ** -0.5, block_sizes=sizes)
+
+    if interpret:
+        with pltpu.force_tpu_interpret_mode():
+            out = run()
+    else:
+        out = run()
+    return out.transpose(0, 2, 1, 3)
+
+
+# Working set per block of the blocked formulation (`map_in_blocks`): sized to stay in cache.
+_CPU_BLOCK_BYTES = 4 << 20
 
 
 def map_in_blocks(fn, args: tuple, per_item_bytes: int, budget: int | None = None):
@@ -89,7 +167,7 @@ def map_in_blocks(fn, args: tuple, per_item_bytes: int, budget: int | None = Non
     return out.reshape((b + pad,) + out.shape[2:])[:b]
 
 
-def _attention_cpu(q, k, v):
+def _attention_blocked(q, k, v):
     """softmax(q k^T / sqrt(d)) v on (B, T, heads, D), laid out for XLA:CPU.
 
     The batch is processed in blocks (`map_in_blocks`) whose float32 scores fit in about
@@ -99,11 +177,11 @@ def _attention_cpu(q, k, v):
     the loop stays short.
     """
     _, tq, h, _ = q.shape
-    return map_in_blocks(_attention_cpu_block, (q, k, v), h * tq * k.shape[1] * 4)
+    return map_in_blocks(_attention_blocked_block, (q, k, v), h * tq * k.shape[1] * 4)
 
 
-def _attention_cpu_block(q, k, v):
-    """One block of `_attention_cpu`.
+def _attention_blocked_block(q, k, v):
+    """One block of `_attention_blocked`.
 
     XLA:CPU's Q @ K^T is 2-3x faster with K as (B, heads, D, Tk) than contracting the last
     axes of both, and dividing by the softmax sum after P @ V touches Tq*D values, not
@@ -192,15 +270,19 @@ def conv(in_channels, out_channels, kernel_size, *, stride=1, padding=0, bias=Tr
 
 
 class Attention(nnx.Module):
-    """diffusers `Attention` (to_q/to_k/to_v/to_out.0): self- or cross-attention."""
+    """diffusers `Attention` (to_q/to_k/to_v/to_out.0): self- or cross-attention.
+
+    attention: the kernel (`ATTENTION_CHOICES`), a static attribute.
+    """
 
     def __init__(self, query_dim: int, *, heads: int, dim_head: int, cross_attention_dim: int | None = None,
-                 bias: bool = False, out_bias: bool = True, dtype=jnp.float32, param_dtype=jnp.float32,
-                 rngs: nnx.Rngs):
+                 bias: bool = False, out_bias: bool = True, attention: str | None = None, dtype=jnp.float32,
+                 param_dtype=jnp.float32, rngs: nnx.Rngs):
         inner = heads * dim_head
         kv_dim = cross_attention_dim or query_dim
         kw = dict(dtype=dtype, param_dtype=param_dtype, rngs=rngs)
         self.heads = heads
+        self.attention = check_attention(attention)
         self.to_q = linear(query_dim, inner, bias=bias, **kw)
         self.to_k = linear(kv_dim, inner, bias=bias, **kw)
         self.to_v = linear(kv_dim, inner, bias=bias, **kw)
@@ -208,7 +290,8 @@ class Attention(nnx.Module):
 
     def __call__(self, x, context=None):
         context = x if context is None else context
-        out = attention(self.to_q(x), self.to_k(context), self.to_v(context), self.heads)
+        out = attention(self.to_q(x), self.to_k(context), self.to_v(context), self.heads,
+                        implementation=self.attention)
         return self.to_out[0](out)
 
 

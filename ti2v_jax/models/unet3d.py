@@ -25,7 +25,7 @@ import jax.numpy as jnp
 import numpy as np
 from flax import nnx
 
-from ti2v_jax.models.layers import GroupNorm, conv, linear
+from ti2v_jax.models.layers import GroupNorm, check_attention, conv, linear
 from ti2v_jax.models.unet3d_blocks import DownBlock3D, TransformerTemporalModel, UNetMidBlock3DCrossAttn, UpBlock3D
 
 # For the converter: diffusers' UNet3D checkpoints need no renaming and hold no buffers.
@@ -123,11 +123,18 @@ def _building_rngs(rngs: nnx.Rngs) -> nnx.Rngs:
 
 
 class UNet3DConditionModel(nnx.Module):
-    """diffusers UNet3DConditionModel; see the module docstring for the call signature."""
+    """diffusers UNet3DConditionModel; see the module docstring for the call signature.
 
-    def __init__(self, config: dict, *, dtype=jnp.float32, param_dtype=jnp.float32, rngs: nnx.Rngs = None):
+    attention: the attention kernel of every transformer in it (`layers.ATTENTION_CHOICES`;
+    None: automatic per platform), a static attribute: part of the graph definition, so
+    programs compiled for one choice are never reused for another.
+    """
+
+    def __init__(self, config: dict, *, dtype=jnp.float32, param_dtype=jnp.float32, attention: str | None = None,
+                 rngs: nnx.Rngs = None):
         rngs = _building_rngs(rngs if rngs is not None else nnx.Rngs(0))
         c = parse_config(config)
+        self.attention = check_attention(attention)
         # Plain static attributes (a dict would make the graphdef unhashable for jit).
         self.in_channels, self.out_channels = c["in_channels"], c["out_channels"]
         ss = c["sample_size"]
@@ -144,9 +151,10 @@ class UNet3DConditionModel(nnx.Module):
         self.time_embedding = TimestepEmbedding(channels[0], temb, **kw)
         # transformer_in: 8 heads of width attention_head_dim (diffusers hard-codes the 8).
         self.transformer_in = TransformerTemporalModel(8, head_dim, in_channels=channels[0], norm_num_groups=groups,
-                                                       **kw)
+                                                       attention=attention, **kw)
 
-        blocks = dict(temb_channels=temb, eps=eps, groups=groups, cross_attention_dim=cross_dim, **kw)
+        blocks = dict(temb_channels=temb, eps=eps, groups=groups, cross_attention_dim=cross_dim,
+                      attention=attention, **kw)
         down = []
         out_ch = channels[0]
         for i, kind in enumerate(c["down_block_types"]):

@@ -14,7 +14,8 @@ import jax.numpy as jnp
 from flax import nnx
 
 from ti2v_jax.models.layers import (Attention, Downsample2D, FeedForward, GroupNorm, LayerNorm, ResnetBlock2D,
-                                    Upsample2D, conv, cpu_blocked, linear, map_in_blocks)
+                                    Upsample2D, blocked_layers, check_attention, conv, linear,
+                                    map_in_blocks)
 
 
 def _placeholder():
@@ -73,16 +74,17 @@ def _frame_conv(c: nnx.Conv, x):
     return (y + bias).reshape(b, f, h, w, -1)
 
 
-def _over_sequences(fn, args: tuple, tokens: int, inner: int):
+def _over_sequences(fn, args: tuple, tokens: int, inner: int, attention):
     """fn(*args) over independent sequences (the leading axis of every arg).
 
-    With the CPU formulation (`layers.cpu_blocked`) the sequences go through in blocks
+    With the blocked formulation (`layers.blocked_layers(attention)`: attention "blocked",
+    the automatic choice on CPU) the sequences go through in blocks
     whose largest intermediate, the feed-forward's GEGLU projection (8 x inner wide), fits
     in cache (`layers.map_in_blocks`): on the benchmark's small config, transformer_in
     (8 heads of 32, 2,048 sequences of 16 frames) takes 0.53 s instead of 0.81 s per
     batch-2 call on a 2-core EPYC. Elsewhere one call over all sequences.
     """
-    if cpu_blocked():
+    if blocked_layers(attention):
         return map_in_blocks(fn, args, tokens * 8 * inner * 4)
     return fn(*args)
 
@@ -95,9 +97,9 @@ class BasicTransformerBlock(nnx.Module):
 
     def __init__(self, dim: int, num_attention_heads: int, attention_head_dim: int, *,
                  cross_attention_dim: int | None = None, double_self_attention: bool = False,
-                 dtype=jnp.float32, param_dtype=jnp.float32, rngs: nnx.Rngs):
+                 attention: str | None = None, dtype=jnp.float32, param_dtype=jnp.float32, rngs: nnx.Rngs):
         kw = dict(dtype=dtype, param_dtype=param_dtype, rngs=rngs)
-        heads = dict(heads=num_attention_heads, dim_head=attention_head_dim)
+        heads = dict(heads=num_attention_heads, dim_head=attention_head_dim, attention=attention)
         self.double_self_attention = double_self_attention
         self.norm1 = LayerNorm(dim, 1e-5, **kw)
         self.attn1 = Attention(dim, **heads, **kw)
@@ -127,15 +129,16 @@ class Transformer2DModel(nnx.Module):
     """
 
     def __init__(self, num_attention_heads: int, attention_head_dim: int, *, in_channels: int,
-                 cross_attention_dim: int, norm_num_groups: int = 32, dtype=jnp.float32, param_dtype=jnp.float32,
-                 rngs: nnx.Rngs):
+                 cross_attention_dim: int, norm_num_groups: int = 32, attention: str | None = None,
+                 dtype=jnp.float32, param_dtype=jnp.float32, rngs: nnx.Rngs):
         kw = dict(dtype=dtype, param_dtype=param_dtype, rngs=rngs)
         inner = num_attention_heads * attention_head_dim
+        self.attention = check_attention(attention)
         self.norm = GroupNorm(norm_num_groups, in_channels, 1e-6, **kw)
         self.proj_in = linear(in_channels, inner, **kw)
         self.transformer_blocks = nnx.List([
             BasicTransformerBlock(inner, num_attention_heads, attention_head_dim,
-                                  cross_attention_dim=cross_attention_dim, **kw)])
+                                  cross_attention_dim=cross_attention_dim, attention=attention, **kw)])
         self.proj_out = linear(inner, in_channels, **kw)
 
     def __call__(self, x, context, shared: int = 1):
@@ -151,7 +154,7 @@ class Transformer2DModel(nnx.Module):
         first, rest = self.transformer_blocks[0], self.transformer_blocks[1:]
         residual, x = x, self.norm(x).reshape(n, h * w, c)
         if shared > 1:
-            x = _over_sequences(lambda x: first.self_attend(self.proj_in(x)), (x,), h * w, inner)
+            x = _over_sequences(lambda x: first.self_attend(self.proj_in(x)), (x,), h * w, inner, self.attention)
             x, residual = jnp.tile(x, (shared, 1, 1)), jnp.tile(residual, (shared, 1, 1, 1))
 
         def per_frame(x, context):
@@ -160,7 +163,7 @@ class Transformer2DModel(nnx.Module):
                 x = block(x, context)
             return self.proj_out(x)
 
-        x = _over_sequences(per_frame, (x, context), h * w, inner)
+        x = _over_sequences(per_frame, (x, context), h * w, inner, self.attention)
         return x.reshape(residual.shape) + residual
 
 
@@ -171,13 +174,16 @@ class TransformerTemporalModel(nnx.Module):
     """
 
     def __init__(self, num_attention_heads: int, attention_head_dim: int, *, in_channels: int,
-                 norm_num_groups: int = 32, dtype=jnp.float32, param_dtype=jnp.float32, rngs: nnx.Rngs):
+                 norm_num_groups: int = 32, attention: str | None = None, dtype=jnp.float32,
+                 param_dtype=jnp.float32, rngs: nnx.Rngs):
         kw = dict(dtype=dtype, param_dtype=param_dtype, rngs=rngs)
         inner = num_attention_heads * attention_head_dim
+        self.attention = check_attention(attention)
         self.norm = GroupNorm(norm_num_groups, in_channels, 1e-6, **kw)
         self.proj_in = linear(in_channels, inner, **kw)
         self.transformer_blocks = nnx.List([
-            BasicTransformerBlock(inner, num_attention_heads, attention_head_dim, double_self_attention=True, **kw)])
+            BasicTransformerBlock(inner, num_attention_heads, attention_head_dim, double_self_attention=True,
+                                  attention=attention, **kw)])
         self.proj_out = linear(inner, in_channels, **kw)
 
     def __call__(self, x, num_frames: int):
@@ -193,7 +199,7 @@ class TransformerTemporalModel(nnx.Module):
                 x = block(x)
             return self.proj_out(x)
 
-        x = _over_sequences(per_pixel, (x,), num_frames, self.proj_in.out_features)
+        x = _over_sequences(per_pixel, (x,), num_frames, self.proj_in.out_features, self.attention)
         x = x.reshape(b, h, w, num_frames, c).transpose(0, 3, 1, 2, 4).reshape(bf, h, w, c)
         return x + residual
 
@@ -202,7 +208,7 @@ class _Block3D(nnx.Module):
     """Shared layer stack of the 3D down/up blocks: resnet, temporal conv, [spatial attn, temporal attn]."""
 
     def _build(self, resnet_in: list[int], out_channels: int, *, temb_channels: int, eps: float, groups: int,
-               attention_head_dim: int | None, cross_attention_dim: int | None, kw: dict):
+               attention_head_dim: int | None, cross_attention_dim: int | None, attention: str | None, kw: dict):
         self.resnets = nnx.List([ResnetBlock2D(cin, out_channels, temb_channels=temb_channels, groups=groups, eps=eps,
                                                **kw) for cin in resnet_in])
         self.temp_convs = nnx.List([TemporalConvLayer(out_channels, out_channels, norm_num_groups=groups, **kw)
@@ -214,11 +220,12 @@ class _Block3D(nnx.Module):
             heads = out_channels // attention_head_dim
             self.attentions = nnx.List([
                 Transformer2DModel(heads, attention_head_dim, in_channels=out_channels,
-                                   cross_attention_dim=cross_attention_dim, norm_num_groups=groups, **kw)
+                                   cross_attention_dim=cross_attention_dim, norm_num_groups=groups,
+                                   attention=attention, **kw)
                 for _ in resnet_in])
             self.temp_attentions = nnx.List([
                 TransformerTemporalModel(heads, attention_head_dim, in_channels=out_channels, norm_num_groups=groups,
-                                         **kw)
+                                         attention=attention, **kw)
                 for _ in resnet_in])
 
     def _layer(self, i: int, x, temb, context, num_frames: int, shared: int = 1):
@@ -240,11 +247,11 @@ class DownBlock3D(_Block3D):
     def __init__(self, in_channels: int, out_channels: int, *, num_layers: int, temb_channels: int, eps: float,
                  groups: int, add_downsample: bool, downsample_padding: int = 1,
                  attention_head_dim: int | None = None, cross_attention_dim: int | None = None,
-                 dtype=jnp.float32, param_dtype=jnp.float32, rngs: nnx.Rngs):
+                 attention: str | None = None, dtype=jnp.float32, param_dtype=jnp.float32, rngs: nnx.Rngs):
         kw = dict(dtype=dtype, param_dtype=param_dtype, rngs=rngs)
         self._build([in_channels] + [out_channels] * (num_layers - 1), out_channels, temb_channels=temb_channels,
                     eps=eps, groups=groups, attention_head_dim=attention_head_dim,
-                    cross_attention_dim=cross_attention_dim, kw=kw)
+                    cross_attention_dim=cross_attention_dim, attention=attention, kw=kw)
         self.downsamplers = (nnx.List([Downsample2D(out_channels, padding=downsample_padding, **kw)])
                              if add_downsample else None)
 
@@ -270,14 +277,15 @@ class UpBlock3D(_Block3D):
     def __init__(self, in_channels: int, prev_output_channel: int, out_channels: int, *, num_layers: int,
                  temb_channels: int, eps: float, groups: int, add_upsample: bool,
                  attention_head_dim: int | None = None, cross_attention_dim: int | None = None,
-                 dtype=jnp.float32, param_dtype=jnp.float32, rngs: nnx.Rngs):
+                 attention: str | None = None, dtype=jnp.float32, param_dtype=jnp.float32, rngs: nnx.Rngs):
         kw = dict(dtype=dtype, param_dtype=param_dtype, rngs=rngs)
         resnet_in = []
         for i in range(num_layers):
             skip = in_channels if i == num_layers - 1 else out_channels
             resnet_in.append((prev_output_channel if i == 0 else out_channels) + skip)
         self._build(resnet_in, out_channels, temb_channels=temb_channels, eps=eps, groups=groups,
-                    attention_head_dim=attention_head_dim, cross_attention_dim=cross_attention_dim, kw=kw)
+                    attention_head_dim=attention_head_dim, cross_attention_dim=cross_attention_dim,
+                    attention=attention, kw=kw)
         self.upsamplers = nnx.List([Upsample2D(out_channels, **kw)]) if add_upsample else None
 
     def __call__(self, x, skips: tuple, temb, context, num_frames: int, upsample_size=None):
@@ -294,7 +302,8 @@ class UNetMidBlock3DCrossAttn(nnx.Module):
     """diffusers UNetMidBlock3DCrossAttn (one layer): resnet, temp conv, then [attn, temp attn, resnet, temp conv]."""
 
     def __init__(self, in_channels: int, *, temb_channels: int, eps: float, groups: int, attention_head_dim: int,
-                 cross_attention_dim: int, dtype=jnp.float32, param_dtype=jnp.float32, rngs: nnx.Rngs):
+                 cross_attention_dim: int, attention: str | None = None, dtype=jnp.float32,
+                 param_dtype=jnp.float32, rngs: nnx.Rngs):
         kw = dict(dtype=dtype, param_dtype=param_dtype, rngs=rngs)
         heads = in_channels // attention_head_dim
         self.resnets = nnx.List([ResnetBlock2D(in_channels, in_channels, temb_channels=temb_channels, groups=groups,
@@ -303,9 +312,10 @@ class UNetMidBlock3DCrossAttn(nnx.Module):
                                     for _ in range(2)])
         self.attentions = nnx.List([Transformer2DModel(heads, attention_head_dim, in_channels=in_channels,
                                                        cross_attention_dim=cross_attention_dim,
-                                                       norm_num_groups=groups, **kw)])
+                                                       norm_num_groups=groups, attention=attention, **kw)])
         self.temp_attentions = nnx.List([TransformerTemporalModel(heads, attention_head_dim, in_channels=in_channels,
-                                                                  norm_num_groups=groups, **kw)])
+                                                                  norm_num_groups=groups, attention=attention,
+                                                                  **kw)])
 
     def __call__(self, x, temb, context, num_frames: int):
         x = self.temp_convs[0](self.resnets[0](x, temb), num_frames)

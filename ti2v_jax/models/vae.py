@@ -13,7 +13,7 @@ import jax
 import jax.numpy as jnp
 from flax import nnx
 
-from .layers import Attention, Downsample2D, GroupNorm, ResnetBlock2D, Upsample2D, conv
+from .layers import Attention, Downsample2D, GroupNorm, ResnetBlock2D, Upsample2D, check_attention, conv
 
 # diffusers < 0.16 (the real ModelScope VAE was saved by 0.15) named the mid-block
 # attention's projections query/key/value/proj_attn; diffusers renames them on load
@@ -58,10 +58,10 @@ def _vae_config(config: dict) -> dict:
 class VAEAttention(Attention):
     """diffusers `Attention` as the VAE mid-block builds it: GroupNorm, biased q/k/v, residual."""
 
-    def __init__(self, channels: int, *, groups: int, dtype, param_dtype, rngs):
+    def __init__(self, channels: int, *, groups: int, attention: str | None = None, dtype, param_dtype, rngs):
         # attention_head_dim is the channel count, so one head.
-        super().__init__(channels, heads=1, dim_head=channels, bias=True, dtype=dtype, param_dtype=param_dtype,
-                         rngs=rngs)
+        super().__init__(channels, heads=1, dim_head=channels, bias=True, attention=attention, dtype=dtype,
+                         param_dtype=param_dtype, rngs=rngs)
         self.group_norm = GroupNorm(groups, channels, _EPS, dtype=dtype, param_dtype=param_dtype, rngs=rngs)
 
     def __call__(self, x):
@@ -71,11 +71,13 @@ class VAEAttention(Attention):
 
 
 class UNetMidBlock2D(nnx.Module):
-    def __init__(self, channels: int, *, groups: int, add_attention: bool, dtype, param_dtype, rngs):
+    def __init__(self, channels: int, *, groups: int, add_attention: bool, attention: str | None = None, dtype,
+                 param_dtype, rngs):
         kw = dict(dtype=dtype, param_dtype=param_dtype, rngs=rngs)
         self.resnets = nnx.List([ResnetBlock2D(channels, channels, temb_channels=None, groups=groups, eps=_EPS,
                                                **kw) for _ in range(2)])
-        self.attentions = nnx.List([VAEAttention(channels, groups=groups, **kw)] if add_attention else [])
+        self.attentions = nnx.List([VAEAttention(channels, groups=groups, attention=attention, **kw)]
+                                   if add_attention else [])
 
     def __call__(self, x):
         x = self.resnets[0](x)
@@ -119,14 +121,15 @@ class UpDecoderBlock2D(nnx.Module):
 
 
 class Encoder(nnx.Module):
-    def __init__(self, cfg: dict, *, dtype, param_dtype, rngs):
+    def __init__(self, cfg: dict, *, attention: str | None = None, dtype, param_dtype, rngs):
         kw = dict(dtype=dtype, param_dtype=param_dtype, rngs=rngs)
         ch, groups = list(cfg["block_out_channels"]), cfg["norm_num_groups"]
         self.conv_in = conv(cfg["in_channels"], ch[0], 3, padding=1, **kw)
         self.down_blocks = nnx.List([
             DownEncoderBlock2D(ch[max(i - 1, 0)], ch[i], num_layers=cfg["layers_per_block"], groups=groups,
                                add_downsample=i < len(ch) - 1, **kw) for i in range(len(ch))])
-        self.mid_block = UNetMidBlock2D(ch[-1], groups=groups, add_attention=cfg["mid_block_add_attention"], **kw)
+        self.mid_block = UNetMidBlock2D(ch[-1], groups=groups, add_attention=cfg["mid_block_add_attention"],
+                                        attention=attention, **kw)
         self.conv_norm_out = GroupNorm(groups, ch[-1], _EPS, **kw)
         self.conv_out = conv(ch[-1], 2 * cfg["latent_channels"], 3, padding=1, **kw)
 
@@ -139,12 +142,13 @@ class Encoder(nnx.Module):
 
 
 class Decoder(nnx.Module):
-    def __init__(self, cfg: dict, *, dtype, param_dtype, rngs):
+    def __init__(self, cfg: dict, *, attention: str | None = None, dtype, param_dtype, rngs):
         kw = dict(dtype=dtype, param_dtype=param_dtype, rngs=rngs)
         ch, groups = list(cfg["block_out_channels"]), cfg["norm_num_groups"]
         rev = ch[::-1]
         self.conv_in = conv(cfg["latent_channels"], ch[-1], 3, padding=1, **kw)
-        self.mid_block = UNetMidBlock2D(ch[-1], groups=groups, add_attention=cfg["mid_block_add_attention"], **kw)
+        self.mid_block = UNetMidBlock2D(ch[-1], groups=groups, add_attention=cfg["mid_block_add_attention"],
+                                        attention=attention, **kw)
         self.up_blocks = nnx.List([
             UpDecoderBlock2D(rev[max(i - 1, 0)], rev[i], num_layers=cfg["layers_per_block"] + 1, groups=groups,
                              add_upsample=i < len(ch) - 1, **kw) for i in range(len(ch))])
@@ -159,17 +163,23 @@ class Decoder(nnx.Module):
 
 
 class AutoencoderKL(nnx.Module):
-    """encode(images (N, H, W, C)) -> (mean, logvar); decode(latents) -> images. Unscaled latents."""
+    """encode(images (N, H, W, C)) -> (mean, logvar); decode(latents) -> images. Unscaled latents.
 
-    def __init__(self, config: dict, *, dtype=jnp.float32, param_dtype=jnp.float32, rngs: nnx.Rngs = None):
+    attention: the mid-blocks' attention kernel (`layers.ATTENTION_CHOICES`; None: automatic
+    per platform), a static attribute (part of every compiled program's cache key).
+    """
+
+    def __init__(self, config: dict, *, dtype=jnp.float32, param_dtype=jnp.float32, attention: str | None = None,
+                 rngs: nnx.Rngs = None):
         rngs = rngs if rngs is not None else nnx.Rngs(0)
         cfg = _vae_config(config)
+        self.attention = check_attention(attention)
         kw = dict(dtype=dtype, param_dtype=param_dtype, rngs=rngs)
         lc = cfg["latent_channels"]
         self.scaling_factor = float(cfg["scaling_factor"])
         self.latent_channels = lc
-        self.encoder = Encoder(cfg, **kw)
-        self.decoder = Decoder(cfg, **kw)
+        self.encoder = Encoder(cfg, attention=attention, **kw)
+        self.decoder = Decoder(cfg, attention=attention, **kw)
         self.quant_conv = conv(2 * lc, 2 * lc, 1, **kw) if cfg["use_quant_conv"] else None
         self.post_quant_conv = conv(lc, lc, 1, **kw) if cfg["use_post_quant_conv"] else None
 
