@@ -86,8 +86,8 @@ def test_item_settings_precedence_and_seeds(tmp_path):
     it = prep({"id": "a", "image": "sub/a.png", "prompt": "p", "steps": "3", "inversion": "off"},
               defaults={"steps": 5, "guidance": 7}, overrides={"resample": 0})
     assert it.error is None and it.image == str(tmp_path / "sub" / "a.png")
-    assert it.settings == dict(num_new_frames=15, steps=3, resample=0, guidance=7.0, eta=0.0, inversion=False,
-                               slide="pixel", baseline=False, height=32, width=32)
+    assert it.settings.to_dict() == dict(num_new_frames=15, steps=3, resample=0, guidance=7.0, eta=0.0,
+                                         inversion=False, slide="pixel", baseline=False, height=32, width=32)
     assert it.seed == batch.stable_seed("a") == 502515194
     assert prep({"id": "a", "image": "a", "prompt": "", "seed": 5}).seed == 5
     assert prep({"id": "a", "image": "a", "prompt": "", "seed": 5}, overrides={"seed": 9}).seed == 9

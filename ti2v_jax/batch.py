@@ -5,8 +5,9 @@
     res = run_sweep(pipe, "pairs.jsonl", "sweep/", {"resample": [0, 2, 4], "inversion": [True, False]})
 
 A manifest line is `{"id": "cat-01", "image": "imgs/cat.png", "prompt": "a cat running"}`
-plus optional per-item settings (`SETTINGS`: num_new_frames, steps, resample, guidance,
-eta, inversion, slide, baseline, height, width) and `seed`. Relative image paths are
+plus optional per-item settings (the fields of `ti2v_jax.settings.SamplerSettings`:
+num_new_frames, steps, resample, guidance, eta, inversion, slide, baseline, height,
+width) and `seed`. Relative image paths are
 resolved against the manifest's directory. Each line gives OUT/<id>.<ext> (a directory
 for png) and OUT/<id>.json, its metadata.
 
@@ -49,90 +50,22 @@ from pathlib import Path
 
 import numpy as np
 
+from ti2v_jax import settings
+from ti2v_jax.errors import SettingsError
+
 FORMATS = ("gif", "mp4", "png")
-SLIDES = ("pixel", "latent")
 _ID = re.compile(r"^[A-Za-z0-9][A-Za-z0-9._=+-]{0,127}$")
-_MAX_SEED = 2 ** 63
 
 
 # ----------------------------------------------------------------------------- settings
+# A manifest line's settings and a sweep's grid use the names of `SamplerSettings`' fields.
 
-
-def _int(lo, hi=None):
-    def parse(v):
-        if isinstance(v, str):
-            try:
-                v = int(v.strip())
-            except ValueError:
-                raise ValueError(f"must be an integer, got {v!r}") from None
-        if isinstance(v, bool) or not isinstance(v, int):
-            raise ValueError(f"must be an integer, got {v!r}")
-        if v < lo or (hi is not None and v > hi):
-            raise ValueError(f"must be in [{lo}, {hi if hi is not None else 'inf'}], got {v}")
-        return v
-    return parse
-
-
-def _float(lo):
-    def parse(v):
-        if isinstance(v, str):
-            try:
-                v = float(v.strip())
-            except ValueError:
-                raise ValueError(f"must be a number, got {v!r}") from None
-        if isinstance(v, bool) or not isinstance(v, (int, float)) or not math.isfinite(v):
-            raise ValueError(f"must be a finite number, got {v!r}")
-        if v < lo:
-            raise ValueError(f"must be >= {lo}, got {v}")
-        return float(v)
-    return parse
-
-
-def _bool(v):
-    if isinstance(v, bool):
-        return v
-    s = str(v).strip().lower()
-    if s in ("on", "true", "yes", "1"):
-        return True
-    if s in ("off", "false", "no", "0"):
-        return False
-    raise ValueError(f"must be true/false (or on/off), got {v!r}")
-
-
-def _slide(v):
-    if v not in SLIDES:
-        raise ValueError(f"must be one of {SLIDES}, got {v!r}")
-    return v
-
-
-# manifest / grid name -> (pipeline keyword, parser, default)
-SETTINGS = {
-    "num_new_frames": ("num_new_frames", _int(1), 15),
-    "steps": ("num_inference_steps", _int(1, 1000), 10),
-    "resample": ("resample_iters", _int(0), 4),
-    "guidance": ("guidance_scale", _float(0.0), 9.0),
-    "eta": ("eta", _float(0.0), 0.0),
-    "inversion": ("ddpm_inversion", _bool, True),
-    "slide": ("slide", _slide, "pixel"),
-    "baseline": ("baseline", _bool, False),
-    "height": ("height", _int(1), None),
-    "width": ("width", _int(1), None),
-}
-ITEM_FIELDS = ("id", "image", "prompt", "seed", *SETTINGS)
+ITEM_FIELDS = ("id", "image", "prompt", "seed", *settings.NAMES)
 
 
 def parse_setting(name: str, value):
-    """A setting's canonical value from JSON or command-line text; ValueError names the key."""
-    if name == "seed":
-        parser = _int(0, _MAX_SEED - 1)
-    elif name in SETTINGS:
-        parser = SETTINGS[name][1]
-    else:
-        raise ValueError(f"unknown setting {name!r}; known: seed, {', '.join(SETTINGS)}")
-    try:
-        return parser(value)
-    except ValueError as e:
-        raise ValueError(f"{name} {e}") from None
+    """A setting's (or the seed's) canonical value from JSON or command-line text; the error names it."""
+    return settings.parse_seed(value) if name == "seed" else settings.parse_value(name, value)
 
 
 def stable_seed(item_id: str, base: int = 0) -> int:
@@ -150,11 +83,12 @@ class Item:
     image: str = ""
     prompt: str = ""
     seed: int = 0
-    settings: dict = field(default_factory=dict)  # canonical names, complete
+    settings: settings.SamplerSettings | None = None  # complete (model defaults filled in)
     error: str | None = None
 
     def group(self) -> tuple:
-        return tuple(sorted(self.settings.items()))
+        """Items of one group run in one compiled program (they may differ in per-step values)."""
+        return self.settings.static_key()
 
 
 def read_manifest(path) -> list[tuple[int, dict]]:
@@ -202,13 +136,16 @@ def read_manifest(path) -> list[tuple[int, dict]]:
 
 
 def prepare_item(n: int, obj: dict, base_dir: Path, *, defaults=None, overrides=None, base_seed=0,
-                 size=(256, 256), multiple=8) -> Item:
-    """An Item with complete canonical settings, or with `error` set (never raises)."""
+                 size=(256, 256), multiple=8, num_new_frames=settings.DEFAULT_NUM_NEW_FRAMES) -> Item:
+    """An Item with complete settings, or with `error` set (never raises).
+
+    size, multiple, num_new_frames: the model's defaults (`pipe.default_size`, `pipe.vae_scale`,
+    `pipe.default_num_new_frames`) for the settings left unset."""
     item = Item(id=obj["id"], line=n)
     try:
         unknown = sorted(set(obj) - set(ITEM_FIELDS))
         if unknown:
-            raise ValueError(f"unknown field(s) {unknown}; known: {', '.join(ITEM_FIELDS)}")
+            raise SettingsError(f"unknown field(s) {unknown}; known: {', '.join(ITEM_FIELDS)}")
         for key in ("image", "prompt"):
             if not isinstance(obj.get(key), str):
                 raise ValueError(f"field {key!r} is missing or not a string")
@@ -217,15 +154,13 @@ def prepare_item(n: int, obj: dict, base_dir: Path, *, defaults=None, overrides=
         image = Path(os.path.expanduser(obj["image"]))
         item.image = str(image if image.is_absolute() else base_dir / image)
         item.prompt = obj["prompt"]
-        merged = {k: v for k, (_, _, v) in SETTINGS.items()}
-        for source in (defaults or {}, {k: obj[k] for k in SETTINGS if k in obj}, overrides or {}):
-            merged.update({k: parse_setting(k, v) for k, v in source.items() if k != "seed"})
-        merged["height"] = merged["height"] or size[0]
-        merged["width"] = merged["width"] or size[1]
-        if merged["height"] % multiple or merged["width"] % multiple:
-            raise ValueError(f"height and width must be multiples of {multiple}, "
-                             f"got {merged['height']}x{merged['width']}")
-        item.settings = merged
+        s = settings.SamplerSettings()
+        for source in (defaults or {}, {k: obj[k] for k in settings.NAMES if k in obj}, overrides or {}):
+            s = s.replace(**{k: parse_setting(k, v) for k, v in source.items() if k != "seed"})
+        s = s.resolved(num_new_frames=num_new_frames, height=size[0], width=size[1])
+        if s.height % multiple or s.width % multiple:
+            raise SettingsError(f"height and width must be multiples of {multiple}, got {s.height}x{s.width}")
+        item.settings = s
         seed = (overrides or {}).get("seed", obj.get("seed"))
         item.seed = stable_seed(item.id, base_seed) if seed is None else parse_setting("seed", seed)
     except ValueError as e:
@@ -303,21 +238,45 @@ def _read_meta(path: Path):
 
 def _remove_leftovers(out_dir: Path, ids) -> None:
     """Temporaries a killed run left behind (io.save_video's and ours: `.<name>.*.tmp*`)."""
-    import shutil
-    wanted = set(ids)
-    for p in out_dir.glob(".*.tmp*"):
-        parts = p.name[1:].split(".")  # ids may hold dots: try every prefix
-        if any(".".join(parts[:i]) in wanted for i in range(1, len(parts))):
-            shutil.rmtree(p, ignore_errors=True) if p.is_dir() else p.unlink(missing_ok=True)
+    _remove_paths(p for paths in _leftovers(out_dir, ids).values() for p in paths)
 
 
 class _ErrorLog:
-    def __init__(self, out_dir: Path, index: int, count: int):
+    """OUT/errors.jsonl (errors-<index>.jsonl with several shares): one line per failed item.
+
+    A run drops the entries of the ids it is about to handle (`ids`: done ones and ones it
+    retries) and keeps the rest, so workers sharing the folder keep each other's entries;
+    lines are appended whole (O_APPEND), so concurrent workers do not interleave them."""
+
+    def __init__(self, out_dir: Path, index: int, count: int, ids=()):
         self.path = out_dir / ("errors.jsonl" if count == 1 else f"errors-{index}.jsonl")
-        stale = list(out_dir.glob("errors*.jsonl")) if count == 1 else [self.path]
-        for p in stale:
-            p.unlink(missing_ok=True)
+        if count == 1:  # a split run's files, now superseded
+            for p in out_dir.glob("errors-*.jsonl"):
+                p.unlink(missing_ok=True)
+        self._drop(set(ids))
         self.entries = []
+
+    def _drop(self, ids) -> None:
+        try:
+            lines = self.path.read_text().splitlines()
+        except OSError:
+            return
+        keep = []
+        for line in lines:
+            try:
+                if json.loads(line).get("id") in ids:
+                    continue
+            except (ValueError, AttributeError):
+                continue
+            keep.append(line)
+        if len(keep) == len(lines):
+            return
+        if not keep:
+            self.path.unlink(missing_ok=True)
+            return
+        tmp = self.path.with_name(f".{self.path.name}.{os.getpid()}.{uuid.uuid4().hex[:8]}.tmp")
+        tmp.write_text("".join(line + "\n" for line in keep))
+        os.replace(tmp, self.path)
 
     def add(self, item: Item, stage: str, reason: str) -> None:
         entry = {"id": item.id, "line": item.line, "stage": stage, "reason": reason,
@@ -325,6 +284,154 @@ class _ErrorLog:
         self.entries.append(entry)
         with open(self.path, "a") as f:
             f.write(json.dumps(entry) + "\n")
+
+
+def _leftovers(out_dir: Path, ids) -> dict:
+    """{id: [paths]}: temporaries a killed run left behind (io.save_video's and ours:
+    `.<name>.*.tmp*`) for `ids`, from one listing of `out_dir`."""
+    wanted, found = set(ids), collections.defaultdict(list)
+    for p in out_dir.glob(".*.tmp*"):
+        parts = p.name[1:].split(".")  # ids may hold dots: try every prefix
+        for i in range(1, len(parts)):
+            if ".".join(parts[:i]) in wanted:
+                found[".".join(parts[:i])].append(p)
+                break
+    return found
+
+
+def _remove_paths(paths) -> None:
+    import shutil
+    for p in paths:
+        shutil.rmtree(p, ignore_errors=True) if p.is_dir() else p.unlink(missing_ok=True)
+
+
+CLAIM_TIMEOUT = 600.0  # seconds without a refresh after which another worker may take a claim over
+
+
+class _Claims:
+    """Claims on items, so workers sharing an output folder do each item once.
+
+    A claim is OUT/.claims/<id>.claim, created with O_CREAT | O_EXCL (so exactly one
+    worker gets it) and holding the worker's host, pid and run token. A background thread
+    refreshes (touches) the held claims every `timeout / 4` seconds, also while a long
+    pipeline call (or compilation) runs. A claim not refreshed for `timeout` seconds, or
+    one whose process is gone (same host, pid not running), is stale: another worker may
+    take it over (under an flock of OUT/.claims/lock, so two workers never both do).
+    Claims are released (deleted, if still ours) when the item is saved, when it fails,
+    and when the run ends in any way.
+    """
+
+    def __init__(self, out_dir: Path, timeout: float = CLAIM_TIMEOUT):
+        import socket
+        import threading
+
+        if not timeout > 0:
+            raise ValueError(f"claim_timeout must be > 0 seconds, got {timeout}")
+        self.dir = out_dir / ".claims"
+        self.dir.mkdir(exist_ok=True)
+        self.timeout = float(timeout)
+        self.host, self.pid = socket.gethostname(), os.getpid()
+        self.token = uuid.uuid4().hex
+        self.held: set = set()
+        self._mutex = threading.Lock()
+        self._stop = threading.Event()
+        self._thread = threading.Thread(target=self._refresh_loop, name="ti2v-jax-claims", daemon=True)
+        self._thread.start()
+
+    def path(self, item_id: str) -> Path:
+        return self.dir / f"{item_id}.claim"
+
+    def acquire(self, item_id: str) -> bool:
+        """Claim `item_id`; False when another live worker holds it."""
+        p = self.path(item_id)
+        if self._create(p):
+            return True
+        with self._locked():
+            if not self._stale(p):
+                return False
+            p.unlink(missing_ok=True)  # a crashed or hung worker's claim: take it over
+            return self._create(p)
+
+    def release(self, item_id: str) -> None:
+        p = self.path(item_id)
+        with self._mutex:
+            self.held.discard(p)
+        if self._owner(p).get("token") == self.token:
+            p.unlink(missing_ok=True)
+
+    def close(self) -> None:
+        """Stop refreshing and release every claim still held."""
+        self._stop.set()
+        for p in list(self.held):
+            self.release(p.name[:-len(".claim")])
+
+    def _create(self, p: Path) -> bool:
+        try:
+            fd = os.open(p, os.O_CREAT | os.O_EXCL | os.O_WRONLY, 0o644)
+        except FileExistsError:
+            return False
+        with os.fdopen(fd, "w") as f:
+            json.dump({"host": self.host, "pid": self.pid, "token": self.token,
+                       "time": datetime.datetime.now(datetime.timezone.utc).isoformat(timespec="seconds")}, f)
+        with self._mutex:
+            self.held.add(p)
+        return True
+
+    @staticmethod
+    def _owner(p: Path) -> dict:
+        try:
+            obj = json.loads(p.read_text())
+            return obj if isinstance(obj, dict) else {}
+        except (OSError, ValueError):
+            return {}
+
+    def _stale(self, p: Path) -> bool:
+        try:
+            age = time.time() - p.stat().st_mtime
+        except FileNotFoundError:
+            return True  # released meanwhile
+        if age > self.timeout:
+            return True
+        owner = self._owner(p)
+        if not owner and age > 5:  # unreadable for a while (a claim is written right after creation)
+            return True
+        if owner.get("host") == self.host and isinstance(owner.get("pid"), int) and owner["pid"] != self.pid:
+            try:
+                os.kill(owner["pid"], 0)
+            except ProcessLookupError:
+                return True  # its process is gone
+            except OSError:
+                pass
+        return False
+
+    def _locked(self):
+        import contextlib
+
+        @contextlib.contextmanager
+        def lock():
+            try:
+                import fcntl
+            except ImportError:  # no flock (Windows): takeovers are unguarded
+                yield
+                return
+            with open(self.dir / "lock", "a") as f:
+                fcntl.flock(f, fcntl.LOCK_EX)
+                try:
+                    yield
+                finally:
+                    fcntl.flock(f, fcntl.LOCK_UN)
+        return lock()
+
+    def _refresh_loop(self):
+        while not self._stop.wait(self.timeout / 4):
+            with self._mutex:
+                held = list(self.held)
+            for p in held:
+                if self._owner(p).get("token") == self.token:
+                    try:
+                        os.utime(p)
+                    except OSError:
+                        pass
 
 
 # ----------------------------------------------------------------------------- running
@@ -339,10 +446,13 @@ class BatchResult:
     stale: list = field(default_factory=list)     # complete, but made with other settings/seed/prompt
     errors: list = field(default_factory=list)    # entries written to the errors file
     calls: int = 0                                # pipeline calls (batches), dummies included
+    claimed: list = field(default_factory=list)   # ids left to another worker that held their claim
 
     def summary(self) -> str:
         s = (f"{self.out_dir}: {len(self.done)} generated, {len(self.skipped)} already done, "
              f"{len(self.errors)} failed")
+        if self.claimed:
+            s += f", {len(self.claimed)} in progress in another worker"
         if self.stale:
             s += f"; WARNING {len(self.stale)} finished items were made with other settings (kept)"
         return s
@@ -355,7 +465,7 @@ def _allgather_counts(counts: np.ndarray) -> np.ndarray:
 
 def _load(item: Item) -> np.ndarray:
     from ti2v_jax import io
-    h, w = item.settings["height"], item.settings["width"]
+    h, w = item.settings.height, item.settings.width
     return io.to_uint8(io.load_image(item.image, (h, w)))  # exact: the pipeline maps it back
 
 
@@ -368,13 +478,13 @@ def _plan(items, mine, out_dir, fmt, log, res, max_items):
         if it.error is not None:
             log.add(it, "manifest", it.error)
             continue
-        video_path, meta_path = output_paths(out_dir, it.id, fmt)
-        meta = _read_meta(meta_path) if meta_path.is_file() and video_path.exists() else None
+        meta = _finished(out_dir, it, fmt)
         if meta is None:
             groups[it.group()].append(it)
             continue
         res.skipped.append(it.id)
-        if (meta.get("settings"), meta.get("seed"), meta.get("prompt")) != (it.settings, it.seed, it.prompt):
+        if (meta.get("settings"), meta.get("seed"), meta.get("prompt")) != (it.settings.to_dict(), it.seed,
+                                                                             it.prompt):
             res.stale.append(it.id)
     if max_items is not None:
         left = max_items
@@ -383,16 +493,39 @@ def _plan(items, mine, out_dir, fmt, log, res, max_items):
     return keys, groups
 
 
-def _next_batch(queue, size, log, bar):
-    """Up to `size` items whose images load, and their images; failures are logged."""
+def _finished(out_dir: Path, it: Item, fmt: str):
+    """The metadata of `it` if its video and metadata are in `out_dir`, else None."""
+    video_path, meta_path = output_paths(out_dir, it.id, fmt)
+    return _read_meta(meta_path) if meta_path.is_file() and video_path.exists() else None
+
+
+def _next_batch(queue, size, log, bar, *, claims=None, res=None, out_dir=None, fmt=None, leftovers=None):
+    """Up to `size` items whose images load, and their images; failures are logged.
+
+    With `claims`, only items this worker claims: one another worker holds is left to it
+    (res.claimed), one finished meanwhile is skipped (res.skipped); a claimed item's
+    leftover temporaries (`leftovers`, {id: paths}) are removed."""
     batch, images = [], []
     while queue and len(batch) < size:
         it = queue.popleft()
+        if claims is not None:
+            if not claims.acquire(it.id):
+                res.claimed.append(it.id)
+                bar.update(1)
+                continue
+            if _finished(out_dir, it, fmt) is not None:  # another worker finished it meanwhile
+                claims.release(it.id)
+                res.skipped.append(it.id)
+                bar.update(1)
+                continue
+            _remove_paths(leftovers.pop(it.id, ()))
         try:
             images.append(_load(it))
             batch.append(it)
         except Exception as e:  # unreadable image: this item only
             log.add(it, "image", f"{type(e).__name__}: {e}")
+            if claims is not None:
+                claims.release(it.id)
             bar.update(1)
     return batch, images
 
@@ -401,14 +534,21 @@ def run_batch(pipe, manifest, out_dir, *, defaults: dict | None = None, override
               base_seed: int = 0, batch_size: int | None = None, parallel: str = "mesh", fmt: str = "gif",
               fps: float = 8, process_index: int | None = None, process_count: int | None = None,
               max_items: int | None = None, progress: bool = True, lockstep: bool | None = None,
-              model_name: str | None = None) -> BatchResult:
+              model_name: str | None = None, claim_timeout: float | None = CLAIM_TIMEOUT) -> BatchResult:
     """Generate every manifest item of this process's share that is not complete in `out_dir`.
 
     defaults / overrides: settings by manifest name (see module docstring for precedence).
     batch_size: items per process per pipeline call (default: the local device count for
     "mesh"/"pmap", 1 for "none"). max_items: stop after this many pending items (a job
     in chunks). lockstep: None = automatic (several jax processes and "mesh"/"pmap").
+    claim_timeout: workers sharing `out_dir` claim each item before computing it (see
+    `_Claims`), so each item is done once; a claim not refreshed for this many seconds
+    (its worker crashed or hangs) is taken over. None: no claims (one worker per folder).
+    Lockstep runs never claim: their processes split the items by index and must make
+    the same calls.
     """
+    import socket
+
     import jax
     from tqdm import tqdm
 
@@ -427,12 +567,16 @@ def run_batch(pipe, manifest, out_dir, *, defaults: dict | None = None, override
     manifest, out_dir = Path(manifest), Path(out_dir)
     rows = read_manifest(manifest)
     items = [prepare_item(n, obj, manifest.parent, defaults=defaults, overrides=overrides,
-                          base_seed=base_seed, size=pipe.default_size, multiple=pipe.vae_scale)
+                          base_seed=base_seed, size=pipe.default_size, multiple=pipe.vae_scale,
+                          num_new_frames=pipe.default_num_new_frames)
              for n, obj in rows]
     mine = set(share([it.id for it in items], index, count))
     out_dir.mkdir(parents=True, exist_ok=True)
-    _remove_leftovers(out_dir, mine)
-    log = _ErrorLog(out_dir, index, count)
+    leftovers = _leftovers(out_dir, mine)
+    claims = None if lockstep or claim_timeout is None else _Claims(out_dir, claim_timeout)
+    if claims is None:  # the folder is ours alone: every leftover is garbage now
+        _remove_paths(p for paths in leftovers.values() for p in paths)
+    log = _ErrorLog(out_dir, index, count, mine)
     res = BatchResult(out_dir=out_dir, process=(index, count))
 
     res.errors = log.entries
@@ -446,33 +590,38 @@ def run_batch(pipe, manifest, out_dir, *, defaults: dict | None = None, override
     common = {"model": model_name or pipe.name, "dtype": str(pipe.dtype), "num_frames": pipe.num_frames,
               "ti2v_jax_version": ti2v_jax.__version__, "jax_version": jax.__version__,
               "backend": jax.default_backend(), "devices": jax.device_count(), "parallel": parallel,
-              "process": [index, count], "format": fmt, "fps": fps}
+              "process": [index, count], "format": fmt, "fps": fps,
+              "worker": {"host": socket.gethostname(), "pid": os.getpid()}}
     try:
         for k, n_max in zip(keys, most):
             if not n_max:
                 continue
             gbs = int(min(batch_size, n_max))  # one program shape for the whole group
             queue = collections.deque(groups[k])
-            settings = dict(k)
-            kwargs = {SETTINGS[name][0]: v for name, v in settings.items()}
+            dummy = settings.SamplerSettings.with_static_key(k)
             for step in range(math.ceil(n_max / gbs)):
-                batch, images = _next_batch(queue, gbs, log, bar)
+                batch, images = _next_batch(queue, gbs, log, bar, claims=claims, res=res, out_dir=out_dir,
+                                            fmt=fmt, leftovers=leftovers)
                 if not batch and not lockstep:
                     break
                 real = len(batch)
                 prompts, seeds = [it.prompt for it in batch], [it.seed for it in batch]
+                item_settings = [it.settings for it in batch]
                 if not batch:  # lockstep, nothing left here: a dummy call keeps the hosts together
-                    images = [np.zeros((settings["height"], settings["width"], 3), np.uint8)]
-                    prompts, seeds = [""], [0]
+                    images = [np.zeros((dummy.height, dummy.width, 3), np.uint8)]
+                    prompts, seeds, item_settings = [""], [0], [dummy]
                 pad = gbs - len(images)
                 images, prompts, seeds = images + images[-1:] * pad, prompts + prompts[-1:] * pad, \
                     seeds + seeds[-1:] * pad
+                item_settings = item_settings + item_settings[-1:] * pad
                 t0 = time.perf_counter()
                 try:
-                    videos = pipe(images, prompts, seed=seeds, parallel=parallel, **kwargs)
+                    videos = pipe(images, prompts, item_settings, seed=seeds, parallel=parallel)
                 except Exception as e:
                     for it in batch:
                         log.add(it, "generate", f"{type(e).__name__}: {e}")
+                        if claims is not None:
+                            claims.release(it.id)
                     bar.update(real)
                     continue
                 finally:
@@ -481,7 +630,7 @@ def run_batch(pipe, manifest, out_dir, *, defaults: dict | None = None, override
                 for it, video in zip(batch, videos):
                     video_path, meta_path = output_paths(out_dir, it.id, fmt)
                     meta = {"id": it.id, "prompt": it.prompt, "image": it.image, "seed": it.seed,
-                            "settings": it.settings, "output": video_path.name, "frames": int(video.shape[0]),
+                            "settings": it.settings.to_dict(), "output": video_path.name, "frames": int(video.shape[0]),
                             **common,
                             "timing": {"batch_seconds": round(dt, 3), "seconds_per_item": round(dt / real, 3),
                                        "batch_items": real, "batch_padded_to": gbs,
@@ -494,10 +643,14 @@ def run_batch(pipe, manifest, out_dir, *, defaults: dict | None = None, override
                         res.done.append(it.id)
                     except Exception as e:
                         log.add(it, "save", f"{type(e).__name__}: {e}")
+                    if claims is not None:
+                        claims.release(it.id)
                     bar.update(1)
                 bar.set_postfix(failed=len(log.entries), refresh=False)
     finally:
         bar.close()
+        if claims is not None:
+            claims.close()  # releases what is still held (an interrupt, an error)
     return res
 
 

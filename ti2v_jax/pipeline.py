@@ -1,21 +1,30 @@
 """TI2VZeroPipeline: image + text -> video with a frozen text-to-video model.
 
-    pipe = TI2VZeroPipeline.from_pretrained("ckpt/")            # converted or diffusers layout
-    video = pipe("cat.png", "a cat running")                    # uint8 (16, 256, 256, 3)
-    videos = pipe(["a.png", "b.png"], ["a dog", "a car"])       # uint8 (2, 16, 256, 256, 3)
-    clip = pipe.text_to_video("a panda surfing")                # uint8 (16, 256, 256, 3)
+    pipe = TI2VZeroPipeline.from_pretrained()                   # the shipped default model
+    pipe = TI2VZeroPipeline.from_pretrained("ckpt/")            # converted, diffusers or ModelScope layout
+    video = pipe("cat.png", "a cat running")                    # uint8 (1 + N, H, W, 3)
+    videos = pipe(["a.png", "b.png"], ["a dog", "a car"])       # uint8 (2, 1 + N, H, W, 3)
+    clip = pipe.text_to_video("a panda surfing")                # uint8 (K, H, W, 3)
 
-All heavy work is one jitted program per shape/setting: text encoding, then the
-sampler (`lax.scan` over new frames and DDIM steps) with the VAE inside it.
+Sampler settings are `ti2v_jax.settings.SamplerSettings` (give one as `settings=` or its
+fields as keyword arguments). All heavy work is one jitted program per shape and static
+setting: text encoding, then the sampler (`lax.scan` over new frames and DDIM steps)
+with the VAE inside it. Guidance, eta and resampling schedules are arguments of that
+program, so changing them does not recompile.
+
+Precision: parameters and U-Net compute in `dtype`; the VAE and the text encoder in
+float32 unless `vae_text_dtype` says otherwise; everything the sampler does between
+network calls in float32.
 """
 
 from __future__ import annotations
 
+import contextlib
 import functools
 import json
+import logging
 import os
-import sys
-import tempfile
+import time
 from pathlib import Path
 
 import jax
@@ -24,98 +33,92 @@ import numpy as np
 
 from ti2v_jax import io, loading, programs
 from ti2v_jax import parallel as par
+from ti2v_jax.errors import CheckpointError, CheckpointNotFoundError, InputError, SettingsError
 from ti2v_jax.sampling import schedule
+from ti2v_jax.settings import DEFAULT_NUM_NEW_FRAMES, SamplerSettings, parse_seed
 from ti2v_jax.tokenizer import tokenize
 from ti2v_jax.xla_options import jit
 
+log = logging.getLogger(__name__)
+
 DEFAULT_MODEL = Path(__file__).resolve().parent / "assets" / "default_model"
 DEFAULT_NUM_FRAMES = 16  # ModelScope's K
-DEFAULT_NUM_NEW_FRAMES = 15  # the published demo: a 16-frame video
-SLIDES = ("pixel", "latent")
+OUTPUT_TYPES = ("uint8", "float", "jax", "latent")
 
-def resolve_model(path_or_repo_id) -> Path:
-    """A local checkpoint directory for `path_or_repo_id` (None: the shipped default model)."""
-    if path_or_repo_id is None:
+
+def resolve_model(path_or_repo_id=None) -> Path:
+    """A local checkpoint directory for `path_or_repo_id` (None or "default": the shipped model)."""
+    if path_or_repo_id is None or str(path_or_repo_id) == "default":
         if (DEFAULT_MODEL / "model_index.json").is_file():
             return DEFAULT_MODEL
-        raise FileNotFoundError("no --model given and no default model is shipped in this install "
-                                f"({DEFAULT_MODEL}); pass a checkpoint directory")
-    p = Path(path_or_repo_id)
+        raise CheckpointNotFoundError(f"no default model is shipped in this install ({DEFAULT_MODEL}); "
+                                      f"pass a checkpoint directory")
+    p = Path(path_or_repo_id).expanduser()
     if p.exists():
         if not p.is_dir():
-            raise NotADirectoryError(f"model {p} is a file; expected a checkpoint directory")
+            raise CheckpointError(f"model {p} is a file; expected a checkpoint directory")
         return p
     s = str(path_or_repo_id)
     looks_like_repo = s.count("/") == 1 and not s.startswith((".", "/", "~")) and " " not in s
     if not looks_like_repo:
-        raise FileNotFoundError(f"model directory {p} does not exist")
+        raise CheckpointNotFoundError(f"model directory {p} does not exist")
     how = ("download or copy the checkpoint elsewhere, then run `ti2v-jax convert LOCAL_DIR OUT_DIR` "
            "and pass --model OUT_DIR")
     if os.environ.get("HF_HUB_OFFLINE", "0") not in ("0", "", "false", "False"):
-        raise FileNotFoundError(f"{s!r} is not a local directory and the hub is offline (HF_HUB_OFFLINE); {how}")
+        raise CheckpointNotFoundError(f"{s!r} is not a local directory and the hub is offline (HF_HUB_OFFLINE); "
+                                      f"{how}")
     try:
         from huggingface_hub import snapshot_download
     except ImportError as e:  # pragma: no cover - depends on the install
-        raise FileNotFoundError(f"{s!r} is not a local directory and huggingface_hub is not installed; {how}") from e
+        raise CheckpointNotFoundError(f"{s!r} is not a local directory and huggingface_hub is not installed; "
+                                      f"{how}") from e
     try:
         return Path(snapshot_download(s, etag_timeout=10))
     except Exception as e:  # network errors come in many types
-        raise FileNotFoundError(f"{s!r} is not a local directory and could not be downloaded from the hub "
-                                f"({type(e).__name__}: {e}); {how}") from e
+        raise CheckpointNotFoundError(f"{s!r} is not a local directory and could not be downloaded from the hub "
+                                      f"({type(e).__name__}); {how}") from e
 
 
-def _load_any(directory: Path, dtype) -> loading.Components:
-    from ti2v_jax.weights import modelscope
+def _bar_callback(total: int, desc: str):
+    """A per-call progress callback drawing a tqdm bar whose rate and ETA leave out compilation:
+    the first report (compilation + the first unit) only starts the clock."""
+    from tqdm.auto import tqdm
 
-    if loading.is_converted(directory) or loading.is_diffusers(directory):
-        if not loading.is_converted(directory):
-            print(f"ti2v-jax: {directory} is a diffusers checkpoint; converting it in memory "
-                  f"(run `ti2v-jax convert` once to skip this)", file=sys.stderr)
-        return loading.load(directory, dtype=dtype)
-    if modelscope.is_modelscope(directory):
-        print(f"ti2v-jax: {directory} is an original ModelScope checkpoint; converting it "
-              f"(run `ti2v-jax convert` once to skip this)", file=sys.stderr)
-        with tempfile.TemporaryDirectory() as tmp:
-            dst = Path(tmp) / "converted"
-            modelscope.convert_modelscope(directory, dst, dtype=jnp.dtype(dtype).name)
-            return loading.load(dst, dtype=dtype)
-    raise ValueError(f"{directory} is not a checkpoint directory: no model_index.json (converted or diffusers "
-                     f"layout) and no configuration.json (original ModelScope layout)")
+    bar = tqdm(total=total, desc=f"{desc} (compiling, then the first)", unit=desc.split()[-1].rstrip("s"))
+    t0 = time.perf_counter()
 
-
-def _check_settings(*, num_new_frames=1, num_inference_steps=1, resample_iters=0, guidance_scale=1.0,
-                    eta=0.0, slide="pixel", num_frames=2):
-    def need(ok, msg):
-        if not ok:
-            raise ValueError(msg)
-    need(isinstance(num_new_frames, (int, np.integer)) and num_new_frames >= 1,
-         f"num_new_frames must be an integer >= 1, got {num_new_frames!r}")
-    need(isinstance(num_inference_steps, (int, np.integer)) and 1 <= num_inference_steps <= 1000,
-         f"num_inference_steps must be an integer in [1, 1000], got {num_inference_steps!r}")
-    need(isinstance(resample_iters, (int, np.integer)) and resample_iters >= 0,
-         f"resample_iters must be an integer >= 0, got {resample_iters!r}")
-    need(guidance_scale >= 0, f"guidance_scale must be >= 0, got {guidance_scale!r}")
-    need(eta >= 0, f"eta must be >= 0, got {eta!r}")
-    need(slide in SLIDES, f"slide must be one of {SLIDES}, got {slide!r}")
-    need(num_frames >= 2, f"num_frames must be >= 2, got {num_frames}")
+    def report(done: int, _total: int):
+        if bar.n == 0 and done >= 1:
+            first = time.perf_counter() - t0
+            bar.set_description(desc)
+            bar.set_postfix_str(f"first incl. compile {first:.1f} s", refresh=False)
+            bar.reset(total=total)  # restart the clock: the rate and ETA are sampling only
+            bar.update(done)
+        elif done > bar.n:
+            bar.update(done - bar.n)
+    return bar, report
 
 
 class TI2VZeroPipeline:
     """TI2V-Zero over loaded components (see `ti2v_jax.loading.Components`)."""
 
-    def __init__(self, components: loading.Components, *, num_frames: int = DEFAULT_NUM_FRAMES,
-                 dtype=jnp.float32, name: str = "", default_num_new_frames: int = DEFAULT_NUM_NEW_FRAMES):
+    def __init__(self, components: loading.Components, *, num_frames: int = DEFAULT_NUM_FRAMES, name: str = "",
+                 default_num_new_frames: int = DEFAULT_NUM_NEW_FRAMES, devices=None):
         self.components = components
         self.num_frames = int(num_frames)
+        if self.num_frames < 2:
+            raise SettingsError(f"num_frames must be >= 2, got {num_frames}")
         self.default_num_new_frames = int(default_num_new_frames)
-        self.dtype = jnp.dtype(dtype)
+        self.devices = None if devices is None else tuple(devices)
+        self.dtype = programs.component_dtypes(components)["unet"]
         self.name = name
         self.params = components.params
         ucfg, vcfg = components.configs["unet"], components.configs["vae"]
         width = components.configs.get("text_encoder", {}).get("hidden_size")
         if width is not None and ucfg.get("cross_attention_dim", width) != width:
-            raise ValueError(f"the checkpoint's parts do not fit: the U-Net attends to {ucfg['cross_attention_dim']}-wide "
-                             f"text contexts but the text encoder's hidden_size is {width}")
+            raise CheckpointError(f"the checkpoint's parts do not fit: the U-Net attends to "
+                                  f"{ucfg['cross_attention_dim']}-wide text contexts but the text encoder's "
+                                  f"hidden_size is {width}")
         self.vae_scale = 2 ** (len(vcfg["block_out_channels"]) - 1)
         self.latent_channels = int(ucfg.get("in_channels", 4))
         sample = ucfg.get("sample_size", 32)
@@ -127,134 +130,217 @@ class TI2VZeroPipeline:
             float(sched.get("beta_start", schedule.BETA_START)),
             float(sched.get("beta_end", schedule.BETA_END)))
         self._encode_text = jit(components.text_encode)
-        self._spec = programs.ProgramSpec.get(components, self.num_frames, self.dtype, self.abar)
+        self._spec = programs.ProgramSpec.get(components, self.num_frames, self.abar)
 
     @classmethod
-    def from_pretrained(cls, path_or_repo_id=None, *, dtype="float32", num_frames: int | None = None):
-        """Load a converted, diffusers-layout (converted on the fly) or original ModelScope
-        directory, a hub repo id (online only), or with None the shipped default model."""
+    def from_pretrained(cls, path_or_repo_id=None, *, dtype="float32", vae_text_dtype="float32",
+                        num_frames: int | None = None, devices=None, attention: str | None = None,
+                        verify: bool = True):
+        """Load a checkpoint: None (or "default") for the shipped default model, a converted,
+        diffusers-layout or original ModelScope directory (the last two converted in memory),
+        or a hub repo id (online only).
+
+        dtype: parameters and U-Net compute (float32, bfloat16, float16). vae_text_dtype: the
+        VAE's and text encoder's (float32 by default; None: the same as `dtype`).
+        devices: the devices to place the weights on once (default: the default device);
+        give the devices you will run on with parallel="mesh"/"pmap".
+        attention: the attention kernel (None: chosen per platform). verify: check the
+        checkpoint's recorded file hashes.
+        """
         directory = resolve_model(path_or_repo_id)
         dtype = jnp.dtype(dtype)
-        comps = _load_any(directory, dtype)
-        index = json.loads((directory / "model_index.json").read_text()) \
-            if (directory / "model_index.json").is_file() else {}
+        aux = dtype if vae_text_dtype is None else jnp.dtype(vae_text_dtype)
+        kw = dict(dtype=dtype, component_dtypes={"vae": aux, "text_encoder": aux}, devices=devices,
+                  attention=attention, verify=verify)
+        # TRANSITION (removed at integration): pass only what loading.load takes yet.
+        import inspect
+        kw = {k: v for k, v in kw.items() if k in inspect.signature(loading.load).parameters}
+        comps = loading.load(directory, **kw)
+        index_path = directory / "model_index.json"
+        index = json.loads(index_path.read_text()) if index_path.is_file() else {}
         k = num_frames or int(index.get("num_frames", DEFAULT_NUM_FRAMES))
         n = int(index.get("num_new_frames", DEFAULT_NUM_NEW_FRAMES))  # a checkpoint may recommend its own N
-        return cls(comps, num_frames=k, dtype=dtype, name=str(path_or_repo_id or "default"), default_num_new_frames=n)
+        name = "default" if directory == DEFAULT_MODEL else str(path_or_repo_id)
+        return cls(comps, num_frames=k, name=name, default_num_new_frames=n, devices=devices)
 
     # ------------------------------------------------------------------ helpers
 
-    def _size(self, height, width):
-        h = height or self.default_size[0]
-        w = width or self.default_size[1]
-        if h % self.vae_scale or w % self.vae_scale:
-            raise ValueError(f"height and width must be multiples of {self.vae_scale}, got {h}x{w}")
-        return h, w
+    def settings(self, settings: SamplerSettings | None = None, **kwargs) -> SamplerSettings:
+        """`settings` (default: the defaults) with `kwargs` applied and this model's defaults
+        filled in (num_new_frames, height, width); checks the size against the VAE."""
+        s = SamplerSettings.from_kwargs(settings, **kwargs).resolved(
+            num_new_frames=self.default_num_new_frames, height=self.default_size[0], width=self.default_size[1])
+        if s.height % self.vae_scale or s.width % self.vae_scale:
+            raise SettingsError(f"height and width must be multiples of {self.vae_scale}, got {s.height}x{s.width}")
+        return s
 
     def contexts(self, prompts):
-        """(text, empty-text) contexts for a list of prompts, each (B, 77, D)."""
+        """(text, empty-text) contexts for a list of prompts, each (B, 77, D) float32."""
         ids = tokenize(self.components.tokenizer, list(prompts) + [""])
-        ctx = self._encode_text(self.params["text_encoder"], jnp.asarray(ids)).astype(self.dtype)
+        ctx = self._encode_text(self.params["text_encoder"], jnp.asarray(ids)).astype(jnp.float32)
         text, empty = ctx[:-1], ctx[-1:]
         return text, jnp.broadcast_to(empty, text.shape)
 
-    def _seeds(self, seed, n):
+    def _keys(self, seed, key, n):
+        if key is not None:
+            return schedule.item_keys(key, n)
         if isinstance(seed, (list, tuple, np.ndarray)):
             if len(seed) != n:
-                raise ValueError(f"got {len(seed)} seeds for a batch of {n}")
-            return [int(s) for s in seed]
-        return [int(seed) + i for i in range(n)]
+                raise SettingsError(f"got {len(seed)} seeds for a batch of {n}")
+            seeds = [parse_seed(s) for s in seed]
+        else:
+            first = parse_seed(seed)
+            seeds = [parse_seed(first + i) for i in range(n)]
+        return par.per_item_keys(seeds)
 
-    def _run(self, program, settings: dict, args, parallel_mode):
-        # A partial of (program, spec, hashable settings): `parallel` keys its cache of compiled
-        # programs on exactly that, and equal pipelines share one spec, so equal settings and
-        # shapes never recompile, even across `from_pretrained` calls.
-        fn = functools.partial(program, self._spec, **settings)
-        return par.run_batched(fn, args, replicated=self.params, mode=parallel_mode)
+    def _per_item(self, settings, n: int, **kwargs) -> list[SamplerSettings]:
+        items = settings if isinstance(settings, (list, tuple)) else [settings] * n
+        if len(items) != n:
+            raise SettingsError(f"got {len(items)} settings for a batch of {n}")
+        items = [self.settings(s, **kwargs) for s in items]
+        if len({s.static_key() for s in items}) != 1:
+            raise SettingsError("settings in one call may differ only in guidance, eta and resample values "
+                                "(with the same largest resample); run other settings in separate calls")
+        return items
+
+    def _check_memory(self, s: SamplerSettings, batch: int) -> None:
+        from ti2v_jax import resources
+
+        est = resources.estimate_bytes(self.components.configs["unet"], self.components.configs["vae"],
+                                       batch=batch, num_frames=self.num_frames, height=s.height, width=s.width,
+                                       num_new_frames=s.num_new_frames, dtype=self.dtype)
+        resources.check_fits(est, (self.devices or jax.local_devices())[0])
+
+    def _run(self, program, static: dict, args, parallel_mode, total: int, unit: str, progress):
+        """Run `program` over the batch. `progress`: None/False, True (a bar) or callback(done, total)."""
+        # A partial of (program, spec, hashable static settings): `parallel` keys its compiled
+        # programs on exactly that, and equal pipelines share one spec.
+        fn = functools.partial(program, self._spec, **static)
+        bar = None
+        if progress is True:
+            bar, progress = _bar_callback(total, unit)
+        scope = programs.progress(progress) if progress else contextlib.nullcontext(0)
+        try:
+            with scope as ticket:
+                ticket_arr = jnp.full((args[0].shape[0],), ticket, jnp.int32)
+                out = par.run_batched(fn, args + (ticket_arr,), replicated=self.params, mode=parallel_mode,
+                                      devices=self.devices)
+                return jax.block_until_ready(out)
+        finally:
+            if bar is not None:
+                bar.close()
+
+    @staticmethod
+    def _output(latents, new_frames, given, output_type, single):
+        """The call's result in `output_type` (see __call__)."""
+        if output_type == "latent":
+            out = latents
+        elif output_type == "uint8":
+            out = np.concatenate([io.to_uint8(given), io.to_uint8(np.asarray(new_frames, np.float32))], axis=1)
+        else:
+            video = jnp.concatenate([jnp.asarray(given, jnp.float32), new_frames], axis=1)
+            video = jnp.clip((video + 1) / 2, 0, 1)
+            out = video if output_type == "jax" else np.asarray(video)
+        return out[0] if single else out
 
     # ------------------------------------------------------------------ public API
 
-    def __call__(self, image, prompt, *, num_new_frames: int | None = None, num_inference_steps: int = 10,
-                 resample_iters: int = 4, guidance_scale: float = 9.0, eta: float = 0.0,
-                 ddpm_inversion: bool = True, slide: str = "pixel", seed=0, height=None, width=None,
-                 baseline: bool = False, parallel: str = "none", progress: bool = False,
-                 given_frames_as_video: bool = False, key=None):
+    def __call__(self, image, prompt, settings=None, *, seed=0, key=None, parallel: str = "none", progress=False,
+                 given_frames_as_video: bool = False, output_type: str = "uint8", **setting_kwargs):
         """Animate `image` following `prompt`.
 
         image: a path, PIL image or array; a list of them is a batch (with a list of
         prompts of the same length, or one prompt for all). With
         `given_frames_as_video=True` the list is instead the M given frames of ONE
         video (video prediction; M <= num_frames - 1).
-        num_new_frames: N; default 15 (the published demo), or what the checkpoint's
-        model_index.json recommends ("num_new_frames"; 7 for the shipped tiny model).
-        Returns uint8 (1 + N, H, W, 3) with the given image first (M + N for
-        prediction), or (B, 1 + N, H, W, 3) for a batch. `baseline=True` runs the
-        paper's replacing-based baseline instead (num_frames frames, N ignored).
+        settings: a `SamplerSettings`, or one per item of a batch (they may differ only in
+        guidance, eta and resample values: a sweep in one program); keyword arguments
+        (`steps=25`, `guidance=7.5`, ..., or the aliases `num_inference_steps`, ...) change it.
+        num_new_frames defaults to what the checkpoint recommends (model_index.json
+        "num_new_frames"; 7 for the shipped model), else 15.
         seed: an int (item i gets seed + i) or one seed per item; each item's noise comes
         from `jax.random.key(seed)` alone. key: instead of seeds, one `jax.random.key`
         for the batch, item i getting `fold_in(key, i)` (the samplers' own convention).
+        progress: True for a progress bar, or a callback `f(done, total)` over new frames.
+        output_type: "uint8" (host array, (1 + N, H, W, 3) with the given image first, M + N
+        for prediction; the baseline gives num_frames frames), "float" (the same as float32 in
+        [0, 1] on the host), "jax" (the same on the device, no host round trip) or "latent"
+        (the new frames' latents (N, h, w, C) float32 on the device). A batch adds a leading axis.
         """
-        num_new_frames = self.default_num_new_frames if num_new_frames is None else num_new_frames
-        _check_settings(num_new_frames=num_new_frames, num_inference_steps=num_inference_steps,
-                        resample_iters=resample_iters, guidance_scale=guidance_scale, eta=eta, slide=slide,
-                        num_frames=self.num_frames)
-        h, w = self._size(height, width)
+        if output_type not in OUTPUT_TYPES:
+            raise SettingsError(f"output_type must be one of {', '.join(OUTPUT_TYPES)}, got {output_type!r}")
         if given_frames_as_video:
-            frames = np.stack([io.load_image(f, (h, w)) for f in image])[None]
-            if frames.shape[1] > self.num_frames - 1:
-                raise ValueError(f"video prediction takes at most num_frames - 1 = {self.num_frames - 1} "
-                                 f"given frames, got {frames.shape[1]}")
-            prompts, single = [prompt], True
+            if isinstance(image, (str, os.PathLike)) or not isinstance(image, (list, tuple)):
+                raise InputError("given_frames_as_video takes a list of frames")
+            n_items, single, prompts = 1, True, [prompt]
+            if not isinstance(prompt, str):
+                raise InputError("video prediction takes one prompt")
         else:
             single = not isinstance(image, (list, tuple))
             images = [image] if single else list(image)
             if not images:
-                raise ValueError("no image given")
+                raise InputError("no image given")
             if isinstance(prompt, str):
                 prompts = [prompt] * len(images)
             else:
                 prompts = list(prompt)
                 if len(prompts) != len(images):
-                    raise ValueError(f"got {len(images)} images but {len(prompts)} prompts")
-            frames = np.stack([io.load_image(f, (h, w)) for f in images])[:, None]
-        ctx, uncond = self.contexts(prompts)
-        keys = (par.per_item_keys(self._seeds(seed, frames.shape[0])) if key is None
-                else schedule.item_keys(key, frames.shape[0]))
-        timesteps = jnp.asarray(schedule.ddim_timesteps(num_inference_steps))
-        settings = dict(num_new_frames=int(num_new_frames), guidance_scale=float(guidance_scale),
-                        resample_iters=int(resample_iters), eta=float(eta), ddpm_inversion=bool(ddpm_inversion),
-                        slide=slide, baseline=bool(baseline), progress=bool(progress) and not baseline)
-        batch_t = jnp.broadcast_to(timesteps, (frames.shape[0],) + timesteps.shape)
-        args = (keys, jnp.asarray(frames, self.dtype), ctx, uncond, batch_t)
-        if settings["progress"]:
-            from tqdm.auto import tqdm
-
-            with tqdm(total=int(num_new_frames), desc="new frames", unit="frame") as bar:
-                programs._PROGRESS["bar"] = bar
-                try:
-                    new = jax.block_until_ready(self._run(programs.ti2v_program, settings, args, parallel))
-                finally:
-                    programs._PROGRESS["bar"] = None
+                    raise InputError(f"got {len(images)} images but {len(prompts)} prompts")
+            n_items = len(images)
+        items = self._per_item(settings, n_items, **setting_kwargs)
+        s = items[0]
+        self._check_memory(s, n_items)
+        keys = self._keys(seed, key, n_items)
+        size = (s.height, s.width)
+        if given_frames_as_video:
+            if len(image) > self.num_frames - 1:
+                raise InputError(f"video prediction takes at most num_frames - 1 = {self.num_frames - 1} "
+                                 f"given frames, got {len(image)}")
+            frames = np.stack([io.load_image(f, size) for f in image])[None]
         else:
-            new = self._run(programs.ti2v_program, settings, args, parallel)
-        video = np.concatenate([io.to_uint8(frames), io.to_uint8(np.asarray(new, np.float32))], axis=1)
-        return video[0] if single else video
+            frames = np.stack([io.load_image(f, size) for f in images])[:, None]
+        ctx, uncond = self.contexts(prompts)
+        timesteps = np.broadcast_to(schedule.ddim_timesteps(s.steps), (n_items, s.steps))
+        sched = {k: np.stack([it.per_step(k) for it in items]) for k in ("guidance", "eta", "resample")}
+        static = dict(num_new_frames=s.num_new_frames, max_resample=s.max_resample,
+                      guided=any(it.guided for it in items), stochastic=any(it.stochastic for it in items),
+                      inversion=s.inversion, slide=s.slide, baseline=s.baseline)
+        args = (keys, jnp.asarray(frames, jnp.float32), ctx, uncond, jnp.asarray(timesteps),
+                jnp.asarray(sched["guidance"]), jnp.asarray(sched["eta"]), jnp.asarray(sched["resample"]))
+        total = s.steps if s.baseline else s.num_new_frames
+        unit = "DDIM steps" if s.baseline else "new frames"
+        latents, new = self._run(programs.ti2v_program, static, args, parallel, total, unit, progress)
+        return self._output(latents, new, frames, output_type, single)
 
-    def text_to_video(self, prompt, *, num_inference_steps: int = 50, guidance_scale: float = 9.0,
-                      eta: float = 0.0, seed=0, height=None, width=None, num_frames: int | None = None,
-                      parallel: str = "none"):
-        """Plain text-to-video DDIM sampling. Returns uint8 (F, H, W, 3), or (B, F, ...) for a list."""
-        _check_settings(num_inference_steps=num_inference_steps, guidance_scale=guidance_scale, eta=eta)
-        h, w = self._size(height, width)
+    def text_to_video(self, prompt, settings=None, *, seed=0, key=None, num_frames: int | None = None,
+                      parallel: str = "none", progress=False, output_type: str = "uint8", **setting_kwargs):
+        """Plain text-to-video DDIM sampling (uses steps, guidance, eta, height, width).
+
+        Returns uint8 (F, H, W, 3), or (B, F, ...) for a list of prompts; `output_type` and
+        `progress` (over DDIM steps) as in `__call__` ("latent": (F, h, w, C))."""
+        if output_type not in OUTPUT_TYPES:
+            raise SettingsError(f"output_type must be one of {', '.join(OUTPUT_TYPES)}, got {output_type!r}")
         single = isinstance(prompt, str)
         prompts = [prompt] if single else list(prompt)
+        if not prompts:
+            raise InputError("no prompt given")
+        items = self._per_item(settings, len(prompts), **setting_kwargs)
+        s = items[0]
         f = int(num_frames or self.num_frames)
+        self._check_memory(s.replace(num_new_frames=1), len(prompts))
         ctx, uncond = self.contexts(prompts)
-        keys = par.per_item_keys(self._seeds(seed, len(prompts)))
-        timesteps = jnp.asarray(schedule.ddim_timesteps(num_inference_steps))
-        batch_t = jnp.broadcast_to(timesteps, (len(prompts),) + timesteps.shape)
-        settings = dict(latent_shape=(f, h // self.vae_scale, w // self.vae_scale, self.latent_channels),
-                        guidance_scale=float(guidance_scale), eta=float(eta))
-        out = self._run(programs.t2v_program, settings, (keys, ctx, uncond, batch_t), parallel)
-        video = io.to_uint8(np.asarray(out, np.float32))
+        keys = self._keys(seed, key, len(prompts))
+        timesteps = np.broadcast_to(schedule.ddim_timesteps(s.steps), (len(prompts), s.steps))
+        sched = {k: np.stack([it.per_step(k) for it in items]) for k in ("guidance", "eta")}
+        static = dict(latent_shape=(f, s.height // self.vae_scale, s.width // self.vae_scale, self.latent_channels),
+                      guided=any(it.guided for it in items), stochastic=any(it.stochastic for it in items))
+        args = (keys, ctx, uncond, jnp.asarray(timesteps), jnp.asarray(sched["guidance"]), jnp.asarray(sched["eta"]))
+        latents, frames = self._run(programs.t2v_program, static, args, parallel, s.steps, "DDIM steps", progress)
+        if output_type == "latent":
+            return latents[0] if single else latents
+        if output_type == "uint8":
+            video = io.to_uint8(np.asarray(frames, np.float32))
+        else:
+            video = jnp.clip((frames + 1) / 2, 0, 1)
+            video = video if output_type == "jax" else np.asarray(video)
         return video[0] if single else video

@@ -139,6 +139,14 @@ class SamplerSettings:
         return (self.num_new_frames, self.steps, self.max_resample, self.guided, self.stochastic,
                 self.inversion, self.slide, self.baseline, self.height, self.width)
 
+    @classmethod
+    def with_static_key(cls, key: tuple) -> "SamplerSettings":
+        """Settings whose `static_key()` is `key` (any per-step values that fit it)."""
+        n, steps, r, guided, stochastic, inversion, slide, baseline, h, w = key
+        return cls(num_new_frames=n, steps=steps, resample=r, guidance=9.0 if guided else 1.0,
+                   eta=1.0 if stochastic else 0.0, inversion=inversion, slide=slide, baseline=baseline,
+                   height=h, width=w)
+
     def to_dict(self) -> dict:
         """JSON-ready {name: value} (per-step values as lists)."""
         return {k: (list(v) if isinstance(v, tuple) else v) for k, v in dataclasses.asdict(self).items()}
