@@ -150,9 +150,16 @@ def test_prompts_that_are_not_text(tmp_path, prompts, message):
     tok = tok_lib.load_tokenizer(tok_lib.write_tiny_tokenizer(tmp_path))
     with pytest.raises(InputError, match=message) as info:
         tok_lib.tokenize(tok, prompts)
+    with pytest.raises(InputError, match=message):
+        tok_lib.check_prompts(prompts)
     assert isinstance(info.value, (TI2VError, ValueError))
     assert "\n" not in str(info.value)
     print(info.value)
+
+
+def test_check_prompts_passes_text_through():
+    assert tok_lib.check_prompts("a cat") == ["a cat"]
+    assert tok_lib.check_prompts(("a", "caf\u00e9 \U0001f431")) == ["a", "caf\u00e9 \U0001f431"]
 
 
 _NO_TORCH = "import sys; sys.modules['torch'] = None\n"

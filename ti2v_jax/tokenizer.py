@@ -177,6 +177,17 @@ def _check_prompt(index: int, prompt) -> str:
     return prompt
 
 
+def check_prompts(prompts) -> list[str]:
+    """A prompt or list of prompts -> list of str, or `InputError` naming the first one that is not text.
+
+    What `tokenize` checks first; callers can run it before loading a model so that a bad
+    prompt fails at once.
+    """
+    if isinstance(prompts, (str, bytes, bytearray)):
+        prompts = [prompts]
+    return [_check_prompt(i, p) for i, p in enumerate(prompts)]
+
+
 def _bpe_ids(tokenizer, piece: str) -> list[int]:
     """Ids of one byte-encoded pre-token, BPE-merged with `tokenizer`'s own vocabulary and merges."""
     backend = getattr(tokenizer, "backend_tokenizer", None)
@@ -207,11 +218,10 @@ def tokenize(tokenizer, prompts, max_length: int = 77) -> np.ndarray:
     vocabulary, as OpenCLIP pads). A prompt longer than `max_length` tokens keeps its first
     `max_length` ids with the last one replaced by EOS (OpenCLIP's truncation), with a
     warning naming it. A prompt that is not text (bytes, a str holding lone surrogates from
-    a non-UTF-8 command line) raises `InputError`.
+    a non-UTF-8 command line) raises `InputError` (`check_prompts`), where OpenCLIP's ftfy
+    would silently turn a lone surrogate into U+FFFD.
     """
-    if isinstance(prompts, (str, bytes, bytearray)):
-        prompts = [prompts]
-    prompts = [_check_prompt(i, p) for i, p in enumerate(prompts)]
+    prompts = check_prompts(prompts)
     bos, eos = tokenizer.bos_token_id, tokenizer.eos_token_id
     pad = tokenizer.pad_token_id if tokenizer.pad_token_id is not None else 0
     out = np.full((len(prompts), max_length), pad, dtype=np.int32)
