@@ -316,9 +316,9 @@ class _Claims:
     refreshes (touches) the held claims every `timeout / 4` seconds, also while a long
     pipeline call (or compilation) runs. A claim not refreshed for `timeout` seconds, or
     one whose process is gone (same host, pid not running), is stale: another worker may
-    take it over (under an flock of OUT/.claims/lock, so two workers never both do).
-    Claims are released (deleted, if still ours) when the item is saved, when it fails,
-    and when the run ends in any way.
+    take it over (under an flock of the OUT/.claims directory, so two workers never both
+    do). Claims are released (deleted, if still ours) when the item is saved, when it
+    fails, and when the run ends in any way; the last worker out removes OUT/.claims.
     """
 
     def __init__(self, out_dir: Path, timeout: float = CLAIM_TIMEOUT):
@@ -360,16 +360,23 @@ class _Claims:
             p.unlink(missing_ok=True)
 
     def close(self) -> None:
-        """Stop refreshing and release every claim still held."""
+        """Stop refreshing, release every claim still held, remove OUT/.claims if empty."""
         self._stop.set()
         for p in list(self.held):
             self.release(p.name[:-len(".claim")])
+        try:
+            self.dir.rmdir()
+        except OSError:  # other workers' claims are in it
+            pass
 
     def _create(self, p: Path) -> bool:
         try:
             fd = os.open(p, os.O_CREAT | os.O_EXCL | os.O_WRONLY, 0o644)
         except FileExistsError:
             return False
+        except FileNotFoundError:  # another worker, finishing, removed the empty folder
+            self.dir.mkdir(exist_ok=True)
+            return self._create(p)
         with os.fdopen(fd, "w") as f:
             json.dump({"host": self.host, "pid": self.pid, "token": self.token,
                        "time": datetime.datetime.now(datetime.timezone.utc).isoformat(timespec="seconds")}, f)
@@ -414,12 +421,13 @@ class _Claims:
             except ImportError:  # no flock (Windows): takeovers are unguarded
                 yield
                 return
-            with open(self.dir / "lock", "a") as f:
-                fcntl.flock(f, fcntl.LOCK_EX)
-                try:
-                    yield
-                finally:
-                    fcntl.flock(f, fcntl.LOCK_UN)
+            self.dir.mkdir(exist_ok=True)
+            fd = os.open(self.dir, os.O_RDONLY)
+            try:
+                fcntl.flock(fd, fcntl.LOCK_EX)
+                yield
+            finally:
+                os.close(fd)  # releases the lock
         return lock()
 
     def _refresh_loop(self):
