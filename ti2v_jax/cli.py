@@ -220,6 +220,8 @@ def _cmd_make_tiny(a):
 
 def _cmd_generate(a):
     from ti2v_jax.io import check_output_path, save_video
+    from ti2v_jax.tokenizer import check_prompts
+    check_prompts(a.prompt)  # fail before loading anything
     check_output_path(a.out)
     pipe = _load_pipeline(a)
     t0 = time.perf_counter()
@@ -233,6 +235,8 @@ def _cmd_generate(a):
 
 def _cmd_t2v(a):
     from ti2v_jax.io import check_output_path, save_video
+    from ti2v_jax.tokenizer import check_prompts
+    check_prompts(a.prompt)
     check_output_path(a.out)
     pipe = _load_pipeline(a)
     video = pipe.text_to_video(a.prompt, seed=a.seed, parallel=a.parallel, progress=True,
