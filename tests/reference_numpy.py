@@ -8,6 +8,8 @@ calls (as the published code does). Noise comes from `noise(b, name, shape)`, wh
 can feed it the noise a sampler drew, whatever scheme that sampler uses.
 The network functions work on one item: denoise(x (K,h,w,C), t int, ctx (T,D)),
 encode(frames (F,H,W,3)) -> (F,h,w,C), decode(latents (F,h,w,C)) -> (F,H,W,3).
+Guidance g, eta and the resampling passes R may be one value or a list of one per DDIM step
+(step j then runs R[j] resampling passes and its final pass takes eta draw R[j]).
 """
 
 import numpy as np
@@ -24,6 +26,11 @@ ABAR = alphas_cumprod()
 def ddim_timesteps(num_steps):
     stride = 1000 // num_steps
     return [(num_steps - 1 - i) * stride + 1 for i in range(num_steps)]
+
+
+def at(v, j):
+    """Step j's value of a per-step setting (one value, or a list of one per step)."""
+    return v[j] if isinstance(v, (list, tuple, np.ndarray)) else v
 
 
 def q_sample(x0, t, z):
@@ -57,14 +64,15 @@ def one_frame(noise, b, i, denoise, s0, ctx, uctx, K, steps, g, R, eta, inversio
         noisy = q_sample(s0, t, noise(b, ("noisy", i, j), s0.shape))
         noisy_next = q_sample(s0, t_next, noise(b, ("noisy_next", i, j), s0.shape))
         x[:K - 1] = noisy
-        for r in range(R):
-            eps = cfg(denoise, x, t, ctx, uctx, g)
-            x = ddim(x, eps, t, t_next, eta, noise(b, ("eta", i, j, r), x.shape))
+        gj, rj, ej = at(g, j), at(R, j), at(eta, j)
+        for r in range(rj):
+            eps = cfg(denoise, x, t, ctx, uctx, gj)
+            x = ddim(x, eps, t, t_next, ej, noise(b, ("eta", i, j, r), x.shape))
             x[:K - 1] = noisy_next
             ratio = ABAR[t] / ABAR[t_next]
             x = np.sqrt(ratio) * x + np.sqrt(1.0 - ratio) * noise(b, ("push", i, j, r), x.shape)
-        eps = cfg(denoise, x, t, ctx, uctx, g)
-        x = ddim(x, eps, t, t_next, eta, noise(b, ("eta", i, j, R), x.shape))
+        eps = cfg(denoise, x, t, ctx, uctx, gj)
+        x = ddim(x, eps, t, t_next, ej, noise(b, ("eta", i, j, rj), x.shape))
     return x[K - 1]
 
 
@@ -103,8 +111,8 @@ def replacing_baseline(noise, denoise, image_latent, ctx, uctx, *, K, steps, g, 
         for j, t in enumerate(steps):
             t_next = steps[j + 1] if j + 1 < len(steps) else 0
             x[0] = q_sample(z0, t, noise(b, ("noisy", j), z0.shape))
-            eps = cfg(denoise, x, t, ctx[b], uctx[b], g)
-            x = ddim(x, eps, t, t_next, eta, noise(b, ("eta", j), x.shape))
+            eps = cfg(denoise, x, t, ctx[b], uctx[b], at(g, j))
+            x = ddim(x, eps, t, t_next, at(eta, j), noise(b, ("eta", j), x.shape))
         out.append(x)
     return np.stack(out)
 
@@ -115,7 +123,7 @@ def t2v(noise, denoise, x_T, ctx, uctx, *, steps, g, eta):
         x = np.asarray(x_T[b], np.float64)
         for j, t in enumerate(steps):
             t_next = steps[j + 1] if j + 1 < len(steps) else 0
-            eps = cfg(denoise, x, t, ctx[b], uctx[b], g)
-            x = ddim(x, eps, t, t_next, eta, noise(b, ("eta", j), x.shape))
+            eps = cfg(denoise, x, t, ctx[b], uctx[b], at(g, j))
+            x = ddim(x, eps, t, t_next, at(eta, j), noise(b, ("eta", j), x.shape))
         out.append(x)
     return np.stack(out)

@@ -59,6 +59,29 @@ class Toy:
 TOY = Toy()
 
 
+# --- the samplers under the keyword names these tests were written with ------------------
+# (contexts and scale in, the guided denoiser built here: `cfg_denoiser` is the samplers' API)
+
+def _guided(denoise, context, uncond_context, g):
+    return S.cfg_denoiser(denoise, context, uncond_context, guided=not (isinstance(g, (int, float)) and g == 1))
+
+
+def ti2v(key, denoise, encode, decode, frames=None, context=None, uncond_context=None, *, guidance_scale=9.0,
+         resample_iters=4, **kw):
+    return S.ti2v_zero_sample(key, _guided(denoise, context, uncond_context, guidance_scale), encode, decode,
+                              frames, guidance=guidance_scale, resample=resample_iters, **kw)
+
+
+def baseline(key, denoise, image_latent, context, uncond_context, *, guidance_scale=9.0, **kw):
+    return S.replacing_baseline_sample(key, _guided(denoise, context, uncond_context, guidance_scale),
+                                       image_latent, guidance=guidance_scale, **kw)
+
+
+def t2v(key, denoise, x_T, context, uncond_context, *, guidance_scale=9.0, **kw):
+    return S.t2v_sample(key, _guided(denoise, context, uncond_context, guidance_scale), x_T,
+                        guidance=guidance_scale, **kw)
+
+
 @functools.partial(jax.jit, static_argnums=(2,))
 def _draw(key, path, shape):
     for n in range(path.shape[0]):
@@ -73,7 +96,7 @@ def keyed_noise(key, eta, frames=K, per_frame=True):
 
     def noise(b, name, shape):
         kind, idx = name[0], list(name[1:])
-        if kind == "eta" and eta == 0:
+        if kind == "eta" and np.all(np.asarray(eta) == 0):
             return np.zeros(shape)
         path = [b] + ([idx.pop(0)] if per_frame else [])
         if kind == "init":
@@ -203,7 +226,7 @@ def test_ti2v_zero_matches_reference(x64, inversion, R, steps, g, slide, eta, M,
     ts = S.ddim_timesteps(steps)
     denoise, encode, decode = TOY.jax_fns()
     run = jax.jit(functools.partial(
-        S.ti2v_zero_sample, denoise=denoise, encode=encode, decode=decode, num_frames=K,
+        ti2v, denoise=denoise, encode=encode, decode=decode, num_frames=K,
         num_new_frames=N, guidance_scale=g, resample_iters=R, eta=eta, ddpm_inversion=inversion,
         slide=slide, abar=S.alphas_cumprod(dtype=jnp.float64)))
     lat, px = run(key, frames=frames, context=ctx, uncond_context=uctx, timesteps=ts)
@@ -229,12 +252,12 @@ def test_ti2v_zero_given_latents_and_fp32(x64):
     want, _ = ref.ti2v_zero(keyed_noise(key, 0.0), *TOY.np_fns(), np.asarray(given),
                             np.asarray(ctx), np.asarray(uctx), K=K, N=5, steps=list(ts), g=9.0, R=2,
                             eta=0.0, inversion=True, slide="latent", given_is_latent=True)
-    lat, _ = S.ti2v_zero_sample(key, denoise, None, decode, None, ctx, uctx, slide="latent",
+    lat, _ = ti2v(key, denoise, None, decode, None, ctx, uctx, slide="latent",
                                 latents=given, abar=S.alphas_cumprod(dtype=jnp.float64), **kw)
     err64 = np.abs(np.asarray(lat) - want).max()
     with jax.enable_x64(False):
         f32 = [jnp.asarray(a, jnp.float32) for a in (given, ctx, uctx)]
-        lat32, _ = S.ti2v_zero_sample(key, denoise, None, decode, None, f32[1], f32[2],
+        lat32, _ = ti2v(key, denoise, None, decode, None, f32[1], f32[2],
                                       slide="latent", latents=f32[0], **kw)
     err32 = np.abs(np.asarray(lat32, np.float64) - want).max()
     print(f"given latents: float64 {err64:.2e}, float32 {err32:.2e}")
@@ -247,7 +270,7 @@ def test_replacing_baseline_matches_reference(x64):
     denoise, encode, _ = TOY.jax_fns()
     z0 = encode(frames)[:, 0]
     for g, eta in [(9.0, 0.0), (1.0, 0.5)]:
-        got = S.replacing_baseline_sample(key, denoise, z0, ctx, uctx, num_frames=K, timesteps=ts,
+        got = baseline(key, denoise, z0, ctx, uctx, num_frames=K, timesteps=ts,
                                           guidance_scale=g, eta=eta,
                                           abar=S.alphas_cumprod(dtype=jnp.float64))
         want = ref.replacing_baseline(keyed_noise(key, eta, per_frame=False), TOY.np_fns()[0],
@@ -263,7 +286,7 @@ def test_t2v_matches_reference(x64):
     key, ts = jax.random.key(6), S.ddim_timesteps(7)
     x_T = jax.random.normal(jax.random.key(7), (B, K, 4, 4, 4), jnp.float64)
     for g, eta in [(9.0, 0.0), (1.0, 0.5)]:
-        got = S.t2v_sample(key, TOY.jax_fns()[0], x_T, ctx, uctx, timesteps=ts, guidance_scale=g,
+        got = t2v(key, TOY.jax_fns()[0], x_T, ctx, uctx, timesteps=ts, guidance_scale=g,
                            eta=eta, abar=S.alphas_cumprod(dtype=jnp.float64))
         want = ref.t2v(keyed_noise(key, eta, frames=K, per_frame=False), TOY.np_fns()[0], np.asarray(x_T),
                        np.asarray(ctx), np.asarray(uctx), steps=list(ts), g=g, eta=eta)
@@ -289,7 +312,7 @@ def test_queue_frames_are_the_noised_queue_at_every_pass():
     key, ts, R, N = jax.random.key(9), S.ddim_timesteps(3), 2, 3
     given = encode(frames)
     lat, _ = jax.jit(functools.partial(
-        S.ti2v_zero_sample, denoise=recording, encode=None, decode=decode, frames=None,
+        ti2v, denoise=recording, encode=None, decode=decode, frames=None,
         num_frames=K, num_new_frames=N, guidance_scale=9.0, resample_iters=R, slide="latent"))(
         key, context=ctx, uncond_context=uctx, latents=given, timesteps=ts)
     assert len(seen) == N * len(ts) * (R + 1)
@@ -345,20 +368,20 @@ def test_shapes_batch_independence_and_bfloat16(slide):
     kw = dict(num_frames=K, num_new_frames=2, timesteps=S.ddim_timesteps(3), guidance_scale=9.0,
               resample_iters=1, slide=slide)
     key = jax.random.key(0)
-    lat, px = S.ti2v_zero_sample(key, denoise, encode, decode, frames, ctx, uctx, **kw)
+    lat, px = ti2v(key, denoise, encode, decode, frames, ctx, uctx, **kw)
     assert lat.shape == (B, 2, 4, 4, 4) and px.shape == (B, 2, HW, HW, 3)
     # Item 1's video does not depend on the batch it was sampled in.
     keys = S.item_keys(key, B)
-    lat1, _ = S.ti2v_zero_sample(keys[1:], denoise, encode, decode, frames[1:], ctx[1:], uctx[1:], **kw)
+    lat1, _ = ti2v(keys[1:], denoise, encode, decode, frames[1:], ctx[1:], uctx[1:], **kw)
     np.testing.assert_allclose(lat1[0], lat[1], atol=1e-6)
-    lat16, px16 = S.ti2v_zero_sample(key, denoise, encode, decode, frames.astype(jnp.bfloat16),
+    lat16, px16 = ti2v(key, denoise, encode, decode, frames.astype(jnp.bfloat16),
                                      ctx.astype(jnp.bfloat16), uctx.astype(jnp.bfloat16), **kw)
-    assert lat16.dtype == jnp.bfloat16 and px16.dtype == jnp.bfloat16
+    assert lat16.dtype == jnp.float32 and px16.dtype == jnp.float32  # the state stays float32
     err = float(jnp.abs(lat16.astype(jnp.float32) - lat).max())
     print(f"{slide}: bfloat16 vs float32 latents max abs diff {err:.3f} (scale {float(jnp.abs(lat).max()):.2f})")
     assert np.isfinite(np.asarray(lat16, np.float32)).all() and err < 0.25 * float(jnp.abs(lat).max())
     if slide == "latent":
-        lat_only, none = S.ti2v_zero_sample(key, denoise, encode, decode, frames, ctx, uctx,
+        lat_only, none = ti2v(key, denoise, encode, decode, frames, ctx, uctx,
                                             decode_output=False, **kw)
         assert none is None
         np.testing.assert_array_equal(lat_only, lat)
@@ -366,15 +389,16 @@ def test_shapes_batch_independence_and_bfloat16(slide):
 
 def test_jit_does_not_recompile():
     denoise, encode, decode = TOY.jax_fns()
-    run = jax.jit(S.ti2v_zero_sample, static_argnames=(
-        "denoise", "encode", "decode", "num_frames", "num_new_frames", "resample_iters", "slide"))
-    kw = dict(denoise=denoise, encode=encode, decode=decode, num_frames=K, num_new_frames=2,
-              resample_iters=1, slide="pixel")
+
+    @jax.jit
+    def run(key, frames, ctx, uctx, timesteps, g, eta):
+        return S.ti2v_zero_sample(key, S.cfg_denoiser(denoise, ctx, uctx), encode, decode, frames, num_frames=K,
+                                  num_new_frames=2, timesteps=timesteps, guidance=g, resample=1, eta=eta)
+
     for seed in range(3):
         frames, ctx, uctx = inputs(1, jnp.float32, seed=seed)
-        run(jax.random.key(seed), frames=frames, context=ctx, uncond_context=uctx,
-            timesteps=S.ddim_timesteps(3), guidance_scale=jnp.float32(7 + seed),
-            eta=jnp.float32(0.1 * seed), **kw)
+        run(jax.random.key(seed), frames, ctx, uctx, S.ddim_timesteps(3), jnp.float32(7 + seed),
+            jnp.float32(0.1 * seed))
     assert run._cache_size() == 1
 
 
@@ -390,7 +414,7 @@ def test_grad_matches_finite_differences(x64, slide):
 
     def f(x):
         given = dict(latents=x, frames=None) if slide == "latent" else dict(frames=x)
-        lat, _ = S.ti2v_zero_sample(jax.random.key(2), denoise, encode, decode, context=ctx,
+        lat, _ = ti2v(jax.random.key(2), denoise, encode, decode, context=ctx,
                                     uncond_context=uctx, **given, **kw)
         return jnp.sum(w * lat)
 
@@ -451,7 +475,7 @@ def test_t2v_matches_diffusers_pipeline(tiny_unet, steps, g):
     @functools.partial(jax.jit, compiler_options={"xla_backend_optimization_level": 0})
     def run(state, x_T, ctx, uctx, timesteps):
         denoise = lambda x, t, c: nnx.merge(graphdef, state)(x, t, c)  # noqa: E731
-        return S.t2v_sample(jax.random.key(0), denoise, x_T, ctx, uctx, timesteps=timesteps,
+        return t2v(jax.random.key(0), denoise, x_T, ctx, uctx, timesteps=timesteps,
                             guidance_scale=g)
 
     to_ours = lambda a: jnp.asarray(a.numpy())  # noqa: E731

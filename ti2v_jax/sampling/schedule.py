@@ -4,22 +4,28 @@ Everything here follows ALGORITHM.md ("The frozen model", "DDIM step"). `abar` i
 the `alphas_cumprod` table indexed by the integer training timestep; `t` may be a
 Python int, a traced scalar, or a (B,) array (one timestep per batch item).
 
-Arithmetic is done in the promoted dtype of the operands (so a float32 `abar` with
-bfloat16 latents computes the update in float32) and the result is cast back to
-the dtype of `x`, so a scan carry keeps its dtype.
+Arithmetic is done in the promoted dtype of the operands and the result is cast back
+to the dtype of `x`, so a scan carry keeps its dtype. The samplers keep their state in
+float32 (`state_dtype`: float64 stays float64), whatever dtype the networks compute in.
 """
 
 from __future__ import annotations
-
-import functools
 
 import jax
 import jax.numpy as jnp
 import numpy as np
 
+from .guidance import guided_eps, shares_samples  # noqa: F401  (re-exported)
+
 NUM_TRAIN_TIMESTEPS = 1000
 BETA_START = 0.00085
 BETA_END = 0.012
+
+
+def state_dtype(dtype):
+    """The dtype of the sampler state for inputs of `dtype`: at least float32 (precision policy:
+    everything between network calls is float32; a float64 run stays float64)."""
+    return jnp.promote_types(jnp.dtype(dtype), jnp.float32)
 
 
 def betas(num_train_timesteps: int = NUM_TRAIN_TIMESTEPS, beta_start: float = BETA_START,
@@ -98,42 +104,6 @@ def push_back(x, t, t_next, abar, z):
     """
     ratio = _coef(abar, t, x) / _coef(abar, t_next, x)
     return (jnp.sqrt(ratio) * x + jnp.sqrt(1.0 - ratio) * z).astype(x.dtype)
-
-
-def shares_samples(denoise):
-    """Mark `denoise` as taking n contexts per sample: denoise(x (B,...), t (B,), context (n*B,...))
-    -> eps (n*B, ...), context-major, equal to denoising x and t tiled n times (as
-    `UNet3DConditionModel` does, running its text-free first layers once). `guided_eps`
-    then sends x once instead of twice. Returns a marked wrapper (any callable works, `denoise`
-    itself is left as it is)."""
-    @functools.wraps(denoise)
-    def marked(x, t, context):
-        return denoise(x, t, context)
-
-    marked.shares_samples = True
-    return marked
-
-
-def guided_eps(denoise, x, t, context, uncond_context, g):
-    """Classifier-free guidance: eps_u + g * (eps_t - eps_u), both halves in ONE call.
-
-    The contexts sent to `denoise` are [uncond; text] (diffusers' order). The samples
-    are [x; x] with t broadcast to shape (2B,), or x once with t of shape (B,) for a
-    `denoise` marked with `shares_samples`. A Python `g == 1` skips the unconditional
-    half (decided at trace time); an array `g` always runs both.
-    """
-    b = x.shape[0]
-    t = jnp.broadcast_to(jnp.asarray(t, jnp.int32), (b,))
-    if isinstance(g, (int, float)) and g == 1:
-        return denoise(x, t, context)
-    uncond_context = jnp.broadcast_to(uncond_context, (b,) + uncond_context.shape[1:])
-    contexts = jnp.concatenate([uncond_context.astype(context.dtype), context])
-    if getattr(denoise, "shares_samples", False):
-        eps = denoise(x, t, contexts)
-    else:
-        eps = denoise(jnp.concatenate([x, x]), jnp.concatenate([t, t]), contexts)
-    eps_u, eps_t = eps[:b], eps[b:]
-    return eps_u + jnp.asarray(g, eps.dtype) * (eps_t - eps_u)
 
 
 # --- randomness -------------------------------------------------------------

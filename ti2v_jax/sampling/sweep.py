@@ -1,0 +1,80 @@
+"""Sweeps inside one program: a grid of per-step settings (and seeds) for one start image.
+
+    pts, rows = grid(steps=10, guidance=[3.0, 6.0, 9.0], resample=[4, (4,) * 5 + (0,) * 5])
+    lat, px = sweep(key, guided, encode, decode, image_frames, rows=rows, num_frames=K,
+                    num_new_frames=N, timesteps=ts, max_resample=4)
+
+Each grid point is one item of a batch: the start image is repeated, and the per-step
+settings enter as (P, S) rows (`ti2v_zero_sample` takes them per item), so the whole grid is
+one compiled program and changing the grid's values does not recompile (its size does).
+Every point uses the same noise (the one key) unless `keys` gives one per point. A point's
+video equals the one it gets when run alone, up to the batch size's effect on XLA's
+kernels (float32 rounding; bit-equal on this CPU for the default model, see tests).
+"""
+
+from __future__ import annotations
+
+import itertools
+
+import jax.numpy as jnp
+import numpy as np
+
+from .schedule import item_keys
+from .ti2v_zero import ti2v_zero_sample
+
+PER_STEP = {"guidance": np.float32, "eta": np.float32, "resample": np.int32}
+DEFAULTS = {"guidance": 9.0, "eta": 0.0, "resample": 4}
+
+
+def grid(steps: int, **axes):
+    """The product of per-step settings' values: (points, rows).
+
+    axes: guidance / eta / resample, each a list of values, a value being a number or a
+    tuple of one number per step. points: a list of {name: value} dicts, in product order
+    (the last axis fastest); rows: {name: (P, S) array} for every per-step setting (the
+    default for one not given), ready for `sweep` or a program's per-item arguments.
+    """
+    unknown = set(axes) - set(PER_STEP)
+    if unknown:
+        raise ValueError(f"grid axes must be among {sorted(PER_STEP)}, got {sorted(unknown)}")
+    names = list(axes)
+    points = [dict(zip(names, combo)) for combo in itertools.product(*(axes[n] for n in names))]
+    rows = {}
+    for name, dt in PER_STEP.items():
+        vals = [p.get(name, DEFAULTS[name]) for p in points]
+        arr = []
+        for v in vals:
+            a = np.asarray(v, dt)
+            if a.ndim == 1 and a.shape[0] != steps:
+                raise ValueError(f"{name} schedule {v!r} has {a.shape[0]} values for {steps} steps")
+            arr.append(np.broadcast_to(a, (steps,)))
+        rows[name] = np.stack(arr)
+    return points, rows
+
+
+def sweep(key, guided, encode, decode, frames, *, rows, keys=None, max_resample=None, **sample_kw):
+    """One start (frames (1, M, H, W, 3), or latents= (1, M, h, w, C)) sampled at every point of
+    `rows` ({name: (P, S)}, from `grid`) in ONE batched `ti2v_zero_sample` call.
+
+    guided: the guided denoiser; its contexts may have batch 1 (broadcast to the P points).
+    key: one key used by every point (same noise everywhere); keys: instead, (P,) per-point keys
+    (a seed axis). sample_kw: `ti2v_zero_sample`'s other keyword arguments. Returns its outputs,
+    one item per point.
+    """
+    p = len(next(iter(rows.values())))
+    rows = {n: jnp.asarray(v) for n, v in rows.items()}
+    if keys is None:
+        one = item_keys(key, 1)
+        keys = jnp.broadcast_to(one, (p,) + one.shape[1:])
+    if max_resample is None and "resample" in rows:
+        max_resample = int(np.max(np.asarray(rows["resample"])))
+    tile = lambda a: None if a is None else jnp.broadcast_to(a, (p,) + a.shape[1:])  # noqa: E731
+    latents = sample_kw.pop("latents", None)
+    return ti2v_zero_sample(keys, guided, encode, decode, tile(frames), latents=tile(latents),
+                            guidance=rows.get("guidance", DEFAULTS["guidance"]),
+                            eta=rows.get("eta", DEFAULTS["eta"]),
+                            resample=rows.get("resample", DEFAULTS["resample"]),
+                            max_resample=max_resample, **sample_kw)
+
+
+__all__ = ["grid", "sweep"]
