@@ -9,13 +9,25 @@ fails before anything compiles where it should.
 
 from __future__ import annotations
 
+import io
 import json
+import os
+import pickle
+import re
+import shutil
+import signal
+import struct
+import subprocess
+import sys
+import time
 import tracemalloc
 from pathlib import Path
 
+import numpy as np
 import pytest
+from PIL import Image
 
-from ti2v_jax import resources
+from ti2v_jax import cli, resources
 from ti2v_jax.errors import ResourceError
 from ti2v_jax.pipeline import DEFAULT_MODEL
 
@@ -122,3 +134,439 @@ def test_estimate_rejects_bad_shapes():
         resources.estimate_bytes(unet, vae, batch=1.5, num_frames=8, height=32, width=32, num_new_frames=1)
     with pytest.raises(ValueError):
         resources.estimate_bytes(unet, vae, batch=1, num_frames=8, height=-32, width=32, num_new_frames=1)
+
+
+# ----------------------------------------------------------------------------- bad input at the CLI
+# Each case: exit status, ONE line on stderr (no traceback), nothing written.
+
+
+def _one_line_error(err: str) -> str:
+    lines = [line for line in err.splitlines() if line.strip()]
+    assert "Traceback" not in err, err[-3000:]
+    assert len(lines) == 1, f"expected one line on stderr, got {len(lines)}:\n{err[-3000:]}"
+    return lines[0]
+
+
+def _cli(argv, capsys, expect=2) -> str:
+    """Run the CLI in-process; argparse's own errors exit (SystemExit) as the script would."""
+    try:
+        rc = cli.main([os.fspath(a) for a in argv])
+    except SystemExit as e:
+        rc = e.code
+    err = capsys.readouterr().err
+    assert rc == expect, f"exit {rc}, expected {expect}; stderr: {err[-3000:]}"
+    return _one_line_error(err)
+
+
+def _listing(d: Path) -> list:
+    return sorted(str(p.relative_to(d)) for p in d.rglob("*"))
+
+
+@pytest.fixture(scope="module")
+def start_image(tmp_path_factory) -> Path:
+    p = tmp_path_factory.mktemp("start") / "start.png"
+    Image.fromarray((np.random.RandomState(0).rand(40, 48, 3) * 255).astype(np.uint8)).save(p)
+    return p
+
+
+def _model_copy(tmp_path: Path) -> Path:
+    dst = tmp_path / "model"
+    shutil.copytree(DEFAULT_MODEL, dst)
+    return dst
+
+
+def _largest_file(d: Path) -> Path:
+    return max((p for p in d.rglob("*") if p.is_file()), key=lambda p: p.stat().st_size)
+
+
+def _diffusers_dir(tmp_path: Path, weight_name: str, data: bytes) -> Path:
+    """A diffusers-layout directory whose U-Net weight file holds `data`; the rest from make-tiny."""
+    from ti2v_jax.tiny import make_tiny
+    d = tmp_path / "diffusers"
+    make_tiny(d, seed=0)
+    for p in (d / "unet").glob("diffusion_pytorch_model*"):
+        p.unlink()
+    (d / "unet" / weight_name).write_bytes(data)
+    return d
+
+
+def _impossible_safetensors() -> bytes:
+    header = b'{"w": {"dtype": "F32", "shape": [1000000000, 1000000000], "data_offsets": [0, 4]}}'
+    return struct.pack("<Q", len(header)) + header + b"\0" * 4
+
+
+def _malicious_pickle(marker: Path) -> bytes:
+    class Evil:
+        def __reduce__(self):
+            return (os.system, (f"touch {marker}",))
+    buf = io.BytesIO()
+    pickle.dump({"w": Evil()}, buf)
+    return buf.getvalue()
+
+
+# Cases where `generate` must refuse the input: (id, argv builder (tmp_path, image, out) -> argv,
+# text the message must contain).
+GENERATE_CASES = [
+    ("image-is-directory", lambda t, img, out: ["--image", t, "--out", out], "directory"),
+    ("image-missing", lambda t, img, out: ["--image", t / "nope.png", "--out", out], "nope.png"),
+    ("image-not-an-image", lambda t, img, out: ["--image", _text_file(t), "--out", out], "not a readable image"),
+    ("image-empty-file", lambda t, img, out: ["--image", _empty_file(t), "--out", out], "empty.png"),
+    ("image-truncated-png", lambda t, img, out: ["--image", _truncated_png(t, img), "--out", out], "cut.png"),
+    ("image-decompression-bomb", lambda t, img, out: ["--image", _bomb_png(t), "--out", out], "bomb.png"),
+    ("seed-2**64", lambda t, img, out: ["--image", img, "--out", out, "--seed", str(2 ** 64)], "seed"),
+    ("seed-negative", lambda t, img, out: ["--image", img, "--out", out, "--seed", "-1"], "seed"),
+    ("seed-not-a-number", lambda t, img, out: ["--image", img, "--out", out, "--seed", "1e3"], "seed"),
+    ("out-is-directory", lambda t, img, out: ["--image", img, "--out", _dir(t, "existing.gif")], "directory"),
+    ("out-dir-with-other-files", lambda t, img, out: ["--image", img, "--out", _foreign_dir(t)], "other"),
+    ("out-parent-missing", lambda t, img, out: ["--image", img, "--out", t / "no" / "v.gif"], "no"),
+    ("out-unknown-extension", lambda t, img, out: ["--image", img, "--out", t / "o" / "v.avi"], ".avi"),
+    ("guidance-inf", lambda t, img, out: ["--image", img, "--out", out, "--guidance", "inf"], "guidance"),
+    ("guidance-nan", lambda t, img, out: ["--image", img, "--out", out, "--guidance", "nan"], "guidance"),
+    ("guidance-negative", lambda t, img, out: ["--image", img, "--out", out, "--guidance", "-1"], "guidance"),
+    ("eta-above-1", lambda t, img, out: ["--image", img, "--out", out, "--eta", "2"], "eta"),
+    ("eta-negative", lambda t, img, out: ["--image", img, "--out", out, "--eta", "-0.5"], "eta"),
+    ("eta-nan", lambda t, img, out: ["--image", img, "--out", out, "--eta", "nan"], "eta"),
+    ("steps-0", lambda t, img, out: ["--image", img, "--out", out, "--steps", "0"], "steps"),
+    ("steps-huge", lambda t, img, out: ["--image", img, "--out", out, "--steps", "1000000"], "steps"),
+    ("height-huge", lambda t, img, out: ["--image", img, "--out", out, "--height", "100000", "--width", "100000"],
+     "height"),
+    ("height-not-multiple", lambda t, img, out: ["--image", img, "--out", out, "--height", "33"], "33"),
+    ("size-too-big-for-memory", lambda t, img, out: ["--image", img, "--out", out, "--height", "4096",
+                                                     "--width", "4096"], "memory"),
+    ("resample-huge", lambda t, img, out: ["--image", img, "--out", out, "--resample", str(10 ** 6)], "resample"),
+    ("num-new-frames-huge", lambda t, img, out: ["--image", img, "--out", out, "--num-new-frames", str(10 ** 9)],
+     "num-new-frames"),
+    ("num-new-frames-0", lambda t, img, out: ["--image", img, "--out", out, "--num-new-frames", "0"],
+     "num-new-frames"),
+    ("num-frames-1", lambda t, img, out: ["--image", img, "--out", out, "--num-frames", "1"], "num-frames"),
+    ("slide-unknown", lambda t, img, out: ["--image", img, "--out", out, "--slide", "sideways"], "slide"),
+    ("fps-0", lambda t, img, out: ["--image", img, "--out", out, "--fps", "0"], "fps"),
+    ("too-many-given-frames", lambda t, img, out: [a for _ in range(9) for a in ("--image", img)] + ["--out", out],
+     "given frames"),
+    ("model-missing", lambda t, img, out: ["--image", img, "--out", out, "--model", t / "no-model"], "no-model"),
+    ("model-is-a-file", lambda t, img, out: ["--image", img, "--out", out, "--model", _text_file(t)], "file"),
+    ("model-not-a-checkpoint", lambda t, img, out: ["--image", img, "--out", out, "--model", _dir(t, "empty")],
+     "checkpoint"),
+    ("model-data-truncated", lambda t, img, out: ["--image", img, "--out", out, "--model", _truncated_model(t)],
+     None),
+    ("model-data-truncated-unverified", lambda t, img, out: ["--image", img, "--out", out, "--no-verify", "--model",
+                                                             _truncated_model(t)], None),
+    ("model-data-bitflips", lambda t, img, out: ["--image", img, "--out", out, "--model", _flipped_model(t)], None),
+    ("model-metadata-damaged", lambda t, img, out: ["--image", img, "--out", out, "--no-verify", "--model",
+                                                    _damaged_metadata_model(t)], None),
+    ("tokenizer-missing", lambda t, img, out: ["--image", img, "--out", out, "--no-verify", "--model", _no_tokenizer_model(t)],
+     "tokenizer"),
+    ("config-wrong-type", lambda t, img, out: ["--image", img, "--out", out, "--no-verify", "--model", _bad_config_model(t)],
+     "layers_per_block"),
+    ("config-not-json", lambda t, img, out: ["--image", img, "--out", out, "--no-verify", "--model", _broken_json_model(t)],
+     "config.json"),
+    ("model-index-missing", lambda t, img, out: ["--image", img, "--out", out, "--no-verify", "--model", _no_index_model(t)],
+     None),
+    ("safetensors-impossible-header", lambda t, img, out: [
+        "--image", img, "--out", out, "--model",
+        _diffusers_dir(t, "diffusion_pytorch_model.safetensors", _impossible_safetensors())], None),
+]
+
+
+def _text_file(t: Path) -> Path:
+    p = t / "text.png"
+    p.write_text("not an image")
+    return p
+
+
+def _empty_file(t: Path) -> Path:
+    p = t / "empty.png"
+    p.write_bytes(b"")
+    return p
+
+
+def _truncated_png(t: Path, img: Path) -> Path:
+    data = img.read_bytes()
+    p = t / "cut.png"
+    p.write_bytes(data[: len(data) // 2])
+    return p
+
+
+def _bomb_png(t: Path) -> Path:
+    p = t / "bomb.png"
+    Image.new("1", (20000, 20000)).save(p)  # 400 Mpixel, a few kB on disk
+    return p
+
+
+def _dir(t: Path, name: str) -> Path:
+    p = t / name
+    p.mkdir()
+    return p
+
+
+def _foreign_dir(t: Path) -> Path:
+    p = t / "frames"
+    p.mkdir()
+    (p / "notes.txt").write_text("mine")
+    return p
+
+
+def _truncated_model(t: Path) -> Path:
+    d = _model_copy(t)
+    f = _largest_file(d / "unet")
+    f.write_bytes(f.read_bytes()[: f.stat().st_size // 2])
+    return d
+
+
+def _flipped_model(t: Path) -> Path:
+    d = _model_copy(t)
+    f = _largest_file(d / "unet")
+    data = bytearray(f.read_bytes())
+    rng = np.random.default_rng(0)
+    for i in rng.choice(len(data), 100, replace=False):
+        data[i] ^= 1 << int(rng.integers(8))
+    f.write_bytes(bytes(data))
+    return d
+
+
+def _damaged_metadata_model(t: Path) -> Path:
+    d = _model_copy(t)
+    (d / "unet" / "params" / "_METADATA").write_text("{not json")
+    return d
+
+
+def _no_tokenizer_model(t: Path) -> Path:
+    d = _model_copy(t)
+    shutil.rmtree(d / "tokenizer")
+    return d
+
+
+def _bad_config_model(t: Path) -> Path:
+    d = _model_copy(t)
+    cfg = json.loads((d / "unet" / "config.json").read_text())
+    cfg["layers_per_block"] = "two"
+    (d / "unet" / "config.json").write_text(json.dumps(cfg))
+    return d
+
+
+def _broken_json_model(t: Path) -> Path:
+    d = _model_copy(t)
+    (d / "vae" / "config.json").write_text('{"block_out_channels": [16, 32')
+    return d
+
+
+def _no_index_model(t: Path) -> Path:
+    d = _model_copy(t)
+    (d / "model_index.json").unlink()
+    return d
+
+
+# Cases that do not meet the spec yet, with who must change what (strict: a fix shows up).
+KNOWN_GAPS = {
+    "config-wrong-type": "models/unet3d.py's config check lets a str layers_per_block through to a "
+                         "TypeError ('<' between str and int); the message must name the field",
+}
+
+
+@pytest.mark.parametrize("case,argv,needle", [
+    pytest.param(*c, id=c[0], marks=[pytest.mark.xfail(reason=KNOWN_GAPS[c[0]], strict=True)] if c[0] in KNOWN_GAPS
+                 else []) for c in GENERATE_CASES])
+def test_generate_refuses_bad_input(case, argv, needle, start_image, tmp_path, capsys):
+    (tmp_path / "o").mkdir()
+    args = argv(tmp_path, start_image, tmp_path / "o" / "v.gif")
+    before = _listing(tmp_path)
+    msg = _cli(["generate", "--prompt", "a cat", *TINY, *args], capsys)
+    print(f"{case}: {msg}")
+    assert msg.startswith(("ti2v-jax generate: error:", "ti2v-jax: error:")), msg
+    assert "weights_only" not in msg
+    if needle:
+        assert needle.lower() in msg.lower(), msg
+    assert _listing(tmp_path) == before  # nothing written (no output, no temporaries)
+
+
+def test_malicious_pickle_refused_in_one_line(tmp_path, capsys):
+    marker = tmp_path / "pwned"
+    src = _diffusers_dir(tmp_path, "diffusion_pytorch_model.bin", _malicious_pickle(marker))
+    msg = _cli(["convert", src, tmp_path / "converted"], capsys)
+    print(msg)
+    assert "weights_only" not in msg and "diffusion_pytorch_model.bin" in msg
+    assert not marker.exists() and not (tmp_path / "converted").exists()
+    assert not [p for p in tmp_path.iterdir() if p.name.startswith(".")]
+    # The same file as a model to generate with.
+    (tmp_path / "o").mkdir()
+    msg = _cli(["generate", "--model", src, "--image", _text_file(tmp_path), "--prompt", "x",
+                "--out", tmp_path / "o" / "v.gif", *TINY], capsys)
+    assert "weights_only" not in msg and not marker.exists() and not list((tmp_path / "o").iterdir())
+
+
+T2V_CASES = [
+    ("guidance-inf", ["--guidance", "inf"]),
+    ("height-huge", ["--height", "100000", "--width", "100000"]),
+    ("seed-2**64", ["--seed", str(2 ** 64)]),
+    ("num-frames-huge-for-memory", ["--num-frames", str(10 ** 6)]),
+]
+
+
+@pytest.mark.parametrize("case,args", T2V_CASES, ids=[c[0] for c in T2V_CASES])
+def test_t2v_refuses_bad_input(case, args, tmp_path, capsys):
+    msg = _cli(["t2v", "--prompt", "x", "--steps", "1", "--out", tmp_path / "v.gif", *args], capsys)
+    print(f"{case}: {msg}")
+    assert _listing(tmp_path) == []
+
+
+def _manifest_file(t: Path, text) -> Path:
+    p = t / "m.jsonl"
+    p.write_bytes(text if isinstance(text, bytes) else text.encode())
+    return p
+
+
+BATCH_CASES = [
+    ("bad-json-line", lambda t, img: _manifest_file(t, f'{{"id": "a", "image": "{img}", "prompt": "x"}}\n{{oops\n'),
+     "line 2"),
+    ("duplicate-id", lambda t, img: _manifest_file(t, "".join(
+        json.dumps({"id": "a", "image": str(img), "prompt": "x"}) + "\n" for _ in range(2))), "repeats"),
+    ("unsafe-id", lambda t, img: _manifest_file(t, json.dumps({"id": "../escape", "image": str(img),
+                                                               "prompt": "x"}) + "\n"), "id"),
+    ("not-an-object", lambda t, img: _manifest_file(t, "[1, 2]\n"), "object"),
+    ("empty", lambda t, img: _manifest_file(t, "\n\n"), "empty"),
+    ("not-utf8", lambda t, img: _manifest_file(t, b'{"id": "a", "image": "x.png", "prompt": "caf\xe9"}\n'), None),
+    ("missing", lambda t, img: t / "nope.jsonl", "nope.jsonl"),
+    ("is-a-directory", lambda t, img: _dir(t, "manifest.jsonl"), "manifest.jsonl"),
+]
+
+
+@pytest.mark.parametrize("case,manifest,needle", BATCH_CASES, ids=[c[0] for c in BATCH_CASES])
+def test_batch_refuses_bad_manifest(case, manifest, needle, start_image, tmp_path, capsys):
+    m = manifest(tmp_path, start_image)
+    before = _listing(tmp_path)
+    msg = _cli(["batch", "--manifest", m, "--out-dir", tmp_path / "out", "--no-progress", *TINY], capsys)
+    print(f"{case}: {msg}")
+    if needle:
+        assert needle.lower() in msg.lower(), msg
+    assert _listing(tmp_path) == before  # not even the output folder
+
+
+SWEEP_CASES = [
+    ("grid-bad-value", ["--grid", "resample=0,x"], "resample"),
+    ("grid-unknown-setting", ["--grid", "colour=red"], "colour"),
+    ("grid-empty", [], "grid"),
+    ("grid-json-broken", ["--grid-json", "{oops"], "grid"),
+]
+
+
+@pytest.mark.parametrize("case,args,needle", SWEEP_CASES, ids=[c[0] for c in SWEEP_CASES])
+def test_sweep_refuses_bad_grid(case, args, needle, start_image, tmp_path, capsys):
+    m = _manifest_file(tmp_path, json.dumps({"id": "a", "image": str(start_image), "prompt": "x"}) + "\n")
+    before = _listing(tmp_path)
+    msg = _cli(["sweep", "--manifest", m, "--out-dir", tmp_path / "out", "--no-progress", *TINY, *args], capsys)
+    print(f"{case}: {msg}")
+    assert needle in msg.lower(), msg
+    assert _listing(tmp_path) == before
+
+
+def test_other_commands_refuse_bad_input(tmp_path, capsys):
+    cases = {
+        "convert-missing-src": ["convert", tmp_path / "nope", tmp_path / "dst"],
+        "convert-not-a-checkpoint": ["convert", _dir(tmp_path, "empty"), tmp_path / "dst"],
+        "convert-existing-dst": ["convert", DEFAULT_MODEL, _dir(tmp_path, "dst-exists")],
+        "info-missing": ["info", tmp_path / "nope"],
+        "info-not-a-checkpoint": ["info", tmp_path / "empty"],
+        "verify-missing": ["verify", tmp_path / "nope"],
+        "verify-not-converted": ["verify", tmp_path / "empty"],
+        "make-tiny-existing": ["make-tiny", tmp_path / "dst-exists"],
+    }
+    before = _listing(tmp_path)
+    results = {}
+    for case, argv in cases.items():
+        results[case] = _cli(argv, capsys)
+        print(f"{case}: {results[case]}")
+    assert _listing(tmp_path) == before
+
+
+def test_debug_shows_the_traceback(tmp_path, capsys, monkeypatch):
+    argv = ["generate", "--image", str(tmp_path), "--prompt", "x", "--out", str(tmp_path / "v.gif"), *TINY]
+    assert cli.main(argv) == 2
+    _one_line_error(capsys.readouterr().err)
+    with pytest.raises(OSError):
+        cli.main(["--debug", *argv])
+    monkeypatch.setenv("TI2V_DEBUG", "1")
+    with pytest.raises(OSError):
+        cli.main(argv)
+
+
+# ----------------------------------------------------------------------------- subprocess cases
+
+
+def _subprocess_env():
+    return {**os.environ, "PYTHONPATH": str(ROOT), "JAX_PLATFORMS": "cpu", "TI2V_DEBUG": "0"}
+
+
+def test_prompt_not_utf8(start_image, tmp_path):
+    """argv bytes that are not UTF-8 (Python hands them over as lone surrogates)."""
+    out = tmp_path / "v.gif"
+    r = subprocess.run([os.fsencode(sys.executable), b"-m", b"ti2v_jax.cli", b"generate",
+                        b"--image", os.fsencode(start_image), b"--prompt", b"caf\xe9", b"--out", os.fsencode(out),
+                        *[a.encode() for a in TINY]],
+                       check=False, cwd=ROOT, env=_subprocess_env(), capture_output=True, timeout=600)
+    err = r.stderr.decode(errors="replace")
+    assert r.returncode == 2, err[-3000:]
+    msg = _one_line_error(err)
+    print(msg)
+    assert "prompt" in msg.lower() and "utf-8" in msg.lower()
+    assert _listing(tmp_path) == []
+
+
+@pytest.mark.slow  # compiles, then is interrupted
+@pytest.mark.parametrize("phase", [
+    pytest.param("compiling", marks=pytest.mark.xfail(
+        reason="cli.py (lead): the one-line message is printed, then the process dies with SIGSEGV (-11) while "
+               "XLA threads are still compiling at interpreter exit; exit with os._exit(130) after flushing",
+        strict=False)),
+    pytest.param("sampling", marks=pytest.mark.xfail(
+        reason="cli.py/pipeline.py (lead): SIGINT is ignored while the main thread waits inside XLA (Python's "
+               "handler runs only when the whole video is done); watch signal.set_wakeup_fd in a thread",
+        strict=True)),
+])
+def test_ctrl_c(phase, start_image, tmp_path):
+    """SIGINT while compiling / after the first new frame: exit 130 within a minute, one
+    line, nothing written."""
+    out_dir = tmp_path / "o"
+    out_dir.mkdir()
+    log = tmp_path / "stderr.txt"
+    started = re.compile(rb"new frames" if phase == "compiling" else rb" [1-9][0-9]*/300 ")
+    with open(log, "wb") as f:
+        p = subprocess.Popen([sys.executable, "-m", "ti2v_jax.cli", "generate", "--image", str(start_image),
+                              "--prompt", "a cat", "--out", str(out_dir / "v.gif"), "--num-new-frames", "300",
+                              "--steps", "10", "--resample", "2"],
+                             cwd=ROOT, env=_subprocess_env(), stdout=subprocess.DEVNULL, stderr=f)
+        try:
+            deadline = time.time() + 600
+            while not started.search(log.read_bytes()) and time.time() < deadline and p.poll() is None:
+                time.sleep(0.2)
+            assert started.search(log.read_bytes()), log.read_text(errors="replace")[-3000:]
+            p.send_signal(signal.SIGINT)
+            try:
+                p.wait(timeout=60)
+            except subprocess.TimeoutExpired:
+                pass
+        finally:
+            if p.poll() is None:
+                p.kill()
+                p.wait()
+    err = log.read_text(errors="replace")
+    assert p.returncode == 130, f"exit {p.returncode}: {err[-2000:]}"
+    assert "Traceback" not in err and "KeyboardInterrupt" not in err
+    last = [line for line in err.replace("\r", "\n").splitlines() if line.strip()][-1]
+    print(last)
+    assert "interrupted" in last
+    assert _listing(out_dir) == []  # no partial output
+
+
+@pytest.mark.slow  # runs a batch (compiles once)
+def test_batch_with_failed_items_exits_1(start_image, tmp_path, capsys):
+    (tmp_path / "broken.png").write_text("not an image")
+    rows = [{"id": "good", "image": str(start_image), "prompt": "x"},
+            {"id": "bad", "image": str(tmp_path / "broken.png"), "prompt": "y"}]
+    m = _manifest_file(tmp_path, "".join(json.dumps(r) + "\n" for r in rows))
+    rc = cli.main(["batch", "--manifest", str(m), "--out-dir", str(tmp_path / "out"), "--no-progress",
+                   "--parallel", "none", *TINY])
+    out, err = capsys.readouterr()
+    assert rc == 1, err[-3000:]
+    assert "Traceback" not in err
+    assert "1 generated" in out and "1 failed" in out
+    assert sorted(p.name for p in (tmp_path / "out").iterdir()) == ["errors.jsonl", "good.gif", "good.json"]
