@@ -17,11 +17,15 @@ import numpy as np
 import pytest
 from flax import nnx
 
-from ti2v_jax import MS17B_CONFIGS
-from ti2v_jax import loading
+from ti2v_jax import MS17B_CONFIGS, loading
+from ti2v_jax.errors import CheckpointError
 from ti2v_jax.weights import checkpoint as ckpt
 from ti2v_jax.weights import torch_io
-from ti2v_jax.weights.convert import convert_diffusers, convert_in_memory, export_diffusers
+from ti2v_jax.weights.convert import (
+    convert_diffusers,
+    convert_in_memory,
+    export_diffusers,
+)
 from ti2v_jax.weights.mapping import ConversionError
 
 REPO = Path(__file__).resolve().parents[1]
@@ -287,7 +291,7 @@ def test_save_converted_from_flax_models(loaded, tiny_converted_dir, tmp_path):
     assert {v.dtype for v in got.values()} == {np.dtype(np.float16)}
     for p in want:
         np.testing.assert_array_equal(got[p], want[p].astype(np.float16))
-    with pytest.raises(KeyError, match="unet"):
+    with pytest.raises(FileNotFoundError, match="no component 'unet'"):
         ckpt.load_component(dst, "unet")
 
 
@@ -330,7 +334,7 @@ def test_bad_tensors_raise_and_leave_nothing(case, message, broken_src, tmp_path
 @pytest.mark.parametrize("remove,message", [
     ("vae/config.json", "vae: config file .*vae/config.json not found"),
     ("text_encoder/model.safetensors", "no weights in .*text_encoder"),
-    ("model_index.json", "model_index.json not found"),
+    ("model_index.json", "no model_index.json"),
     ("scheduler/scheduler_config.json", "scheduler_config.json not found"),
     ("unet", "unet: component directory .*unet not found"),
 ])
@@ -374,7 +378,7 @@ def test_convert_checkpoint_detects_the_layout(tiny_diffusers_dir, tiny_converte
     assert report.dtype == "float16" and set(report.components) == {"unet", "vae", "text_encoder"}
     with pytest.raises(ValueError, match="already a converted"):
         convert_checkpoint(tiny_converted_dir, tmp_path / "again")
-    with pytest.raises(FileNotFoundError, match="neither a diffusers"):
+    with pytest.raises(CheckpointError, match="not a checkpoint"):
         convert_checkpoint(tmp_path, tmp_path / "nothing")
     assert not (tmp_path / "again").exists() and not (tmp_path / "nothing").exists()
 

@@ -10,6 +10,7 @@ converted by `convert_modelscope`, loaded by `ti2v_jax.loading`, compared in fp3
 import collections
 import importlib.util
 import json
+import logging
 from pathlib import Path
 
 import jax.numpy as jnp
@@ -19,11 +20,16 @@ import torch
 from flax import nnx
 from torch import nn
 
-from ti2v_jax import MS17B_CONFIGS
-from ti2v_jax import loading
+from ti2v_jax import MS17B_CONFIGS, loading
+from ti2v_jax.errors import CheckpointError
 from ti2v_jax.tokenizer import load_tokenizer, tokenize
 from ti2v_jax.weights import mapping
 from ti2v_jax.weights import modelscope as ms
+from ti2v_jax.weights.convert import (
+    convert_in_memory,
+    convert_modelscope,
+    detect_format,
+)
 
 VENDOR = Path(__file__).parent / "vendor" / "modelscope_ref"
 TOL = 1e-4
@@ -146,7 +152,7 @@ def release(tmp_path_factory):
 def converted(release, tmp_path_factory):
     src = release[0]
     dst = tmp_path_factory.mktemp("ms") / "converted"
-    report = ms.convert_modelscope(src, dst, dtype="float32")
+    report = convert_modelscope(src, dst, dtype="float32")
     print(report.summary())
     return dst, report, loading.load(dst)
 
@@ -252,7 +258,7 @@ def test_strict_conversion(release, tmp_path):
     del state["middle_block.1.proj_in.weight"]
     torch.save(state, bad / "text2video_pytorch_model.pth")
     with pytest.raises(mapping.ConversionError) as e:
-        ms.convert_modelscope(bad, tmp_path / "out")
+        convert_modelscope(bad, tmp_path / "out")
     print(e.value)
     # Named as renamed and as the original file has it.
     assert "down_blocks.0.resnets.0.surprise.weight   [text2video_pytorch_model.pth: " \
@@ -272,12 +278,20 @@ def test_unsupported_model_cfg():
 
 
 def test_in_memory_matches_converted(release, converted):
-    """`convert_in_memory` (for loading a release without writing) gives the saved parameters."""
-    config, state = ms.convert_in_memory(release[0], components=("text_encoder",))["text_encoder"]
+    """The one in-memory conversion (`convert_in_memory`, and `loading.load` of the release
+    directory itself) gives the saved parameters, tokenizer and schedule."""
+    config, state = convert_in_memory(release[0], components=("text_encoder",))["text_encoder"]
     assert config == converted[2].configs["text_encoder"]
     a = {p: np.asarray(v.get_value()) for p, v in nnx.to_flat_state(state)}
     b = {p: np.asarray(v.get_value()) for p, v in nnx.to_flat_state(converted[2].text_encoder_params)}
     assert a.keys() == b.keys() and all(np.array_equal(a[k], b[k]) for k in a)
+    direct = loading.load(release[0])
+    for name in ("unet", "vae", "text_encoder"):
+        a = {p: np.asarray(v.get_value()) for p, v in nnx.to_flat_state(direct.params[name])}
+        b = {p: np.asarray(v.get_value()) for p, v in nnx.to_flat_state(converted[2].params[name])}
+        assert a.keys() == b.keys() and all(np.array_equal(a[k], b[k]) for k in a), name
+    assert direct.scheduler_config == converted[2].scheduler_config
+    assert tokenize(direct.tokenizer, ["a cat"]).tolist() == tokenize(converted[2].tokenizer, ["a cat"]).tolist()
 
 
 def test_detect_and_dispatch(release, tmp_path):
@@ -286,9 +300,12 @@ def test_detect_and_dispatch(release, tmp_path):
     src = release[0]
     convert_checkpoint(src, tmp_path / "auto")  # source_format="auto"
     assert json.loads((tmp_path / "auto" / "model_index.json").read_text())["source_format"] == "modelscope"
+    assert detect_format(src) == "modelscope"
     (tmp_path / "empty").mkdir()
-    with pytest.raises(FileNotFoundError):
+    with pytest.raises(CheckpointError, match="not a checkpoint"):
         convert_checkpoint(tmp_path / "empty", tmp_path / "y")
+    with pytest.raises(ValueError, match="is a modelscope checkpoint, not diffusers"):
+        convert_checkpoint(src, tmp_path / "z", source_format="diffusers")
     with pytest.raises(ValueError, match="source_format"):
         convert_checkpoint(src, tmp_path / "x", source_format="onnx")
 
@@ -312,7 +329,7 @@ def _check_against_torch(model, state, prefix=""):
     ref = {k if k.startswith(prefix) else prefix + k: tuple(v.shape) for k, v in model.state_dict().items()
            if not k.endswith("position_ids")}
     assert sorted(set(ref) - set(state)) == [] and sorted(set(state) - set(ref)) == []
-    squeeze = lambda s: s[:2] if len(s) > 2 and all(d == 1 for d in s[2:]) else s  # noqa: E731
+    squeeze = lambda s: s[:2] if len(s) > 2 and all(d == 1 for d in s[2:]) else s
     bad = {k: (tuple(state[k].shape), s) for k, s in ref.items() if squeeze(tuple(state[k].shape)) != squeeze(s)}
     assert not bad
 
@@ -323,7 +340,7 @@ def test_release_sized_maps():
     from diffusers import AutoencoderKL, UNet3DConditionModel
     from transformers import CLIPTextConfig, CLIPTextModel
 
-    plain = lambda c: {k: v for k, v in c.items() if not k.startswith("_")}  # noqa: E731
+    plain = lambda c: {k: v for k, v in c.items() if not k.startswith("_")}
     with torch.device("meta"):
         unet = _vendored("unet_sd").UNetSD(
             in_dim=4, dim=320, y_dim=768, context_dim=1024, out_dim=4, dim_mult=[1, 2, 4, 4], num_heads=8,
@@ -362,7 +379,7 @@ def runnable_release(tmp_path_factory):
     return write_release(tmp_path_factory.mktemp("ms") / "runnable", unet, ae, clip)
 
 
-def test_info_and_pipeline_end_to_end(runnable_release, tmp_path, capsys):
+def test_info_and_pipeline_end_to_end(runnable_release, tmp_path, capsys, caplog):
     """`ti2v-jax info` on the release reports the configs derived from configuration.json,
     `ti2v-jax convert` auto-detects the layout, and the pipeline generates the same video
     from the release (converted on the fly) as from its converted directory."""
@@ -387,8 +404,9 @@ def test_info_and_pipeline_end_to_end(runnable_release, tmp_path, capsys):
 
     img = (np.random.default_rng(0).random((20, 28, 3)) * 255).astype(np.uint8)
     kw = dict(num_new_frames=2, num_inference_steps=2, resample_iters=1, height=16, width=16)
-    from_release = TI2VZeroPipeline.from_pretrained(src, num_frames=4)(img, "a cat", **kw)
-    assert "original ModelScope checkpoint" in capsys.readouterr().err
+    with caplog.at_level(logging.INFO, logger="ti2v_jax.loading"):
+        from_release = TI2VZeroPipeline.from_pretrained(src, num_frames=4)(img, "a cat", **kw)
+    assert any("modelscope checkpoint: converting it in memory" in r.getMessage() for r in caplog.records)
     from_converted = TI2VZeroPipeline.from_pretrained(dst, num_frames=4)(img, "a cat", **kw)
     assert from_release.shape == (3, 16, 16, 3)
     np.testing.assert_array_equal(from_release, from_converted)

@@ -1,6 +1,6 @@
 """Load a checkpoint as pure functions plus parameters.
 
-    c = ti2v_jax.loading.load("ckpt/", dtype=jnp.bfloat16)
+    c = ti2v_jax.loading.load("ckpt/", dtype="bfloat16", component_dtypes={"vae": "float32"})
     eps = c.unet_apply(c.unet_params, x, t, context)          # x: (B, F, h, w, C)
     z = c.vae_encode(c.vae_params, frames)                    # frames in [-1, 1] -> scaled latents
     ctx = c.text_encode(c.text_encoder_params, ids)
@@ -8,22 +8,47 @@
 Each apply function is pure: `nnx.merge(graphdef, params)` happens inside it, so
 `jax.jit`, `jax.grad` and `jax.vmap` see only arrays (`params` is an nnx.State
 pytree). The graphdef is closed over, so jitting one of them compiles one program.
+
+`load` reads all three layouts (`weights.convert.detect_format`): a converted
+directory through orbax, after checking its files against `checksums.json`; a
+diffusers or original ModelScope directory through the one in-memory conversion
+(`weights.convert.convert_components`). Parameters go straight onto the devices given
+(replicated over the data axis of `parallel.data_mesh`), once.
 """
 
 from __future__ import annotations
 
 import dataclasses
-import json
+import logging
+from collections.abc import Callable, Sequence
 from pathlib import Path
-from typing import Any, Callable
+from typing import Any
 
 import jax
 import jax.numpy as jnp
+import numpy as np
 from flax import nnx
 
+from ti2v_jax import parallel
+from ti2v_jax.errors import CheckpointError, CheckpointNotFoundError, SettingsError
 from ti2v_jax.weights import checkpoint as ckpt
-from ti2v_jax.weights.checkpoint import is_converted, is_diffusers, load_component, save_converted  # noqa: F401
-from ti2v_jax.weights.components import COMPONENTS, SCHEDULER, SCHEDULER_CONFIG, TOKENIZER
+from ti2v_jax.weights import convert
+from ti2v_jax.weights.checkpoint import (  # noqa: F401  (re-exported; is_* for the old pipeline._load_any)
+    is_converted,
+    is_diffusers,
+    load_component,
+    save_converted,
+    verify_checkpoint,
+)
+from ti2v_jax.weights.components import (
+    COMPONENTS,
+    SCHEDULER,
+    SCHEDULER_CONFIG,
+    TOKENIZER,
+)
+from ti2v_jax.weights.convert import detect_format
+
+log = logging.getLogger(__name__)
 
 MODEL_COMPONENTS = ("unet", "vae", "text_encoder")
 DEFAULT_SCALING_FACTOR = 0.18215
@@ -58,6 +83,8 @@ class Components:
         scaling_factor (the diffusion-space latents; deterministic, no sampling).
     vae_decode(params, latents (N,h,w,C) or (B,F,h,w,C), diffusion space) -> frames in ~[-1,1].
     text_encode(params, ids (B,T) int32) -> last hidden state (B,T,D).
+    dtypes: {name: jnp.dtype}, the dtype each loaded network's parameters are held and its
+        compute runs in (callers cast inputs to it at the call boundary).
     """
     unet: tuple | None
     vae: tuple | None
@@ -69,6 +96,7 @@ class Components:
     vae_encode: Callable | None = None
     vae_decode: Callable | None = None
     text_encode: Callable | None = None
+    dtypes: dict = dataclasses.field(default_factory=dict)
 
     @property
     def unet_params(self):
@@ -92,9 +120,12 @@ class Components:
         return float(self.configs.get("vae", {}).get("scaling_factor", DEFAULT_SCALING_FACTOR))
 
 
-def from_splits(splits: dict, configs: dict, *, tokenizer=None, scheduler_config=None) -> Components:
-    """Components from {name: (graphdef, params, rest)}: builds the pure functions."""
-    get = lambda n: splits[n][:2] if n in splits else None  # noqa: E731
+def from_splits(splits: dict, configs: dict, *, tokenizer=None, scheduler_config=None, dtypes=None) -> Components:
+    """Components from {name: (graphdef, params, rest)}: builds the pure functions.
+
+    dtypes: {name: compute dtype}; default: each network's parameter dtype.
+    """
+    get = lambda n: splits[n][:2] if n in splits else None
     fns = {}
     if "unet" in splits:
         g, _, rest = splits["unet"]
@@ -108,63 +139,118 @@ def from_splits(splits: dict, configs: dict, *, tokenizer=None, scheduler_config
     if "text_encoder" in splits:
         g, _, rest = splits["text_encoder"]
         fns["text_encode"] = pure(g, rest)
-    return Components(get("unet"), get("vae"), get("text_encoder"), tokenizer, scheduler_config, configs, **fns)
+    if dtypes is None:
+        dtypes = {n: _params_dtype(s[1]) for n, s in splits.items()}
+    return Components(get("unet"), get("vae"), get("text_encoder"), tokenizer, scheduler_config, configs,
+                      dtypes={n: jnp.dtype(d) for n, d in dtypes.items()}, **fns)
 
 
-def load(directory, *, dtype=None, param_dtype=None, components=MODEL_COMPONENTS, tokenizer: bool = True,
-         sharding=None) -> Components:
-    """Load a converted checkpoint (or convert a diffusers directory in memory).
+def _params_dtype(params):
+    floats = [x.dtype for x in jax.tree.leaves(params) if jnp.issubdtype(x.dtype, jnp.floating)]
+    return jnp.dtype(floats[0]) if floats else jnp.dtype(jnp.float32)
 
-    dtype: computation dtype; param_dtype: parameter dtype (default: dtype, or as saved).
-    components: which networks to load. sharding: one `jax.sharding.Sharding` for
-    every parameter (default: the first device).
+
+def resolve_dtypes(dtype=None, component_dtypes=None, *, components=MODEL_COMPONENTS,
+                   default="float32") -> dict[str, jnp.dtype]:
+    """{name: dtype} per network: `component_dtypes[name]`, else `dtype`, else `default`.
+
+    Each value is "float32" | "bfloat16" | "float16" (or that jnp dtype); a name that is
+    not a network, or another dtype, is a SettingsError.
+    """
+    component_dtypes = dict(component_dtypes or {})
+    unknown = sorted(set(component_dtypes) - set(MODEL_COMPONENTS))
+    if unknown:
+        raise SettingsError(f"component_dtypes names {unknown}; the networks are {', '.join(MODEL_COMPONENTS)}")
+    out = {}
+    for n in components:
+        chosen = component_dtypes.get(n, dtype if dtype is not None else default)
+        out[n] = jnp.dtype(ckpt.DTYPES[ckpt.dtype_name(chosen)])
+    return out
+
+
+def load(directory, *, dtype=None, component_dtypes: dict | None = None, components=MODEL_COMPONENTS,
+         tokenizer: bool = True, devices: Sequence[jax.Device] | None = None, attention: str | None = None,
+         verify: bool = True) -> Components:
+    """Load a checkpoint in any layout: converted, diffusers or original ModelScope.
+
+    dtype: parameter and compute dtype of every network ("float32" | "bfloat16" |
+    "float16"); default: as saved (converted) or float32. component_dtypes: per network
+    overrides, e.g. {"vae": "float32", "text_encoder": "float32"}. components: which
+    networks to load. tokenizer: load the tokenizer too (a missing tokenizer/ is then a
+    CheckpointNotFoundError). devices: where the parameters go, once: one device, or
+    several (replicated over the "data" axis of `parallel.data_mesh(devices)`, the
+    placement `parallel.run_batched` uses as is); default: the first device. attention:
+    the attention implementation the networks are built with (None: automatic per
+    platform). verify: check a converted checkpoint's files against its checksums.json
+    first (also skipped with TI2V_NO_VERIFY=1); one without that record loads with a
+    logged warning. diffusers and ModelScope directories are converted in memory (logged;
+    `ti2v-jax convert` once to skip that).
+
+    Errors are one-line `ti2v_jax.errors` classes naming the file: CheckpointNotFoundError,
+    CheckpointError, IntegrityError, SettingsError.
     """
     directory = Path(directory)
-    if is_converted(directory):
-        splits = {n: ckpt.load_split(directory, n, dtype=dtype, param_dtype=param_dtype, sharding=sharding)
-                  for n in components}
+    fmt = detect_format(directory)
+    components = tuple(components)
+    unknown = sorted(set(components) - set(MODEL_COMPONENTS))
+    if unknown:
+        raise SettingsError(f"components names {unknown}; the networks are {', '.join(MODEL_COMPONENTS)}")
+    sharding = parallel.replicated(devices)
+    if fmt == "converted":
+        ckpt.verify_for_loading(directory, components, verify=verify)
+        dtypes = resolve_dtypes(dtype, component_dtypes, components=components, default=ckpt.saved_dtype(directory))
+        splits = {n: ckpt.load_split(directory, n, dtype=dtypes[n], param_dtype=dtypes[n], sharding=sharding,
+                                     attention=attention) for n in components}
         configs = {n: ckpt.read_config(directory, n) for n in components}
-    elif is_diffusers(directory):
-        from ti2v_jax.weights.convert import convert_in_memory
-
-        pdt = jnp.dtype(param_dtype or dtype or jnp.float32)
-        converted = convert_in_memory(directory, dtype=ckpt.dtype_name(pdt), components=components)
-        splits, configs = {}, {}
-        for n, (config, _) in converted.items():
-            model = COMPONENTS[n].abstract(config, dtype=jnp.dtype(dtype or pdt), param_dtype=pdt)
-            g, _, rest = nnx.split(model, nnx.Param, ...)
-            if jax.tree.leaves(rest):
-                raise NotImplementedError(f"{n}: in-memory conversion of a model with non-parameter state; "
-                                          f"convert it to a directory first")
-            params = converted[n][1] if sharding is None else jax.device_put(converted[n][1], sharding)
-            splits[n], configs[n] = (g, params, rest), config
+        tok = _converted_tokenizer(directory) if tokenizer else None
+        sched_path = directory / SCHEDULER / SCHEDULER_CONFIG
+        sched = ckpt.read_json(sched_path, "scheduler config") if sched_path.is_file() else None
     else:
-        raise ValueError(f"{directory} is neither a converted ti2v-jax checkpoint nor a diffusers pipeline "
-                         f"directory (no usable model_index.json)")
-    tok = None
-    if tokenizer and (directory / TOKENIZER).is_dir():
-        from ti2v_jax.tokenizer import load_tokenizer
+        log.info("%s is a %s checkpoint: converting it in memory (run `ti2v-jax convert` once to skip this)",
+                 directory, fmt)
+        dtypes = resolve_dtypes(dtype, component_dtypes, components=components)
+        splits, configs = {}, {}
+        for n, c in convert.convert_components(directory, dtype={k: v.name for k, v in dtypes.items()},
+                                               components=components, source_format=fmt):
+            model = ckpt.abstract_model(COMPONENTS[n], c.config, dtype=dtypes[n], param_dtype=dtypes[n],
+                                        attention=attention, where=f"{n} config")
+            g, state, rest = nnx.split(model, nnx.Param, ...)
+            if jax.tree.leaves(rest):
+                raise CheckpointError(f"{n}: in-memory conversion of a model with non-parameter state; "
+                                      f"convert it to a directory first (`ti2v-jax convert`)")
+            # Host arrays straight to their devices: one placement, no copy on a default device first.
+            tree = jax.device_put(ckpt.nest(c.params), sharding)
+            nnx.replace_by_pure_dict(state, tree)
+            splits[n], configs[n] = (g, state, rest), c.config
+            del c
+        tok = convert.source_tokenizer(directory, fmt) if tokenizer else None
+        sched = convert.source_scheduler_config(directory, fmt)
+    return from_splits(splits, configs, tokenizer=tok, scheduler_config=sched, dtypes=dtypes)
 
-        tok = load_tokenizer(directory / TOKENIZER)
-    sched_path = directory / SCHEDULER / SCHEDULER_CONFIG
-    sched = json.loads(sched_path.read_text()) if sched_path.is_file() else None
-    return from_splits(splits, configs, tokenizer=tok, scheduler_config=sched)
+
+def _converted_tokenizer(directory: Path):
+    path = directory / TOKENIZER
+    if not path.is_dir() or not any(path.iterdir()):
+        raise CheckpointNotFoundError(
+            f"{directory} has no tokenizer: {path} is missing or empty (a CLIP tokenizer: vocab.json, merges.txt, "
+            f"tokenizer_config.json); copy tokenizer/ from the source checkpoint, or load with tokenizer=False")
+    from ti2v_jax.tokenizer import load_tokenizer
+
+    return convert._load_tokenizer(load_tokenizer, path)
 
 
 def describe(directory) -> dict:
     """What `ti2v-jax info` prints: per component its class, config, parameter count and dtypes.
 
-    A converted directory is read from its orbax metadata (no weights loaded); a
-    diffusers or original ModelScope directory is converted in memory first.
+    A converted directory is read from its orbax metadata (no weights loaded, no
+    checksums checked: `verify_checkpoint` does that); a diffusers or original
+    ModelScope directory is converted in memory first.
     """
-    import numpy as np
-
     directory = Path(directory)
-    if not directory.is_dir():
-        raise FileNotFoundError(f"checkpoint directory {directory} does not exist")
+    fmt = detect_format(directory)
     info: dict = {"directory": str(directory.absolute())}
     comps: dict = {}
-    if is_converted(directory):
+    if fmt == "converted":
         import orbax.checkpoint as ocp
 
         index = ckpt.read_index(directory)
@@ -172,32 +258,30 @@ def describe(directory) -> dict:
         for key in ("version", "dtype", "source", "source_format"):
             if key in index:
                 info[key] = index[key]
+        info["checksums"] = ckpt.CHECKSUMS if (directory / ckpt.CHECKSUMS).is_file() else None
         for name in MODEL_COMPONENTS:
             if not (directory / name).is_dir():
                 continue
+            path = (directory / name / ckpt.PARAMS).absolute()
             ckptr = ocp.StandardCheckpointer()
-            meta = ckptr.metadata((directory / name / "params").absolute()).item_metadata.tree
-            ckptr.close()
+            try:
+                meta = ckptr.metadata(path).item_metadata.tree
+            except MemoryError:
+                raise
+            except Exception as e:  # noqa: BLE001 - damaged metadata: orbax/tensorstore errors of many types
+                raise CheckpointError(f"{name}: the metadata of {path} is damaged or unreadable "
+                                      f"({ckpt._one_line(e)})") from None
+            finally:
+                ckptr.close()
             leaves = list(ckpt._flat_keys(meta).values())
             comps[name] = _summary(name, ckpt.read_config(directory, name),
                                    [(tuple(m.shape), np.dtype(m.dtype).name) for m in leaves])
     else:
-        from ti2v_jax.weights import modelscope
-
-        if is_diffusers(directory):
-            from ti2v_jax.weights.convert import convert_in_memory
-
-            info["format"] = "diffusers (PyTorch), converted in memory for this report"
-            converted = convert_in_memory(directory)
-        elif modelscope.is_modelscope(directory):
-            info["format"] = "original ModelScope (PyTorch), converted in memory for this report"
-            converted = modelscope.convert_in_memory(directory)
-        else:
-            raise ValueError(f"{directory} is not a checkpoint directory (no model_index.json, "
-                             f"no ModelScope configuration.json)")
-        for name, (config, state) in converted.items():
-            leaves = jax.tree.leaves(state)
-            comps[name] = _summary(name, config, [(tuple(v.shape), np.dtype(v.dtype).name) for v in leaves])
+        info["format"] = {"diffusers": "diffusers (PyTorch)", "modelscope": "original ModelScope (PyTorch)"}[fmt] \
+            + ", converted in memory for this report"
+        for name, c in convert.convert_components(directory, source_format=fmt):
+            comps[name] = _summary(name, c.config, [(tuple(v.shape), np.dtype(v.dtype).name)
+                                                    for v in c.params.values()])
     info["components"] = comps
     info["total_params"] = sum(c["num_params"] for c in comps.values())
     return info

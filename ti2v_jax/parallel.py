@@ -36,13 +36,23 @@ over a mesh of all `jax.devices()`, and each process gets its rows back.
 Processes may hold different numbers of items; each is padded to the largest.
 With "pmap" each process simply maps over its local devices (`fn` has no
 cross-item collectives), so it also works on a pod, one process per host.
+
+Weights are placed once. `replicated(devices)` is the placement the programs take
+(`loading.load(..., devices=...)` restores parameters straight into it), and a
+`replicated` argument that already has it is passed on as is: no parameter byte
+moves on any call. One that does not (host arrays, weights on one device) is placed
+on the first call and the placed copy is kept for later calls with the same weights
+object (identity of its leaves). Both "mesh" and "pmap" (and, across processes,
+`make_array_from_process_local_data`) follow this rule.
 """
 
 from __future__ import annotations
 
 import functools
+import weakref
 from collections import OrderedDict
-from typing import Any, Callable, Sequence
+from collections.abc import Callable, Sequence
+from typing import Any
 
 import jax
 import jax.numpy as jnp
@@ -55,6 +65,71 @@ from ti2v_jax.xla_options import compiler_options, jit
 MODES = ("none", "mesh", "pmap")
 _CACHE_SIZE = 32
 _cache: OrderedDict = OrderedDict()
+
+
+def data_mesh(devices: Sequence[jax.Device] | None = None) -> Mesh:
+    """The 1-D mesh, axis "data", that "mesh" mode splits batches over (default: all devices)."""
+    devs = tuple(jax.devices() if devices is None else devices)
+    if not devs:
+        raise ValueError("devices is empty")
+    return Mesh(np.array(devs, dtype=object), ("data",))
+
+
+def replicated(devices: Sequence[jax.Device] | None = None) -> jax.sharding.Sharding:
+    """Where weights live to be used as they are by `run_batched` on `devices`.
+
+    One device (or None: the first local device): that device. Several: a full copy on
+    each, `NamedSharding(data_mesh(devices), P())`, which "mesh" and "pmap" calls on the
+    same devices take without moving a byte.
+    """
+    if devices is None:
+        return jax.sharding.SingleDeviceSharding(jax.local_devices()[0])
+    devs = tuple(devices)
+    if len(devs) == 1:
+        return jax.sharding.SingleDeviceSharding(devs[0])
+    return NamedSharding(data_mesh(devs), P())
+
+
+def _fits(x, sharding) -> bool:
+    """True when `x` is a jax.Array already laid out as `sharding` (no transfer needed)."""
+    if not isinstance(x, jax.Array):
+        return False
+    try:
+        return x.sharding.is_equivalent_to(sharding, x.ndim)
+    except Exception:  # noqa: BLE001 - shardings of other kinds / device sets: not equivalent
+        return False
+
+
+class _PlacedOnce:
+    """A replicated argument as a program takes it, placed at most once per weights object.
+
+    Leaves already laid out as wanted are passed on as they are; the others are placed
+    (`place`) on the first call, and the result is kept for as long as the same leaf
+    objects come back (weak references: a new weights object places anew).
+    """
+
+    def __init__(self):
+        self.refs, self.placed = None, None
+
+    def get(self, tree, place):
+        leaves = jax.tree.leaves(tree)
+        if self.refs is not None and len(self.refs) == len(leaves) \
+                and all(r() is x for r, x in zip(self.refs, leaves)):
+            return self.placed
+        placed = place(tree)
+        try:
+            self.refs, self.placed = [weakref.ref(x) for x in leaves], placed
+        except TypeError:  # leaves without weak references (Python scalars): no reuse
+            self.refs, self.placed = None, None
+        return placed
+
+
+def _place_leaves(tree, shardings, put):
+    """`tree` with each leaf that is not laid out as its sharding replaced by `put(leaf, sharding)`."""
+    leaves, treedef = jax.tree.flatten(tree)
+    if isinstance(shardings, jax.sharding.Sharding):
+        shardings = [shardings] * len(leaves)
+    return jax.tree.unflatten(treedef, [x if _fits(x, s) else put(x, s) for x, s in zip(leaves, shardings)])
 
 
 def per_item_keys(seeds: Sequence[int], *, typed: bool = True, impl: str | None = None):
@@ -88,8 +163,9 @@ def run_batched(fn: Callable, args, *, replicated: Any = None, mode: str = "none
     of the same function with equal hashable arguments share one entry; a
     partial holding arrays is keyed by identity, so build it once and reuse it.
     Keep weights in `replicated`, not in a partial: closed-over arrays become
-    compile-time constants. In "mesh" mode, place them once with
-    `jax.device_put(w, NamedSharding(mesh, P()))` to avoid a copy per call.
+    compile-time constants. Weights laid out as `replicated(devices)` (what
+    `loading.load(..., devices=devices)` gives) are used as they are; others are
+    placed on the first call and that copy is reused while the same weights come back.
 
     Returns `fn`'s outputs as jax arrays, batch axis first. "mesh" outputs are
     sharded along "data" when the batch divides the device count; trimming a
@@ -149,9 +225,11 @@ class _Batched:
             def body(batch):
                 return fn(*batch)
         platform = (devices[0] if devices else jax.local_devices()[0]).platform
-        # jax.pmap takes no compiler options: with some, `_call` compiles it ahead of time.
+        # jax.pmap takes no compiler options, and a pmap call transfers in_axes=None arguments
+        # on every call: `_call` compiles it ahead of time and places the weights itself, once.
         self.pmap_options = compiler_options(platform) if mode == "pmap" else {}
         self.aot = OrderedDict()
+        self.rep = _PlacedOnce()
         if mode == "none":
             self.n = 1
             self.compiled = jit(body, platform=platform)
@@ -166,7 +244,7 @@ class _Batched:
             self.lead = NamedSharding(Mesh(np.array(pdevs, dtype=object), ("pmap",)), P("pmap"))
         else:
             devs = devices if devices is not None else tuple(jax.devices())
-            self.mesh = Mesh(np.array(devs, dtype=object), ("data",))
+            self.mesh = data_mesh(devs)
             self.data = NamedSharding(self.mesh, P("data"))
             self.whole = NamedSharding(self.mesh, P())
             self.local_n = sum(d.process_index == jax.process_index() for d in devs)
@@ -187,7 +265,10 @@ class _Batched:
         b = _batch_size(args)
         if self.mode == "none":
             if self.devices is not None:
-                args, replicated = jax.device_put((args, replicated), self.devices[0])
+                args = jax.device_put(args, self.devices[0])
+                if self.has_rep:
+                    one = jax.sharding.SingleDeviceSharding(self.devices[0])
+                    replicated = self.rep.get(replicated, lambda t: _place_leaves(t, one, jax.device_put))
             return self._call(replicated, args)
         if self.mode == "pmap":
             per = -(-b // self.n)
@@ -199,25 +280,37 @@ class _Batched:
 
     def _call(self, replicated, args):
         a = (replicated, args) if self.has_rep else (args,)
-        if not self.pmap_options:
+        if self.mode != "pmap":
             return self.compiled(*a)
         # One ahead-of-time compilation of the pmap per input signature (as its own cache would).
         leaves, tree = jax.tree.flatten(a)
         key = (tree, tuple(jax.typeof(x) for x in leaves))
         c = self.aot.get(key)
         if c is None:
-            c = self.aot[key] = self.compiled.lower(*a).compile(compiler_options=self.pmap_options)
+            c = self.aot[key] = self.compiled.lower(*a).compile(compiler_options=self.pmap_options or None)
             if len(self.aot) > _CACHE_SIZE:
                 self.aot.popitem(last=False)
-        # Place the inputs as the compiled program takes them (a jax.pmap call does this itself).
-        return c(*jax.device_put(a, c.input_shardings[0]))
+        else:
+            self.aot.move_to_end(key)
+        # Place the inputs as the compiled program takes them; it refuses any other layout, so
+        # nothing moves inside the call. The weights: as they are when they fit (e.g. placed
+        # by `replicated(devices)`), else placed once and reused.
+        shardings = c.input_shardings[0]
+        if self.has_rep:
+            rep_shardings = jax.tree.leaves(shardings[0])
+            replicated = self.rep.get(replicated,
+                                      lambda t: _place_leaves(t, rep_shardings, jax.device_put))
+            a = (replicated, jax.device_put(args, shardings[1]))
+        else:
+            a = jax.device_put(a, shardings)
+        return c(*a)
 
     def _call_mesh(self, replicated, args, b):
         if not self.multiprocess:
             total = -(-b // self.mesh.size) * self.mesh.size
             args = jax.device_put(jax.tree.map(lambda x: _pad(x, total), args), self.data)
             if self.has_rep:
-                replicated = jax.device_put(replicated, self.whole)
+                replicated = self.rep.get(replicated, lambda t: _place_leaves(t, self.whole, jax.device_put))
             return jax.tree.map(lambda y: y[:b], self._call(replicated, args))
         from jax.experimental import multihost_utils
 
@@ -228,8 +321,8 @@ class _Batched:
         args = jax.tree.map(
             lambda x: jax.make_array_from_process_local_data(self.data, _host(_pad(x, local))), args)
         if self.has_rep:
-            replicated = jax.tree.map(
-                lambda x: jax.make_array_from_process_local_data(self.whole, _host(x)), replicated)
+            replicated = self.rep.get(replicated, lambda t: _place_leaves(
+                t, self.whole, lambda x, s: jax.make_array_from_process_local_data(s, _host(x))))
         out = self._call(replicated, args)
         out = multihost_utils.global_array_to_host_local_array(out, self.mesh, P("data"))
         return jax.tree.map(lambda y: y[:b], out)

@@ -2,15 +2,22 @@
 
 Its videos are noise: the weights are random. Sizes: 32x32 images, 16x16x4 latents
 (the VAE downsamples 2x), text contexts (B, 77, 32), 16 frames by default.
+
+The weights are drawn on the host by numpy, one seeded generator per network, in the
+sorted order of the parameter names: the same seed gives the same bytes on every
+machine and run, and nothing is compiled (the models are only traced, abstractly, for
+their parameter shapes).
 """
 
 from __future__ import annotations
 
+import math
 import tempfile
 from pathlib import Path
 
-import jax
-from flax import nnx
+import numpy as np
+
+from ti2v_jax.errors import InputError
 
 TINY_UNET = dict(
     sample_size=16, in_channels=4, out_channels=4, block_out_channels=[32, 64], layers_per_block=1,
@@ -36,28 +43,52 @@ SCHEDULER = dict(
 TINY_CONFIGS = {"unet": TINY_UNET, "vae": TINY_VAE, "text_encoder": TINY_TEXT}
 
 
-def perturb(model: nnx.Module, key, scale: float = 0.05) -> nnx.Module:
-    """Add N(0, scale^2) to every parameter, so no zero-initialised path stays inert."""
-    state = nnx.state(model, nnx.Param)
-    leaves, tree = jax.tree.flatten(state)
-    keys = jax.random.split(key, len(leaves))
-    leaves = [v + scale * jax.random.normal(k, v.shape, v.dtype) for v, k in zip(leaves, keys)]
-    nnx.update(model, jax.tree.unflatten(tree, leaves))
-    return model
+PERTURB_SCALE = 0.05
+
+
+def random_params(name: str, config: dict, seed: int, *, scale: float = PERTURB_SCALE) -> dict:
+    """{flax path: float32 array} for network `name`: a usual init, then every entry perturbed.
+
+    Kernels ~ N(0, 1/fan_in) (LeCun), embeddings ~ N(0, 0.02^2), norm scales 1, biases 0;
+    then N(0, scale^2) is added everywhere, so no zero-initialised path stays inert. One
+    `np.random.Generator` per network, seeded by (seed, network), draws the parameters in
+    sorted path order: the result depends on nothing but these arguments.
+    """
+    from ti2v_jax.weights.checkpoint import param_shapes
+    from ti2v_jax.weights.components import COMPONENTS
+
+    shapes = param_shapes(COMPONENTS[name].abstract(config))
+    rng = np.random.default_rng([int(seed), list(TINY_CONFIGS).index(name) if name in TINY_CONFIGS else 99])
+    out = {}
+    for path in sorted(shapes, key=lambda p: tuple(str(k) for k in p)):
+        shape, leaf = shapes[path], str(path[-1])
+        if leaf == "kernel":
+            base = rng.standard_normal(shape) / math.sqrt(max(1, math.prod(shape[:-1])))
+        elif leaf == "embedding":
+            base = 0.02 * rng.standard_normal(shape)
+        elif leaf == "scale":
+            base = np.ones(shape)
+        else:
+            base = np.zeros(shape)
+        out[path] = (base + scale * rng.standard_normal(shape)).astype(np.float32)
+    return out
 
 
 def make_tiny(dst, *, seed: int = 0, overwrite: bool = False) -> Path:
-    """Write the tiny random checkpoint (diffusers layout, safetensors) to `dst`; numpy only, no torch."""
+    """Write the tiny random checkpoint (diffusers layout, safetensors) to `dst`; numpy only, no torch.
+
+    The same `seed` gives the same bytes every time. An existing `dst` is refused at once
+    (before any work) unless `overwrite` (the command's `--overwrite`).
+    """
     from ti2v_jax.tokenizer import write_tiny_tokenizer
-    from ti2v_jax.weights.components import COMPONENTS
     from ti2v_jax.weights.convert import export_diffusers
 
-    key = jax.random.key(seed)
-    models = {}
-    for i, (name, cfg) in enumerate(TINY_CONFIGS.items()):
-        model = COMPONENTS[name].build(cfg, rngs=nnx.Rngs(seed + i))
-        models[name] = perturb(model, jax.random.fold_in(key, i))
+    dst = Path(dst)
+    if dst.exists() and not overwrite:
+        raise InputError(f"{dst} already exists; choose another folder or pass --overwrite "
+                         f"(overwrite=True) to replace it")
+    params = {name: random_params(name, cfg, seed) for name, cfg in TINY_CONFIGS.items()}
     with tempfile.TemporaryDirectory() as tmp:
         tok = write_tiny_tokenizer(Path(tmp) / "tokenizer")
-        return export_diffusers(models, TINY_CONFIGS, dst, tokenizer_dir=tok, scheduler_config=SCHEDULER,
+        return export_diffusers(params, TINY_CONFIGS, dst, tokenizer_dir=tok, scheduler_config=SCHEDULER,
                                 overwrite=overwrite)

@@ -7,15 +7,24 @@ Layout (everything but `params/` is plain JSON or copied files):
     <component>/params/           orbax checkpoint of the nested parameter dict
     tokenizer/                    the tokenizer files, as they came
     scheduler/scheduler_config.json
+    checksums.json                {"algorithm": "sha256", "files": {relative path: {"sha256", "size"}}}
+                                  of every other file, written last
 
 Restoring needs neither torch nor the source checkpoint: the Flax model is built
 abstractly (`nnx.eval_shape`) from `config.json`, and orbax fills its parameters.
+`verify_checkpoint` re-hashes the files against `checksums.json` (`load` does so too,
+for the files it reads), so a corrupted, truncated or incomplete copy is an
+`IntegrityError` / `CheckpointNotFoundError` naming the file, never a silently
+different video. Checkpoints written before the record existed load with a warning.
 """
 
 from __future__ import annotations
 
+import concurrent.futures
 import contextlib
+import hashlib
 import json
+import logging
 import os
 import shutil
 import uuid
@@ -27,22 +36,50 @@ import numpy as np
 import orbax.checkpoint as ocp
 from flax import nnx
 
-from ti2v_jax.weights.components import COMPONENTS, SCHEDULER, SCHEDULER_CONFIG, TOKENIZER
+from ti2v_jax.errors import (
+    CheckpointError,
+    CheckpointNotFoundError,
+    InputError,
+    IntegrityError,
+    SettingsError,
+)
+from ti2v_jax.weights.components import (
+    COMPONENTS,
+    SCHEDULER,
+    SCHEDULER_CONFIG,
+    TOKENIZER,
+)
 from ti2v_jax.weights.mapping import ConversionError
+
+log = logging.getLogger(__name__)
 
 FORMAT = "ti2v-jax"
 FORMAT_VERSION = 1
 INDEX = "model_index.json"
 PARAMS = "params"
+CHECKSUMS = "checksums.json"
+HASH = "sha256"  # hashlib's, with SHA-NI/ARMv8 instructions on current CPUs; `sha256sum` can check it too
+NO_VERIFY_ENV = "TI2V_NO_VERIFY"
 DTYPES = {"float32": jnp.float32, "bfloat16": jnp.bfloat16, "float16": jnp.float16}
 
 
 def dtype_name(dtype) -> str:
     """'float32' | 'bfloat16' | 'float16' from a string or a dtype; anything else raises."""
-    name = jnp.dtype(dtype).name if not isinstance(dtype, str) else dtype
+    try:
+        name = jnp.dtype(dtype).name if not isinstance(dtype, str) else dtype
+    except TypeError:
+        name = None
     if name not in DTYPES:
-        raise ValueError(f"dtype must be one of {', '.join(DTYPES)}, got {dtype!r}")
+        raise SettingsError(f"dtype must be one of {', '.join(DTYPES)}, got {dtype!r}")
     return name
+
+
+def _one_line(e: BaseException, limit: int = 300) -> str:
+    """The first line of an exception's message (tensorstore/orbax errors run to pages)."""
+    text = str(e).strip().splitlines()
+    first = text[0].strip() if text else ""
+    first = first if len(first) <= limit else first[:limit] + "..."
+    return f"{type(e).__name__}: {first}" if first else type(e).__name__
 
 
 def is_converted(directory) -> bool:
@@ -62,18 +99,143 @@ def is_diffusers(directory) -> bool:
     return index.get("format") != FORMAT and "_class_name" in index
 
 
-def read_index(directory) -> dict:
-    path = Path(directory) / INDEX
+def read_json(path, what: str = "file") -> dict:
+    """A JSON object from `path`; a missing, unreadable or non-object file is a one-line CheckpointError."""
+    path = Path(path)
     if not path.is_file():
-        raise FileNotFoundError(f"{path} not found")
-    return json.loads(path.read_text())
+        raise CheckpointNotFoundError(f"{what} {path} not found")
+    try:
+        value = json.loads(path.read_bytes())
+    except (ValueError, UnicodeDecodeError) as e:
+        raise CheckpointError(f"{what} {path} is not valid JSON ({_one_line(e)})") from None
+    except OSError as e:
+        raise CheckpointError(f"{what} {path} cannot be read ({_one_line(e)})") from None
+    if not isinstance(value, dict):
+        raise CheckpointError(f"{what} {path} holds a JSON {type(value).__name__}, expected an object")
+    return value
+
+
+def read_index(directory) -> dict:
+    return read_json(Path(directory) / INDEX, "checkpoint index")
 
 
 def read_config(directory, name: str) -> dict:
-    path = Path(directory) / name / "config.json"
-    if not path.is_file():
-        raise FileNotFoundError(f"{name}: config file {path} not found")
-    return json.loads(path.read_text())
+    return read_json(Path(directory) / name / "config.json", f"{name}: config file")
+
+
+# ---- integrity -------------------------------------------------------------------
+
+def _hash_file(path) -> str:
+    with open(path, "rb") as f:
+        return hashlib.file_digest(f, HASH).hexdigest()
+
+
+def _hash_many(paths: list) -> list[str]:
+    """Hashes of many files, several at a time (hashlib releases the GIL: disk speed, all cores)."""
+    if len(paths) < 2:
+        return [_hash_file(p) for p in paths]
+    with concurrent.futures.ThreadPoolExecutor(max_workers=min(8, os.cpu_count() or 1, len(paths))) as ex:
+        return list(ex.map(_hash_file, paths))
+
+
+def _all_files(root: Path) -> list[str]:
+    return sorted(p.relative_to(root).as_posix() for p in root.rglob("*")
+                  if p.is_file() and p.relative_to(root).as_posix() != CHECKSUMS)
+
+
+def write_checksums(root) -> dict:
+    """Record the hash and size of every file under `root` in `root/checksums.json` (written last)."""
+    root = Path(root)
+    names = _all_files(root)
+    digests = _hash_many([root / n for n in names])
+    record = {"algorithm": HASH, "files": {n: {HASH: h, "size": (root / n).stat().st_size}
+                                           for n, h in zip(names, digests)}}
+    (root / CHECKSUMS).write_text(json.dumps(record, indent=1, sort_keys=True) + "\n")
+    return record
+
+
+def read_checksums(directory) -> dict | None:
+    """The `checksums.json` record of a converted directory, or None for one written before it existed."""
+    path = Path(directory) / CHECKSUMS
+    if not path.exists():
+        return None
+    record = read_json(path, "checksum record")
+    files = record.get("files")
+    if record.get("algorithm") != HASH or not isinstance(files, dict) or \
+            not all(isinstance(v, dict) and isinstance(v.get(HASH), str) and isinstance(v.get("size"), int)
+                    for v in files.values()):
+        raise CheckpointError(f"checksum record {path} is damaged or not a {HASH} record; re-convert the "
+                              f"checkpoint or restore {CHECKSUMS} from a good copy")
+    return record
+
+
+def _check_files(directory: Path, record: dict, components=None) -> dict:
+    """Check the recorded files (those of `components` and the shared ones, or all) against the record."""
+    keep = None if components is None else set(components) | {TOKENIZER, SCHEDULER}
+    in_scope = lambda n: keep is None or "/" not in n or n.split("/", 1)[0] in keep
+    files = {n: v for n, v in record["files"].items() if in_scope(n)}
+    names = sorted(files)
+    for n in names:  # cheap checks first: missing and truncated files need no hashing
+        path = directory / n
+        if not path.is_file():
+            raise CheckpointNotFoundError(f"{path} is missing: the checkpoint is incomplete (its {CHECKSUMS} "
+                                          f"lists {len(record['files'])} files); copy it again")
+        size = path.stat().st_size
+        if size != files[n]["size"]:
+            how = "truncated" if size < files[n]["size"] else "longer than recorded"
+            raise IntegrityError(f"{path} is {how} ({size} bytes, {files[n]['size']} recorded in {CHECKSUMS}); "
+                                 f"the checkpoint is damaged: copy or convert it again")
+    digests = _hash_many([directory / n for n in names])
+    bad = [n for n, h in zip(names, digests) if h != files[n][HASH]]
+    if bad:
+        more = f" (and {len(bad) - 1} more file{'s' if len(bad) > 2 else ''})" if len(bad) > 1 else ""
+        raise IntegrityError(f"{directory / bad[0]}{more}: content differs from its {HASH} in {CHECKSUMS} "
+                             f"(corrupted); copy or convert the checkpoint again")
+    unrecorded = [n for n in _all_files(directory) if n not in record["files"] and in_scope(n)]
+    return {"directory": str(directory.absolute()), "algorithm": HASH, "files": len(names),
+            "bytes": int(sum(files[n]["size"] for n in names)), "unrecorded": unrecorded}
+
+
+def verify_checkpoint(directory, *, components=None) -> dict:
+    """Re-hash a converted checkpoint's files against its `checksums.json`.
+
+    components: only the files of these networks (and the shared ones: index, tokenizer,
+    scheduler); default every recorded file. Returns {"directory", "algorithm", "files"
+    (number checked), "bytes", "unrecorded" (files present but not in the record, e.g.
+    added by hand; not an error)}. Raises CheckpointNotFoundError for a missing directory
+    or file, IntegrityError for a truncated or corrupted file, CheckpointError for a
+    directory that is not a converted checkpoint or has no record (written before
+    ti2v-jax recorded checksums: re-convert it to get one). Each message is one line
+    naming the file.
+    """
+    directory = Path(directory)
+    if not directory.is_dir():
+        raise CheckpointNotFoundError(f"checkpoint directory {directory} does not exist")
+    index = read_index(directory)
+    if index.get("format") != FORMAT:
+        raise CheckpointError(f"{directory} is not a converted ti2v-jax checkpoint (only those carry "
+                              f"{CHECKSUMS}); convert it with `ti2v-jax convert`")
+    record = read_checksums(directory)
+    if record is None:
+        raise CheckpointError(f"{directory} has no {CHECKSUMS} (written by an older ti2v-jax); it cannot be "
+                              f"verified: convert it again to record its checksums")
+    return _check_files(directory, record, components)
+
+
+def verify_for_loading(directory, components, *, verify: bool = True) -> dict | None:
+    """What `load` runs: verify the files it reads, unless `verify=False` or TI2V_NO_VERIFY=1.
+
+    A checkpoint without a record loads with a logged warning. Returns the summary, or None.
+    """
+    if not verify or os.environ.get(NO_VERIFY_ENV, "").strip() not in ("", "0", "false", "False", "no"):
+        return None
+    directory = Path(directory)
+    record = read_checksums(directory)
+    if record is None:
+        log.warning("%s has no %s (written by an older ti2v-jax): its files cannot be verified; convert it "
+                    "again to record their checksums", directory, CHECKSUMS)
+        return None
+    return _check_files(directory, record, components)
 
 
 # ---- parameter trees -------------------------------------------------------------
@@ -116,9 +278,18 @@ def restore_params(path, abstract_model, *, param_dtype=None, sharding=None, nam
     """
     path = Path(path).absolute()
     if not path.is_dir():
-        raise FileNotFoundError(f"{name}: parameter checkpoint {path} not found")
+        raise CheckpointNotFoundError(f"{name}: parameter checkpoint {path} not found")
     ckptr = ocp.StandardCheckpointer()
-    saved = _flat_keys(ckptr.metadata(path).item_metadata.tree)
+    try:
+        saved = _flat_keys(ckptr.metadata(path).item_metadata.tree)
+        if not saved or not all(hasattr(m, "shape") and hasattr(m, "dtype") for m in saved.values()):
+            raise ValueError("no array metadata")
+    except MemoryError:
+        raise
+    except Exception as e:  # noqa: BLE001 - orbax/tensorstore raise many types for damaged metadata
+        ckptr.close()
+        raise CheckpointError(f"{name}: the metadata of {path} is damaged or unreadable ({_one_line(e)}); "
+                              f"copy or convert the checkpoint again") from None
     state = nnx.state(abstract_model, nnx.Param)
     wanted = _flat_keys(state.to_pure_dict())
     missing, extra = sorted(set(wanted) - set(saved)), sorted(set(saved) - set(wanted))
@@ -139,8 +310,16 @@ def restore_params(path, abstract_model, *, param_dtype=None, sharding=None, nam
     pure = state.to_pure_dict()
     keys = iter(_flat_keys(pure))
     target_tree = jax.tree.map(lambda v: target(v, next(keys)), pure)
-    restored = ckptr.restore(path, target_tree)
-    ckptr.close()
+    try:
+        restored = ckptr.restore(path, target_tree)
+    except MemoryError:
+        raise
+    except Exception as e:  # noqa: BLE001 - truncated or corrupted data: tensorstore errors of various types
+        raise CheckpointError(f"{name}: cannot read the parameters in {path} ({_one_line(e)}); the data files "
+                              f"are damaged: `ti2v-jax verify` names them; copy or convert the checkpoint "
+                              f"again") from None
+    finally:
+        ckptr.close()
     nnx.replace_by_pure_dict(state, restored)
     return state
 
@@ -160,7 +339,7 @@ def atomic_directory(dst, *, overwrite: bool = False, protect=()):
     for p in protect:
         p = Path(p).absolute()
         if dst == p or p.is_relative_to(dst):
-            raise ValueError(f"destination {dst} would replace the source {p}")
+            raise InputError(f"destination {dst} would replace the source {p}")
     if dst.exists() and not overwrite:
         raise FileExistsError(f"{dst} already exists; pass overwrite=True (--overwrite) to replace it")
     dst.parent.mkdir(parents=True, exist_ok=True)
@@ -217,6 +396,7 @@ def write_index(root, *, dtype: str, components: dict, source=None, source_index
              "scheduler": SCHEDULER if (root / SCHEDULER / SCHEDULER_CONFIG).is_file() else None,
              "source_model_index": source_index, **extra}
     (root / INDEX).write_text(json.dumps(index, indent=2) + "\n")
+    write_checksums(root)  # last: it covers the index too
 
 
 def save_converted(dst, models: dict, configs: dict, *, tokenizer_dir=None, scheduler_config=None,
@@ -228,7 +408,7 @@ def save_converted(dst, models: dict, configs: dict, *, tokenizer_dir=None, sche
     first model's parameter dtype). scheduler_config: a dict or a path to a JSON file.
     """
     if set(models) - set(specs):
-        raise ValueError(f"unknown components {sorted(set(models) - set(specs))}; known: {sorted(specs)}")
+        raise InputError(f"unknown components {sorted(set(models) - set(specs))}; known: {sorted(specs)}")
     trees = {}
     for name, m in models.items():
         state = m if isinstance(m, nnx.State) else nnx.state(m, nnx.Param)
@@ -249,37 +429,65 @@ def save_converted(dst, models: dict, configs: dict, *, tokenizer_dir=None, sche
 
 # ---- reading one component -----------------------------------------------------
 
-def load_split(directory, name: str, *, dtype=None, param_dtype=None, sharding=None, specs=COMPONENTS):
+def abstract_model(spec, config: dict, *, dtype, param_dtype, attention=None, where: str = "config"):
+    """`spec.abstract(...)`, with a config the model rejects (a field of the wrong type or value)
+    as a one-line CheckpointError naming `where` (the config file)."""
+    try:
+        return spec.abstract(config, dtype=dtype, param_dtype=param_dtype, attention=attention)
+    except CheckpointError:
+        raise
+    except (TypeError, ValueError, KeyError, IndexError, AttributeError, ZeroDivisionError) as e:
+        raise CheckpointError(f"{spec.name}: {where} does not describe a {spec.class_name} this version can "
+                              f"build ({_one_line(e)})") from None
+
+
+def saved_dtype(directory) -> str:
+    """The parameter dtype a converted directory was written in."""
+    name = read_index(directory).get("dtype", "float32")
+    if name not in DTYPES:
+        raise CheckpointError(f"{Path(directory) / INDEX}: unknown dtype {name!r} (one of {', '.join(DTYPES)})")
+    return name
+
+
+def load_split(directory, name: str, *, dtype=None, param_dtype=None, sharding=None, attention=None,
+               specs=COMPONENTS):
     """(graphdef, params, rest) of one component of a converted directory.
 
     dtype: computation dtype; param_dtype: parameter dtype (orbax casts while
-    reading). Default: param_dtype = dtype, and both the saved dtype if neither is given. `rest` holds non-parameter state
-    (none in our models; materialised if a model ever has some).
+    reading). Default: param_dtype = dtype, and both the saved dtype if neither is given.
+    sharding: where the parameters are restored (default: the first device); orbax reads
+    them straight there. attention: the attention implementation (see
+    `ComponentSpec.build`). `rest` holds non-parameter state (none in our models;
+    materialised if a model ever has some). No checksum verification here: `loading.load`
+    verifies.
     """
     directory = Path(directory)
     if not is_converted(directory):
-        raise ValueError(f"{directory} is not a converted ti2v-jax checkpoint (no {INDEX} with "
-                         f'"format": "{FORMAT}"); convert it with `ti2v-jax convert`')
+        raise CheckpointError(f"{directory} is not a converted ti2v-jax checkpoint (no {INDEX} with "
+                              f'"format": "{FORMAT}"); convert it with `ti2v-jax convert`')
     index = read_index(directory)
     if name not in index.get("components", {}):
-        raise KeyError(f"{directory} has no component {name!r}; it has {sorted(index.get('components', {}))}")
+        raise CheckpointNotFoundError(f"{directory} has no component {name!r}; it has "
+                                      f"{sorted(index.get('components', {}))}")
     spec = specs[name]
     config = read_config(directory, name)
-    param_dtype = jnp.dtype(param_dtype or dtype or DTYPES[index.get("dtype", "float32")])
+    param_dtype = jnp.dtype(param_dtype or dtype or DTYPES[saved_dtype(directory)])
     compute = jnp.dtype(dtype or param_dtype)
-    abstract = spec.abstract(config, dtype=compute, param_dtype=param_dtype)
+    abstract = abstract_model(spec, config, dtype=compute, param_dtype=param_dtype, attention=attention,
+                              where=str(directory / name / "config.json"))
     graphdef, _, rest = nnx.split(abstract, nnx.Param, ...)
     params = restore_params(directory / name / PARAMS, abstract, param_dtype=param_dtype, sharding=sharding,
                             name=name)
     if jax.tree.leaves(rest):
         # Non-parameter state (none in our models today): computed, the parameters' init dead-code-eliminated.
-        build = lambda: spec.build(config, dtype=compute, param_dtype=param_dtype)  # noqa: E731
+        build = lambda: spec.build(config, dtype=compute, param_dtype=param_dtype, attention=attention)
         rest = jax.jit(lambda: nnx.state(build(), nnx.Not(nnx.Param)))()
     return graphdef, params, rest
 
 
-def load_component(directory, name: str, *, dtype=None, param_dtype=None, sharding=None, specs=COMPONENTS):
+def load_component(directory, name: str, *, dtype=None, param_dtype=None, sharding=None, attention=None,
+                   specs=COMPONENTS):
     """One component of a converted directory as an nnx.Module (see `load_split` for dtypes)."""
     graphdef, params, rest = load_split(directory, name, dtype=dtype, param_dtype=param_dtype, sharding=sharding,
-                                        specs=specs)
+                                        attention=attention, specs=specs)
     return nnx.merge(graphdef, params, rest)

@@ -10,7 +10,7 @@ from __future__ import annotations
 
 import dataclasses
 import importlib
-from typing import Callable
+from collections.abc import Callable
 
 import jax.numpy as jnp
 import numpy as np
@@ -42,14 +42,20 @@ class ComponentSpec:
     def ignore(self) -> list:
         return list(getattr(self.load_module(), "TORCH_IGNORE", []))
 
-    def build(self, config: dict, *, dtype=jnp.float32, param_dtype=jnp.float32, rngs=None):
-        """A concrete model (random parameters)."""
-        return self.model_class(config, dtype=dtype, param_dtype=param_dtype, rngs=rngs or nnx.Rngs(0))
+    def build(self, config: dict, *, dtype=jnp.float32, param_dtype=jnp.float32, rngs=None, attention=None):
+        """A concrete model (random parameters).
 
-    def abstract(self, config: dict, *, dtype=jnp.float32, param_dtype=jnp.float32):
+        attention: the attention implementation the model is built with ("xla", "cudnn", ...;
+        None: the models' automatic choice per platform). It is part of the model spec, so it
+        lands in the graphdef and hence in the key of every compiled program.
+        """
+        kwargs = {} if attention is None else {"attention": attention}
+        return self.model_class(config, dtype=dtype, param_dtype=param_dtype, rngs=rngs or nnx.Rngs(0), **kwargs)
+
+    def abstract(self, config: dict, *, dtype=jnp.float32, param_dtype=jnp.float32, attention=None):
         """The model with ShapeDtypeStructs for arrays: no memory, no compute."""
         return nnx.eval_shape(lambda: self.build(config, dtype=dtype, param_dtype=param_dtype,
-                                                 rngs=_host_counter_rngs(0)))
+                                                 rngs=_host_counter_rngs(0), attention=attention))
 
 
 def _host_counter_rngs(seed: int) -> nnx.Rngs:

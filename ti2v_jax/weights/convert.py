@@ -1,76 +1,92 @@
-"""diffusers-layout PyTorch checkpoint <-> converted Flax directory.
+"""The one way into a checkpoint: layout detection, in-memory conversion, writing.
 
-`convert_diffusers(src, dst)` reads `src/model_index.json`, converts every model
-component (unet, vae, text_encoder) strictly through `mapping.fill_params` (every
-PyTorch tensor used once, every Flax parameter filled; only the model's
-`TORCH_IGNORE` keys may be left, and are reported as skipped), copies the
-tokenizer and the scheduler config, and writes `dst` atomically (see
-`checkpoint.py` for the layout). `export_diffusers` goes the other way, with
-numpy only, for tiny test checkpoints.
+Three layouts are read:
+
+- "converted": a ti2v-jax directory (`checkpoint.py`), read by orbax, no conversion;
+- "diffusers": a diffusers pipeline directory (`model_index.json` naming a pipeline
+  class; unet/, vae/, text_encoder/ with safetensors or .bin weights, tokenizer/,
+  scheduler/);
+- "modelscope": the original ModelScope release (`configuration.json`, .pth files;
+  see `modelscope.py`).
+
+`detect_format` tells them apart (the only place that does). `convert_components` is
+the one in-memory conversion of both PyTorch layouts: every model component (unet,
+vae, text_encoder) strictly through `mapping.fill_params` (every PyTorch tensor used
+once, every Flax parameter filled; only the model's `TORCH_IGNORE` keys, or tensors
+ModelScope never uses, are left, and reported as skipped). `loading.load`,
+`loading.describe` and `convert_checkpoint` (which writes `dst` atomically, with
+checksums) all go through it. `export_diffusers` goes the other way, with numpy only,
+for tiny test checkpoints.
+
+Imports in `weights/` go one way: components <- mapping <- checkpoint <- torch_io,
+modelscope <- convert (this module); nothing below imports this one.
 """
 
 from __future__ import annotations
 
-import dataclasses
 import json
+import tempfile
 from pathlib import Path
 
-import jax
 import numpy as np
 from flax import nnx
 
+from ti2v_jax.errors import CheckpointError, CheckpointNotFoundError, InputError
 from ti2v_jax.weights import checkpoint as ckpt
-from ti2v_jax.weights import mapping, torch_io
-from ti2v_jax.weights.components import COMPONENTS, SCHEDULER, SCHEDULER_CONFIG, TOKENIZER
+from ti2v_jax.weights import mapping, modelscope, torch_io
+from ti2v_jax.weights.components import (
+    COMPONENTS,
+    SCHEDULER,
+    SCHEDULER_CONFIG,
+    TOKENIZER,
+)
+from ti2v_jax.weights.mapping import ConversionReport, ConvertedComponent
 
 DEFAULT_COMPONENTS = ("unet", "vae", "text_encoder")
+FORMATS = ("converted", "diffusers", "modelscope")
+_SOURCE_FORMATS = ("auto", "diffusers", "modelscope")
 
 
-@dataclasses.dataclass
-class ConvertedComponent:
-    name: str
-    config: dict
-    params: dict            # {flax path: np.ndarray}
-    skipped: list           # PyTorch keys matched by TORCH_IGNORE
-    weights_file: str       # the file (or shard index) the tensors came from
+# ---- which layout -----------------------------------------------------------------
+
+def detect_format(directory) -> str:
+    """"converted" | "diffusers" | "modelscope" for a checkpoint directory.
+
+    Raises CheckpointNotFoundError when `directory` does not exist (or is a file), and
+    CheckpointError (one line) when it is none of the three layouts.
+    """
+    directory = Path(directory)
+    if not directory.exists():
+        raise CheckpointNotFoundError(f"checkpoint directory {directory} does not exist")
+    if not directory.is_dir():
+        raise CheckpointNotFoundError(f"checkpoint {directory} is a file; expected a checkpoint directory")
+    index_path = directory / ckpt.INDEX
+    if index_path.is_file():
+        index = ckpt.read_json(index_path, "model index")  # damaged JSON: a CheckpointError naming it
+        if index.get("format") == ckpt.FORMAT:
+            return "converted"
+        if "_class_name" in index:
+            return "diffusers"
+        raise CheckpointError(f"{index_path} is neither a ti2v-jax index (\"format\": \"{ckpt.FORMAT}\") nor a "
+                              f"diffusers pipeline index (\"_class_name\")")
+    if modelscope.is_modelscope(directory):
+        return "modelscope"
+    if (directory / modelscope.CONFIGURATION).is_file():
+        raise CheckpointError(f"{directory / modelscope.CONFIGURATION} has no model.model_cfg: not an original "
+                              f"ModelScope text-to-video release")
+    raise CheckpointNotFoundError(f"{directory} is not a checkpoint: no {ckpt.INDEX} (converted or diffusers "
+                                  f"layout) and no {modelscope.CONFIGURATION} (original ModelScope layout)")
 
 
-@dataclasses.dataclass
-class ConversionReport:
-    dst: Path
-    dtype: str
-    components: dict        # {name: {"class", "params", "weights_file", "skipped"}}
-    skipped_reason: str = "buffers, not weights"
-
-    def summary(self) -> str:
-        lines = [f"converted to {self.dst} ({self.dtype})"]
-        for name, c in self.components.items():
-            lines.append(f"  {name}: {c['class']}, {c['params']} parameter tensors from {c['weights_file']}")
-            if c["skipped"]:
-                lines.append(f"    skipped, {self.skipped_reason} ({len(c['skipped'])}): {_group(c['skipped'])}")
-        return "\n".join(lines)
-
-
-def _group(names: list[str], limit: int = 8) -> str:
-    """Names, or for long lists counts per leading prefix ('visual.*: 392 tensors')."""
-    if len(names) <= limit:
-        return ", ".join(names)
-    groups: dict[str, int] = {}
-    for n in names:
-        parts = n.split(".")
-        depth = {"model": 2, "cond_stage_model": 2, "model_ema": 1, "transformer": 3}.get(parts[0], 1)
-        key = ".".join(parts[:depth]) + (".*" if len(parts) > depth else "")
-        groups[key] = groups.get(key, 0) + 1
-    return ", ".join(f"{k} ({v})" for k, v in groups.items())
-
+# ---- diffusers layout -------------------------------------------------------------
 
 def read_model_index(src) -> dict:
     path = Path(src) / ckpt.INDEX
     if not path.is_file():
-        raise FileNotFoundError(f"{path} not found: {src} is not a diffusers pipeline directory")
-    index = json.loads(path.read_text())
+        raise CheckpointNotFoundError(f"{path} not found: {src} is not a diffusers pipeline directory")
+    index = ckpt.read_json(path, "model index")
     if index.get("format") == ckpt.FORMAT:
-        raise ValueError(f"{src} is already a converted ti2v-jax checkpoint")
+        raise InputError(f"{src} is already a converted ti2v-jax checkpoint")
     return index
 
 
@@ -82,40 +98,54 @@ def _check_class(index: dict, name: str, spec) -> None:
                                       f"ti2v-jax converts {' / '.join(spec.torch_classes)}")
 
 
-def check_source(src, components=DEFAULT_COMPONENTS, *, variant=None, specs=COMPONENTS) -> dict:
-    """Fail fast, naming the file, if anything `convert_diffusers` needs is missing."""
+def _check_components(components, specs) -> tuple:
+    components = tuple(components)
+    unknown = [n for n in components if n not in specs]
+    if unknown:
+        raise InputError(f"unknown component(s) {unknown}; known: {sorted(specs)}")
+    return components
+
+
+def check_source(src, components=DEFAULT_COMPONENTS, *, variant=None, specs=COMPONENTS,
+                 tokenizer: bool = True, scheduler: bool = True) -> dict:
+    """Fail fast, naming the file, if anything a diffusers conversion needs is missing."""
     src = Path(src)
     index = read_model_index(src)
-    for name in components:
-        if name not in specs:
-            raise ValueError(f"unknown component {name!r}; known: {sorted(specs)}")
+    for name in _check_components(components, specs):
         _check_class(index, name, specs[name])
         cfg = src / name / specs[name].config_name
         if not (src / name).is_dir():
-            raise FileNotFoundError(f"{name}: component directory {src / name} not found")
+            raise CheckpointNotFoundError(f"{name}: component directory {src / name} not found")
         if not cfg.is_file():
-            raise FileNotFoundError(f"{name}: config file {cfg} not found")
+            raise CheckpointNotFoundError(f"{name}: config file {cfg} not found")
         torch_io.find_weights(src / name, variant)
-    if not (src / TOKENIZER).is_dir() or not any((src / TOKENIZER).iterdir()):
-        raise FileNotFoundError(f"tokenizer directory {src / TOKENIZER} not found or empty")
-    if not (src / SCHEDULER / SCHEDULER_CONFIG).is_file():
-        raise FileNotFoundError(f"scheduler config {src / SCHEDULER / SCHEDULER_CONFIG} not found")
+    if tokenizer:
+        _check_tokenizer_dir(src / TOKENIZER)
+    if scheduler and not (src / SCHEDULER / SCHEDULER_CONFIG).is_file():
+        raise CheckpointNotFoundError(f"scheduler config {src / SCHEDULER / SCHEDULER_CONFIG} not found")
     return index
 
 
+def _check_tokenizer_dir(path: Path) -> None:
+    if not path.is_dir() or not any(path.iterdir()):
+        raise CheckpointNotFoundError(f"tokenizer directory {path} not found or empty (a CLIP tokenizer: "
+                                      f"vocab.json, merges.txt, tokenizer_config.json); copy it from the "
+                                      f"source checkpoint, or load with tokenizer=False")
+
+
 def convert_component(src, name: str, *, dtype="float32", variant=None, specs=COMPONENTS) -> ConvertedComponent:
-    """One component directory (`src/name`) -> Flax parameters, strictly."""
+    """One diffusers component directory (`src/name`) -> Flax parameters, strictly."""
     spec = specs[name]
     d = Path(src) / name
     cfg_path = d / spec.config_name
-    if not cfg_path.is_file():
-        raise FileNotFoundError(f"{name}: config file {cfg_path} not found")
-    config = json.loads(cfg_path.read_text())
+    config = ckpt.read_json(cfg_path, f"{name}: config file")
     weights = torch_io.find_weights(d, variant)
     try:
         abstract = spec.abstract(config)
-    except ValueError as e:
-        raise mapping.ConversionError(f"{name}: {cfg_path}: {e}") from e
+    except CheckpointError:
+        raise
+    except (TypeError, ValueError, KeyError, IndexError, AttributeError, ZeroDivisionError) as e:
+        raise mapping.ConversionError(f"{name}: {cfg_path}: {ckpt._one_line(e)}") from None
     state = torch_io.read_state(d, variant)
     state = mapping.rename_keys(state, spec.renames)
     np_dtype = ckpt.DTYPES[ckpt.dtype_name(dtype)]
@@ -124,55 +154,142 @@ def convert_component(src, name: str, *, dtype="float32", variant=None, specs=CO
     return ConvertedComponent(name, config, params, skipped, weights.name)
 
 
-def convert_diffusers(src, dst, dtype="float32", *, overwrite: bool = False, variant=None,
-                      components=DEFAULT_COMPONENTS, specs=COMPONENTS) -> ConversionReport:
-    """Convert a diffusers pipeline directory into a ti2v-jax checkpoint at `dst`.
+# ---- the one in-memory conversion ----------------------------------------------------
+
+def convert_components(src, *, dtype="float32", components=DEFAULT_COMPONENTS, variant=None,
+                       source_format: str | None = None, specs=COMPONENTS):
+    """Yield `(name, mapping.ConvertedComponent)` of a diffusers or original ModelScope directory,
+    one network at a time (so only one network's PyTorch tensors are in memory at once).
+
+    dtype: the converted parameters' dtype ("float32" | "bfloat16" | "float16"), or a
+    {name: dtype} dict. source_format: "diffusers" | "modelscope" (default: detected).
+    Nothing is written.
+    """
+    src = Path(src)
+    fmt = source_format or detect_format(src)
+    components = _check_components(components, specs)
+    if fmt == "converted":
+        raise InputError(f"{src} is already a converted ti2v-jax checkpoint; load it, nothing to convert")
+    if fmt not in ("diffusers", "modelscope"):
+        raise InputError(f"source_format must be 'diffusers' or 'modelscope', got {fmt!r}")
+    dtypes = dtype if isinstance(dtype, dict) else {n: dtype for n in components}
+    if fmt == "diffusers":
+        check_source(src, components, variant=variant, specs=specs, tokenizer=False, scheduler=False)
+        for name in components:
+            yield name, convert_component(src, name, dtype=dtypes[name], variant=variant, specs=specs)
+    else:
+        _, model_args = modelscope.read_configuration(src)
+        modelscope.weight_files(src, model_args)  # fail fast, naming the missing file
+        for name in components:
+            yield name, modelscope.convert_components(src, dtypes[name], components=(name,))[name]
+
+
+def convert_in_memory(src, *, dtype="float32", variant=None, components=DEFAULT_COMPONENTS, specs=COMPONENTS):
+    """{name: (config, nnx.State of Params)} straight from a diffusers or ModelScope directory,
+    nothing written (host arrays; `loading.load` places them on devices itself)."""
+    out = {}
+    for name, c in convert_components(src, dtype=dtype, variant=variant, components=components, specs=specs):
+        dt = ckpt.DTYPES[ckpt.dtype_name(dtype[name] if isinstance(dtype, dict) else dtype)]
+        state = nnx.state(specs[name].abstract(c.config, dtype=dt, param_dtype=dt), nnx.Param)
+        nnx.replace_by_pure_dict(state, ckpt.nest(c.params))
+        out[name] = (c.config, state)
+    return out
+
+
+def source_tokenizer(src, source_format: str):
+    """The tokenizer of a diffusers or ModelScope directory (ModelScope's is the CLIP BPE shipped
+    with ti2v-jax), as `ti2v_jax.tokenizer.load_tokenizer` gives it."""
+    from ti2v_jax.tokenizer import load_tokenizer
+
+    if source_format == "modelscope":
+        with tempfile.TemporaryDirectory() as tmp:
+            return _load_tokenizer(load_tokenizer, modelscope.write_clip_tokenizer(Path(tmp) / TOKENIZER))
+    _check_tokenizer_dir(Path(src) / TOKENIZER)
+    return _load_tokenizer(load_tokenizer, Path(src) / TOKENIZER)
+
+
+def _load_tokenizer(load, path):
+    try:
+        return load(path)
+    except MemoryError:
+        raise
+    except Exception as e:  # noqa: BLE001 - transformers raises many types for damaged tokenizer files
+        raise CheckpointError(f"tokenizer {path} cannot be loaded ({ckpt._one_line(e)}); copy the tokenizer "
+                              f"files (vocab.json, merges.txt) again") from None
+
+
+def source_scheduler_config(src, source_format: str) -> dict | None:
+    """The DDIM scheduler config of a checkpoint directory in any layout (None if it has none)."""
+    src = Path(src)
+    if source_format == "modelscope":
+        return modelscope.scheduler_config(modelscope.read_configuration(src)[0])
+    path = src / SCHEDULER / SCHEDULER_CONFIG
+    return ckpt.read_json(path, "scheduler config") if path.is_file() else None
+
+
+# ---- writing a converted directory ------------------------------------------------------
+
+def convert_checkpoint(src, dst, dtype="float32", *, source_format: str = "auto", overwrite: bool = False,
+                       variant=None, components=DEFAULT_COMPONENTS, specs=COMPONENTS) -> ConversionReport:
+    """Convert `src` ("diffusers" or "modelscope" layout, or "auto": detected) into a ti2v-jax
+    checkpoint at `dst`, with the checksums of every file it writes.
 
     dtype: "float32" | "bfloat16" | "float16", the stored parameter dtype.
-    variant: read e.g. `*.fp16.safetensors` first (default: plain files, then any variant).
-    `dst` must not exist unless `overwrite`; it appears only once complete.
+    variant (diffusers): read e.g. `*.fp16.safetensors` first (default: plain files, then
+    any variant). `dst` must not exist unless `overwrite`; it appears only once complete,
+    and nothing is left behind on failure. Returns the report (`.summary()` describes what
+    was converted and skipped).
     """
+    if source_format not in _SOURCE_FORMATS:
+        raise InputError(f"source_format must be one of {', '.join(_SOURCE_FORMATS)}, got {source_format!r}")
     src, dst = Path(src), Path(dst)
+    fmt = detect_format(src)
+    if fmt == "converted":
+        raise InputError(f"{src} is already a converted ti2v-jax checkpoint")
+    if source_format != "auto" and source_format != fmt:
+        raise InputError(f"{src} is a {fmt} checkpoint, not {source_format}; drop --from (it is detected)")
     dtype = ckpt.dtype_name(dtype)
-    index = check_source(src, components, variant=variant, specs=specs)
+    components = _check_components(components, specs)
+    if fmt == "diffusers":
+        index = check_source(src, components, variant=variant, specs=specs)
+        meta = {"source_index": index, "source_format": "diffusers"}
+    else:
+        meta = {"source_index": None, "source_format": "modelscope",
+                "source_configuration": ckpt.read_json(src / modelscope.CONFIGURATION, "ModelScope configuration")}
+    sched = source_scheduler_config(src, fmt)
     report = {}
     with ckpt.atomic_directory(dst, overwrite=overwrite, protect=[src]) as tmp:
-        for name in components:
-            c = convert_component(src, name, dtype=dtype, variant=variant, specs=specs)
-            ckpt.write_component(tmp, name, c.config, ckpt.nest(c.params), config_file=src / name / "config.json")
+        for name, c in convert_components(src, dtype=dtype, components=components, variant=variant,
+                                          source_format=fmt, specs=specs):
+            cfg_file = src / name / specs[name].config_name if fmt == "diffusers" else None
+            ckpt.write_component(tmp, name, c.config, ckpt.nest(c.params), config_file=cfg_file)
             report[name] = {"class": specs[name].class_name, "params": len(c.params),
                             "weights_file": c.weights_file, "skipped": c.skipped}
             del c
-        ckpt.write_extras(tmp, tokenizer_dir=src / TOKENIZER, scheduler_config=src / SCHEDULER / SCHEDULER_CONFIG)
-        ckpt.write_index(tmp, dtype=dtype, components=report, source=src.absolute(), source_index=index)
-    return ConversionReport(dst, dtype, report)
-
-
-def convert_checkpoint(src, dst, dtype="float32", *, source_format: str = "auto", overwrite: bool = False,
-                       variant=None):
-    """Convert `src` in whichever layout it is: "diffusers", "modelscope" (original release), or "auto".
-
-    Returns the converter's report (`.summary()` describes what was converted and skipped).
-    """
-    from ti2v_jax.weights import modelscope
-
-    if source_format not in ("auto", "diffusers", "modelscope"):
-        raise ValueError(f"source_format must be 'auto', 'diffusers' or 'modelscope', got {source_format!r}")
-    if source_format == "auto":
-        if ckpt.is_converted(src):
-            raise ValueError(f"{src} is already a converted ti2v-jax checkpoint")
-        if ckpt.is_diffusers(src):
-            source_format = "diffusers"
-        elif modelscope.is_modelscope(src):
-            source_format = "modelscope"
+        if fmt == "diffusers":
+            ckpt.write_extras(tmp, tokenizer_dir=src / TOKENIZER, scheduler_config=src / SCHEDULER / SCHEDULER_CONFIG)
         else:
-            raise FileNotFoundError(f"{src} is neither a diffusers pipeline directory ({ckpt.INDEX} naming a "
-                                    f"pipeline) nor an original ModelScope release ({modelscope.CONFIGURATION} "
-                                    f"with model.model_cfg)")
-    if source_format == "modelscope":
-        return modelscope.convert_modelscope(src, dst, dtype, overwrite=overwrite)
-    return convert_diffusers(src, dst, dtype, overwrite=overwrite, variant=variant)
+            modelscope.write_clip_tokenizer(tmp / TOKENIZER)
+            ckpt.write_extras(tmp, scheduler_config=sched)
+        ckpt.write_index(tmp, dtype=dtype, components=report, source=src.absolute(), **meta)
+    return ConversionReport(dst, dtype, report,
+                            skipped_reason="unused by ModelScope" if fmt == "modelscope" else "buffers, not weights")
 
+
+def convert_diffusers(src, dst, dtype="float32", *, overwrite: bool = False, variant=None,
+                      components=DEFAULT_COMPONENTS, specs=COMPONENTS) -> ConversionReport:
+    """`convert_checkpoint` of a diffusers pipeline directory."""
+    return convert_checkpoint(src, dst, dtype, source_format="diffusers", overwrite=overwrite, variant=variant,
+                              components=components, specs=specs)
+
+
+def convert_modelscope(src, dst, dtype="float32", overwrite: bool = False) -> ConversionReport:
+    """`convert_checkpoint` of an original ModelScope release directory; its report's `skipped`
+    lists, by name, the checkpoint tensors ModelScope itself never uses."""
+    return convert_checkpoint(src, dst, dtype, source_format="modelscope", overwrite=overwrite)
+
+
+# ---- the other way: Flax -> diffusers layout (tests, make-tiny) --------------------------
 
 def export_diffusers(models_or_params: dict, configs: dict, dst, *, tokenizer_dir=None, scheduler_config=None,
                      pipeline_class: str = "TextToVideoSDPipeline", overwrite: bool = False,
@@ -183,7 +300,8 @@ def export_diffusers(models_or_params: dict, configs: dict, dst, *, tokenizer_di
     Tensors are in the plain PyTorch layouts of `mapping.to_torch`. diffusers and
     transformers load the result with `from_pretrained` (tested) as long as our models
     use a Conv wherever PyTorch has one (a 1x1 Conv exported from a Flax Linear
-    would be 2-D: our converter reads that back, diffusers would not).
+    would be 2-D: our converter reads that back, diffusers would not). The bytes depend
+    only on the parameters (tensors in sorted order, no timestamps).
     """
     from safetensors.numpy import save_file
 
@@ -200,7 +318,7 @@ def export_diffusers(models_or_params: dict, configs: dict, dst, *, tokenizer_di
             flat = {p: np.asarray(v) for p, v in m.items()}
             state = {k: np.ascontiguousarray(v) for k, v in mapping.to_torch_state(flat).items()}
             (tmp / name).mkdir()
-            save_file(state, str(tmp / name / f"{spec.weights_stem}.safetensors"))
+            save_file(dict(sorted(state.items())), str(tmp / name / f"{spec.weights_stem}.safetensors"))
             config = dict(configs[name])
             if libraries.get(name) == "diffusers":
                 config.setdefault("_class_name", spec.torch_classes[0])
@@ -217,17 +335,3 @@ def export_diffusers(models_or_params: dict, configs: dict, dst, *, tokenizer_di
             index[SCHEDULER] = ["diffusers", sched.get("_class_name", "DDIMScheduler")]
         (tmp / ckpt.INDEX).write_text(json.dumps(index, indent=2) + "\n")
     return dst
-
-
-def convert_in_memory(src, *, dtype="float32", variant=None, components=DEFAULT_COMPONENTS, specs=COMPONENTS):
-    """{name: (config, nnx.State of Params)} straight from a diffusers directory, nothing written."""
-    out = {}
-    check_source(src, components, variant=variant, specs=specs)
-    for name in components:
-        c = convert_component(src, name, dtype=dtype, variant=variant, specs=specs)
-        dt = ckpt.DTYPES[ckpt.dtype_name(dtype)]
-        abstract = specs[name].abstract(c.config, dtype=dt, param_dtype=dt)
-        state = nnx.state(abstract, nnx.Param)
-        nnx.replace_by_pure_dict(state, jax.tree.map(jax.numpy.asarray, ckpt.nest(c.params)))
-        out[name] = (c.config, state)
-    return out

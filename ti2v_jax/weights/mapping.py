@@ -13,17 +13,61 @@ the original ModelScope layout) are handled by renaming the PyTorch side first
 
 from __future__ import annotations
 
+import dataclasses
 import re
-from typing import Iterable, Mapping
+from collections.abc import Iterable, Mapping
+from pathlib import Path
 
 import numpy as np
+
+from ti2v_jax.errors import CheckpointError
 
 # Flax leaf name -> PyTorch leaf name.
 LEAF_NAMES = {"kernel": "weight", "scale": "weight", "embedding": "weight", "bias": "bias"}
 
 
-class ConversionError(ValueError):
+class ConversionError(CheckpointError):
     """A checkpoint does not fit the model: lists every offending tensor."""
+
+
+@dataclasses.dataclass
+class ConvertedComponent:
+    """One network converted in memory (from either PyTorch layout)."""
+    name: str
+    config: dict
+    params: dict            # {flax path: np.ndarray}
+    skipped: list           # PyTorch keys left out on purpose (buffers, unused towers)
+    weights_file: str       # the file (or shard index) the tensors came from
+
+
+@dataclasses.dataclass
+class ConversionReport:
+    """What a conversion wrote: `summary()` is what `ti2v-jax convert` prints."""
+    dst: Path
+    dtype: str
+    components: dict        # {name: {"class", "params", "weights_file", "skipped"}}
+    skipped_reason: str = "buffers, not weights"
+
+    def summary(self) -> str:
+        lines = [f"converted to {self.dst} ({self.dtype})"]
+        for name, c in self.components.items():
+            lines.append(f"  {name}: {c['class']}, {c['params']} parameter tensors from {c['weights_file']}")
+            if c["skipped"]:
+                lines.append(f"    skipped, {self.skipped_reason} ({len(c['skipped'])}): {_group(c['skipped'])}")
+        return "\n".join(lines)
+
+
+def _group(names: list[str], limit: int = 8) -> str:
+    """Names, or for long lists counts per leading prefix ('visual.*: 392 tensors')."""
+    if len(names) <= limit:
+        return ", ".join(names)
+    groups: dict[str, int] = {}
+    for n in names:
+        parts = n.split(".")
+        depth = {"model": 2, "cond_stage_model": 2, "model_ema": 1, "transformer": 3}.get(parts[0], 1)
+        key = ".".join(parts[:depth]) + (".*" if len(parts) > depth else "")
+        groups[key] = groups.get(key, 0) + 1
+    return ", ".join(f"{k} ({v})" for k, v in groups.items())
 
 
 def torch_name(path: tuple, prefix: str = "") -> str:

@@ -14,8 +14,9 @@ renames (`mapping.rename_keys`) plus the one fused-tensor split OpenCLIP needs, 
 filled strictly by `mapping.fill_params`. Tensors that ModelScope itself never uses
 (the visual tower, `text_projection`, `logit_scale`, the last text block, the rest of
 the Stable Diffusion checkpoint) are dropped by name and reported as skipped;
-anything else left over is an error. The output is the same directory layout
-`convert.convert_diffusers` writes.
+anything else left over is an error. `convert.convert_components` (the one in-memory
+conversion, for both layouts) calls `convert_components` here; `convert.convert_checkpoint`
+writes the result in the layout of `checkpoint.py`. This module does not import `convert`.
 """
 
 from __future__ import annotations
@@ -27,7 +28,11 @@ from pathlib import Path
 
 import numpy as np
 
+from ti2v_jax.errors import CheckpointError, CheckpointNotFoundError
+from ti2v_jax.weights import checkpoint as ckpt
 from ti2v_jax.weights import mapping
+from ti2v_jax.weights.components import COMPONENTS
+from ti2v_jax.weights.mapping import ConvertedComponent
 
 CONFIGURATION = "configuration.json"
 # model.model_args keys naming the weight files, with the release's file names.
@@ -59,11 +64,9 @@ def is_modelscope(directory) -> bool:
 def read_configuration(directory) -> tuple[dict, dict]:
     """(model_cfg, model_args) of `directory/configuration.json`."""
     path = Path(directory) / CONFIGURATION
-    if not path.is_file():
-        raise FileNotFoundError(f"{path} not found: {directory} is not an original ModelScope directory")
-    model = json.loads(path.read_text()).get("model", {})
-    if "model_cfg" not in model:
-        raise ValueError(f"{path} has no model.model_cfg")
+    model = ckpt.read_json(path, "ModelScope configuration").get("model", {})
+    if not isinstance(model, dict) or not isinstance(model.get("model_cfg"), dict):
+        raise CheckpointError(f"{path} has no model.model_cfg object")
     return dict(model["model_cfg"]), dict(model.get("model_args", {}))
 
 
@@ -73,7 +76,8 @@ def weight_files(directory, model_args: dict) -> dict[str, Path]:
     for name, (key, default) in DEFAULT_FILES.items():
         path = Path(directory) / model_args.get(key, default)
         if not path.is_file():
-            raise FileNotFoundError(f"{name}: weights file {path} not found (configuration.json model_args.{key})")
+            raise CheckpointNotFoundError(f"{name}: weights file {path} not found (configuration.json "
+                                          f"model_args.{key})")
         out[name] = path
     return out
 
@@ -96,7 +100,7 @@ def unet_config(model_cfg: dict) -> dict:
     attn = _attention_levels(model_cfg)
 
     def bad(key, why):
-        raise ValueError(f"configuration.json model_cfg.{key}={model_cfg.get(key)!r}: {why}")
+        raise CheckpointError(f"configuration.json model_cfg.{key}={model_cfg.get(key)!r}: {why}")
 
     if not _flag(model_cfg.get("temporal_attention", True)):
         bad("temporal_attention", "UNet3DConditionModel always has temporal attention")
@@ -220,12 +224,12 @@ def vae_config(state: dict) -> dict:
     if levels == 0 or "encoder.conv_in.weight" not in state:
         raise mapping.ConversionError("vae: not an LDM autoencoder state dict (no encoder.down.N / encoder.conv_in)")
     if any(re.match(r"^(encoder\.down|decoder\.up)\.\d+\.attn\.", k) for k in state):
-        raise ValueError("vae: attention inside the down/up levels (attn_resolutions) is not supported by "
+        raise CheckpointError("vae: attention inside the down/up levels (attn_resolutions) is not supported by "
                          "diffusers' AutoencoderKL")
     z = state["decoder.conv_in.weight"].shape[1]
     embed = state["post_quant_conv.weight"].shape[1]
     if z != embed:
-        raise ValueError(f"vae: z_channels={z} != embed_dim={embed}; diffusers' AutoencoderKL needs them equal")
+        raise CheckpointError(f"vae: z_channels={z} != embed_dim={embed}; diffusers' AutoencoderKL needs them equal")
     return {
         "_class_name": "AutoencoderKL",
         "act_fn": "silu",
@@ -282,7 +286,7 @@ def text_config(raw: dict) -> dict:
         raise mapping.ConversionError(f"text_encoder: {layers} text transformer blocks; need at least 2 "
                                       "(the penultimate block's output is used)")
     if width % 64:
-        raise ValueError(f"text_encoder: width {width} is not a multiple of OpenCLIP's head width 64")
+        raise CheckpointError(f"text_encoder: width {width} is not a multiple of OpenCLIP's head width 64")
     return {
         "architectures": ["CLIPTextModel"], "attention_dropout": 0.0, "bos_token_id": 0, "dropout": 0.0,
         "eos_token_id": 2, "hidden_act": "gelu", "hidden_size": int(width), "initializer_factor": 1.0,
@@ -349,7 +353,7 @@ def scheduler_config(model_cfg: dict) -> dict:
     """diffusers DDIMScheduler config equal to ModelScope's GaussianDiffusion('linear_sd' betas)."""
     prediction = {"eps": "epsilon", "v": "v_prediction"}.get(model_cfg.get("mean_type", "eps"))
     if prediction is None:
-        raise ValueError(f"configuration.json model_cfg.mean_type={model_cfg.get('mean_type')!r}: "
+        raise CheckpointError(f"configuration.json model_cfg.mean_type={model_cfg.get('mean_type')!r}: "
                          "only 'eps' and 'v' are supported")
     return {"_class_name": "DDIMScheduler", "beta_end": 0.012, "beta_schedule": "scaled_linear",
             "beta_start": 0.00085, "clip_sample": False, "num_train_timesteps": int(model_cfg.get("num_timesteps",
@@ -386,9 +390,9 @@ def read_pth(path, keep=None) -> dict[str, np.ndarray]:
     Memory-mapped where the file allows, so the tensors ModelScope never uses (the
     visual tower, the rest of a Stable Diffusion checkpoint) are not read at all.
     """
-    from ti2v_jax.weights.torch_io import _import_torch, torch_to_numpy
-
     import pickle
+
+    from ti2v_jax.weights.torch_io import _import_torch, torch_to_numpy
 
     torch = _import_torch()
     try:
@@ -396,15 +400,15 @@ def read_pth(path, keep=None) -> dict[str, np.ndarray]:
             state = torch.load(str(path), map_location="cpu", weights_only=True, mmap=True)
         except RuntimeError:  # legacy (non-zip) serialization cannot be memory-mapped
             state = torch.load(str(path), map_location="cpu", weights_only=True)
-    except pickle.UnpicklingError as e:
-        raise ValueError(f"{path}: holds pickled objects other than tensors, which ti2v-jax does not unpickle "
-                         f"(torch.load weights_only=True refused them). Re-save just its state dict: "
-                         f"torch.save({{'state_dict': torch.load(path, weights_only=False)['state_dict']}}, path) "
-                         f"if you trust the file.\n{e}") from e
+    except pickle.UnpicklingError:
+        raise CheckpointError(f"{path}: holds pickled objects other than tensors, which ti2v-jax never "
+                              f"unpickles; it needs a file of plain tensors (a state dict)") from None
+    except (RuntimeError, EOFError, OSError, ValueError) as e:
+        raise CheckpointError(f"{path}: not a readable PyTorch checkpoint ({ckpt._one_line(e)})") from None
     if isinstance(state, dict) and isinstance(state.get("state_dict"), dict):
         state = state["state_dict"]
     if not isinstance(state, dict):
-        raise ValueError(f"{path}: expected a state dict, found {type(state).__name__}")
+        raise CheckpointError(f"{path}: expected a state dict, found {type(state).__name__}")
     return {k: torch_to_numpy(v) if keep is None or keep(k) else _Unread(tuple(v.shape))
             for k, v in state.items() if isinstance(v, torch.Tensor)}
 
@@ -437,9 +441,6 @@ def _original_names(raw: dict, state: dict) -> dict[str, str]:
 
 
 def _fill(name, config, state, dtype, weights_file, origin=None):
-    from ti2v_jax.weights import checkpoint as ckpt
-    from ti2v_jax.weights.components import COMPONENTS
-
     spec = COMPONENTS[name]
     try:
         abstract = spec.abstract(config)
@@ -459,9 +460,7 @@ def _fill(name, config, state, dtype, weights_file, origin=None):
 
 
 def convert_components(src, dtype="float32", components=COMPONENT_NAMES):
-    """{name: convert.ConvertedComponent} from an original ModelScope directory, nothing written."""
-    from ti2v_jax.weights.convert import ConvertedComponent
-
+    """{name: mapping.ConvertedComponent} from an original ModelScope directory, nothing written."""
     src = Path(src)
     model_cfg, model_args = read_configuration(src)
     files = weight_files(src, model_args)
@@ -479,7 +478,7 @@ def convert_components(src, dtype="float32", components=COMPONENT_NAMES):
             raw = read_pth(path, keep=_text_keep)
             state, skipped, config = text_state(raw)
         else:
-            raise ValueError(f"unknown component {name!r}; known: {COMPONENT_NAMES}")
+            raise CheckpointError(f"unknown component {name!r}; known: {COMPONENT_NAMES}")
         origin = _original_names(raw, state)
         unread = [origin.get(k, k) for k, v in state.items() if isinstance(v, _Unread)]
         if unread:
@@ -487,55 +486,4 @@ def convert_components(src, dtype="float32", components=COMPONENT_NAMES):
         params, ignored = _fill(name, config, state, dtype, path.name, origin)
         out[name] = ConvertedComponent(name, config, params, sorted(skipped + ignored), path.name)
         del state, raw
-    return out
-
-
-def convert_modelscope(src, dst, dtype="float32", overwrite: bool = False):
-    """Convert an original ModelScope release directory into a ti2v-jax checkpoint at `dst`.
-
-    Writes the layout of `convert.convert_diffusers` (per-component config.json and
-    orbax params, tokenizer/, scheduler/, model_index.json), atomically: `dst` appears
-    only once complete, and must not exist unless `overwrite`.
-    Returns a `convert.ConversionReport`; its `skipped` lists, by name, the checkpoint
-    tensors ModelScope itself never uses.
-    """
-    from ti2v_jax.weights.convert import ConversionReport
-    from ti2v_jax.weights import checkpoint as ckpt
-    from ti2v_jax.weights.components import COMPONENTS, TOKENIZER
-
-    src, dst = Path(src), Path(dst)
-    dtype = ckpt.dtype_name(dtype)
-    model_cfg, model_args = read_configuration(src)
-    weight_files(src, model_args)  # fail fast, naming the missing file
-    sched = scheduler_config(model_cfg)
-    report = {}
-    with ckpt.atomic_directory(dst, overwrite=overwrite, protect=[src]) as tmp:
-        for name in COMPONENT_NAMES:
-            c = convert_components(src, dtype, components=(name,))[name]
-            ckpt.write_component(tmp, name, c.config, ckpt.nest(c.params))
-            report[name] = {"class": COMPONENTS[name].class_name, "params": len(c.params),
-                            "weights_file": c.weights_file, "skipped": c.skipped}
-            del c
-        write_clip_tokenizer(tmp / TOKENIZER)
-        ckpt.write_extras(tmp, scheduler_config=sched)
-        ckpt.write_index(tmp, dtype=dtype, components=report, source=src.absolute(), source_index=None,
-                         source_format="modelscope", source_configuration=json.loads((src / CONFIGURATION).read_text()))
-    return ConversionReport(dst, dtype, report, skipped_reason="unused by ModelScope")
-
-
-def convert_in_memory(src, *, dtype="float32", components=COMPONENT_NAMES):
-    """{name: (config, nnx.State of Params)} straight from an original ModelScope directory, nothing written."""
-    import jax
-    from flax import nnx
-
-    from ti2v_jax.weights import checkpoint as ckpt
-    from ti2v_jax.weights.components import COMPONENTS
-
-    out = {}
-    dt = ckpt.DTYPES[ckpt.dtype_name(dtype)]
-    for name in components:
-        c = convert_components(src, dtype, components=(name,))[name]
-        state = nnx.state(COMPONENTS[name].abstract(c.config, dtype=dt, param_dtype=dt), nnx.Param)
-        nnx.replace_by_pure_dict(state, jax.tree.map(jax.numpy.asarray, ckpt.nest(c.params)))
-        out[name] = (c.config, state)
     return out

@@ -21,6 +21,8 @@ from pathlib import Path
 import ml_dtypes
 import numpy as np
 
+from ti2v_jax.errors import CheckpointError, CheckpointNotFoundError
+
 WEIGHT_STEMS = ("diffusion_pytorch_model", "model", "pytorch_model")
 _EXTENSIONS = ("safetensors", "bin")  # preference order
 
@@ -32,7 +34,7 @@ _ST_DTYPES = {
 }
 
 
-class WeightsNotFoundError(FileNotFoundError):
+class WeightsNotFoundError(CheckpointNotFoundError):
     """A component directory holds no weights file we can read."""
 
 
@@ -76,30 +78,53 @@ def find_weights(directory, variant: str | None = None) -> Path:
 
 
 def read_safetensors(path) -> dict[str, np.ndarray]:
-    """A .safetensors file as {name: np.ndarray}, without torch."""
+    """A .safetensors file as {name: np.ndarray}, without torch.
+
+    A file safetensors refuses (an impossible header, truncated data) is a one-line
+    CheckpointError naming it.
+    """
+    from safetensors import SafetensorError
+    from safetensors.numpy import load_file
+
     try:
-        from safetensors.numpy import load_file
         return dict(load_file(str(path)))
+    except SafetensorError as e:
+        raise CheckpointError(f"{path}: not a readable safetensors file ({_one_line(e)}); it is damaged or "
+                              f"incomplete: download or copy it again") from None
     except (TypeError, ValueError, KeyError, AttributeError):
         # Older safetensors builds cannot hand bfloat16 to numpy: parse the file.
-        return _read_safetensors_manually(path)
+        try:
+            return _read_safetensors_manually(path)
+        except CheckpointError:
+            raise
+        except (ValueError, KeyError, TypeError, struct.error) as e:
+            raise CheckpointError(f"{path}: not a readable safetensors file ({_one_line(e)})") from None
 
 
 def _read_safetensors_manually(path) -> dict[str, np.ndarray]:
     data = Path(path).read_bytes()
     (n,) = struct.unpack("<Q", data[:8])
+    if n > len(data) - 8:
+        raise CheckpointError(f"{path}: safetensors header of {n} bytes in a file of {len(data)}")
     header = json.loads(data[8:8 + n])
     header.pop("__metadata__", None)
     base = 8 + n
     out = {}
     for name, info in header.items():
         if info["dtype"] not in _ST_DTYPES:
-            raise ValueError(f"{path}: tensor {name} has unsupported dtype {info['dtype']}")
+            raise CheckpointError(f"{path}: tensor {name} has unsupported dtype {info['dtype']}")
         dtype = np.dtype(_ST_DTYPES[info["dtype"]])
         start, end = info["data_offsets"]
+        if not 0 <= start <= end <= len(data) - base:
+            raise CheckpointError(f"{path}: tensor {name} lies outside the file (truncated?)")
         arr = np.frombuffer(data, dtype=dtype, count=(end - start) // dtype.itemsize, offset=base + start)
         out[name] = arr.reshape(info["shape"]).copy()
     return out
+
+
+def _one_line(e: BaseException) -> str:
+    lines = str(e).strip().splitlines()
+    return f"{type(e).__name__}: {lines[0][:300]}" if lines else type(e).__name__
 
 
 def _import_torch():
@@ -122,12 +147,20 @@ def torch_to_numpy(t) -> np.ndarray:
 
 def read_torch_pickle(path) -> dict[str, np.ndarray]:
     """A .bin/.pth state dict as {name: np.ndarray} (torch.load with weights_only=True)."""
+    import pickle
+
     torch = _import_torch()
-    state = torch.load(str(path), map_location="cpu", weights_only=True)
+    try:
+        state = torch.load(str(path), map_location="cpu", weights_only=True)
+    except pickle.UnpicklingError:
+        raise CheckpointError(f"{path}: holds pickled objects other than tensors, which ti2v-jax never "
+                              f"unpickles; it needs a file of plain tensors (a state dict)") from None
+    except (RuntimeError, EOFError, OSError, ValueError) as e:
+        raise CheckpointError(f"{path}: not a readable PyTorch checkpoint ({_one_line(e)})") from None
     if isinstance(state, dict) and "state_dict" in state and isinstance(state["state_dict"], dict):
         state = state["state_dict"]
     if not isinstance(state, dict):
-        raise ValueError(f"{path}: expected a state dict, found {type(state).__name__}")
+        raise CheckpointError(f"{path}: expected a state dict, found {type(state).__name__}")
     return {k: torch_to_numpy(v) for k, v in state.items() if isinstance(v, torch.Tensor)}
 
 
@@ -138,13 +171,17 @@ def read_file(path) -> dict[str, np.ndarray]:
         return read_safetensors(path)
     if path.suffix in (".bin", ".pth", ".pt", ".ckpt"):
         return read_torch_pickle(path)
-    raise ValueError(f"unknown weights file type: {path}")
+    raise CheckpointError(f"unknown weights file type: {path}")
 
 
 def read_sharded(index_path) -> dict[str, np.ndarray]:
     """A sharded checkpoint from its `*.index.json`; every listed tensor must be found."""
     index_path = Path(index_path)
-    weight_map = json.loads(index_path.read_text())["weight_map"]
+    from ti2v_jax.weights.checkpoint import read_json
+
+    weight_map = read_json(index_path, "shard index").get("weight_map")
+    if not isinstance(weight_map, dict):
+        raise CheckpointError(f"shard index {index_path} has no weight_map object")
     out: dict[str, np.ndarray] = {}
     for shard in sorted(set(weight_map.values())):
         shard_path = index_path.parent / shard
@@ -152,11 +189,11 @@ def read_sharded(index_path) -> dict[str, np.ndarray]:
             raise WeightsNotFoundError(f"shard {shard_path} listed in {index_path} is missing")
         for k, v in read_file(shard_path).items():
             if k in out:
-                raise ValueError(f"tensor {k} appears in two shards of {index_path}")
+                raise CheckpointError(f"tensor {k} appears in two shards of {index_path}")
             out[k] = v
     absent = sorted(set(weight_map) - set(out))
     if absent:
-        raise ValueError(f"{index_path} lists tensors its shards do not hold: {', '.join(absent[:20])}")
+        raise CheckpointError(f"{index_path} lists tensors its shards do not hold: {', '.join(absent[:20])}")
     return out
 
 
