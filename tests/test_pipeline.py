@@ -7,16 +7,20 @@ is built once and shared by the tests below.
 from __future__ import annotations
 
 import json
+import logging
 import os
 import subprocess
 import sys
 import textwrap
 
+import jax
 import numpy as np
 import pytest
 
 from ti2v_jax import io
+from ti2v_jax.errors import SettingsError
 from ti2v_jax.pipeline import TI2VZeroPipeline
+from ti2v_jax.settings import SamplerSettings
 
 FAST = dict(num_new_frames=2, num_inference_steps=2, resample_iters=1)
 
@@ -64,16 +68,48 @@ def test_text_to_video(pipe):
 
 
 @pytest.mark.parametrize("kwargs, message", [
-    (dict(num_inference_steps=-1), "num_inference_steps"),
+    (dict(num_inference_steps=-1), "steps must be in"),  # aliases are reported by the setting's one name
     (dict(num_new_frames=0), "num_new_frames"),
-    (dict(guidance_scale=-1.0), "guidance_scale"),
+    (dict(guidance_scale=-1.0), "guidance must be in"),
+    (dict(guidance_scale=float("inf")), "guidance must be a finite number"),
+    (dict(eta=1.5), "eta must be in"),
     (dict(slide="pixels"), "slide"),
-    (dict(resample_iters=-2), "resample_iters"),
+    (dict(resample_iters=-2), "resample must be in"),
+    (dict(resample_iters=(1, 2, 3)), "resample has 3 values but there are 2 steps"),
     (dict(height=31), "multiples"),
+    (dict(stpes=3), "unknown setting 'stpes'"),
 ])
 def test_bad_settings(pipe, images, kwargs, message):
-    with pytest.raises(ValueError, match=message):
+    with pytest.raises(SettingsError, match=message):
         pipe(images[0], "x", **{**FAST, **kwargs})
+
+
+def test_settings_object_and_aliases_agree(pipe, images):
+    """A SamplerSettings, its field names and the diffusers-style aliases are one setting."""
+    s = SamplerSettings(num_new_frames=2, steps=2, resample=1)
+    np.testing.assert_array_equal(pipe(images[0], "x", s, seed=3), pipe(images[0], "x", seed=3, **FAST))
+    with pytest.raises(SettingsError, match="given twice"):
+        pipe(images[0], "x", steps=2, num_inference_steps=2)
+
+
+def test_output_types(pipe, images):
+    """uint8 on the host; float/jax in [0, 1] with the given image first; latent on the device."""
+    u8 = pipe(images[0], "x", seed=1, **FAST)
+    f = pipe(images[0], "x", seed=1, output_type="float", **FAST)
+    j = pipe(images[0], "x", seed=1, output_type="jax", **FAST)
+    lat = pipe(images[0], "x", seed=1, output_type="latent", **FAST)
+    assert isinstance(f, np.ndarray) and isinstance(j, jax.Array) and isinstance(lat, jax.Array)
+    assert f.shape == u8.shape and f.dtype == np.float32 and lat.shape == (2, 16, 16, 4)
+    np.testing.assert_array_equal(np.asarray(j), f)
+    assert np.abs(np.round(f * 255) - u8).max() <= 1
+    with pytest.raises(SettingsError, match="output_type"):
+        pipe(images[0], "x", output_type="png", **FAST)
+
+
+def test_progress_callback_reports_every_frame(pipe, images):
+    seen = []
+    pipe(images[0], "x", progress=lambda done, total: seen.append((done, total)), **FAST)
+    assert seen == [(1, 2), (2, 2)]
 
 
 def test_mismatched_lists(pipe, images):
@@ -95,9 +131,10 @@ def test_offline_repo_id_fails_at_once(monkeypatch):
         TI2VZeroPipeline.from_pretrained("someone/some-model")
 
 
-def test_diffusers_dir_converted_on_the_fly(tiny_diffusers_dir, tiny_converted_dir, images, capsys):
-    a = TI2VZeroPipeline.from_pretrained(tiny_diffusers_dir, num_frames=4)
-    assert "converting it in memory" in capsys.readouterr().err
+def test_diffusers_dir_converted_on_the_fly(tiny_diffusers_dir, tiny_converted_dir, images, caplog):
+    with caplog.at_level(logging.INFO, logger="ti2v_jax"):
+        a = TI2VZeroPipeline.from_pretrained(tiny_diffusers_dir, num_frames=4)
+    assert "in memory" in caplog.text
     b = TI2VZeroPipeline.from_pretrained(tiny_converted_dir, num_frames=4)
     np.testing.assert_array_equal(a(images[0], "x", **FAST), b(images[0], "x", **FAST))
 
