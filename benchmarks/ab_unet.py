@@ -25,33 +25,42 @@ from flax import nnx
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 sys.path.insert(0, str(Path(__file__).resolve().parent))
 import configs  # noqa: E402
-from ti2v_jax.models import layers  # noqa: E402
 from ti2v_jax.models.unet3d import UNet3DConditionModel  # noqa: E402
 from ti2v_jax.xla_options import jit  # noqa: E402
 
 
+def unet_with(cfg: dict, dt, attention, like=None):
+    """A random-weight U-Net of `cfg` built with `attention`; with `like` (another U-Net of the
+    same config), one holding like's weights instead (no second random init)."""
+    if like is None:
+        return UNet3DConditionModel(cfg, dtype=dt, param_dtype=dt, attention=attention, rngs=nnx.Rngs(0))
+    model = nnx.eval_shape(lambda: UNet3DConditionModel(cfg, dtype=dt, param_dtype=dt, attention=attention))
+    nnx.update(model, nnx.state(like, nnx.Param))
+    return model
+
+
 def pair_programs(cfg: dict, dt, impls, frames: int = 16, package_options: bool = True):
     """A random-weight U-Net of `cfg`, the inputs of one guidance pair (K=`frames`: one sample
-    and its two contexts, as `sampling.guided_eps` sends them), and the pair compiled once per
-    attention setting in `impls` (None: the default).
+    and its two contexts, as guidance sends them), and the pair compiled once per attention
+    setting in `impls` (None: the platform's automatic choice), each on the same weights
+    built with that `attention=`.
 
     `package_options`: compile with ti2v-jax's compiler options (else XLA's defaults).
     Returns ({impl: compiled}, {impl: compile seconds}, (params, x, t, context)).
     """
-    model = UNet3DConditionModel(cfg, dtype=dt, param_dtype=dt, rngs=nnx.Rngs(0))
-    g, st = nnx.split(model)
+    base = unet_with(cfg, dt, impls[0])
+    st = nnx.state(base)
     lat, c_in = cfg.get("sample_size", 32), cfg.get("in_channels", 4)
     x = jax.random.normal(jax.random.key(1), (1, frames, lat, lat, c_in)).astype(dt)
     c = jax.random.normal(jax.random.key(2), (2, 77, cfg["cross_attention_dim"])).astype(dt)
     t = jnp.array([501])
     fns, compile_s = {}, {}
     for impl in impls:
-        layers.set_attention_implementation(impl)
+        g = nnx.graphdef(unet_with(cfg, dt, impl, like=base))  # the attention is part of the graph
         t0 = time.perf_counter()
-        fn = lambda s, x, t, c: nnx.merge(g, s)(x, t, c)  # noqa: E731
+        fn = lambda s, x, t, c, g=g: nnx.merge(g, s)(x, t, c)  # noqa: E731
         fns[impl] = (jit(fn) if package_options else jax.jit(fn)).lower(st, x, t, c).compile()
         compile_s[impl] = time.perf_counter() - t0
-    layers.set_attention_implementation(None)
     return fns, compile_s, (st, x, t, c)
 
 
@@ -60,7 +69,7 @@ def main():
     ap.add_argument("--config", default="small")
     ap.add_argument("--dtype", default="float32")
     ap.add_argument("--rounds", type=int, default=3)
-    ap.add_argument("--impls", default="none,xla")
+    ap.add_argument("--impls", default="none,xla", help="attention choices (none: automatic per platform)")
     ap.add_argument("--xla-options", choices=("package", "none", "both"), default="package")
     a = ap.parse_args()
     names = a.impls.split(",")

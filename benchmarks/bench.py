@@ -135,10 +135,50 @@ def count_flops(cfg_name: str) -> float:
 
 # ---------------------------------------------------------------- ti2v-jax
 
-def auto_attention(gpu: bool, dtype) -> str | None:
-    """The attention `--attention auto` picks: cuDNN's fused kernel on GPU in half precision,
-    else the package default (None)."""
-    return "cudnn" if gpu and dtype != "float32" else None
+def attention_arg(name: str) -> str | None:
+    """`--attention` as the models' `attention=`: "auto" is None (the platform's automatic
+    choice, `ti2v_jax.models.layers.AUTO_ATTENTION`: cuDNN on GPU, blocked on CPU)."""
+    from ti2v_jax.models import layers
+
+    return layers.check_attention(None if name in ("auto", "none", None) else name)
+
+
+def sampler_call(fn, keys, denoise, text, empty, *rest, guidance, resample, **kw):
+    """fn(...) for a TI2V-Zero sampler function (`slide_frame`, `ti2v_zero_sample`) with the
+    network `denoise` and both contexts, in either sampling API: the guided denoiser
+    (`sampling.guidance.cfg_denoiser`, guidance=/resample=) or, before it, the network with the
+    contexts after the positional arguments (guidance_scale=/resample_iters=)."""
+    try:
+        from ti2v_jax.sampling.guidance import cfg_denoiser
+    except ImportError:
+        return fn(keys, denoise, *rest, text, empty, guidance_scale=guidance, resample_iters=resample, **kw)
+    return fn(keys, cfg_denoiser(denoise, text, empty), *rest, guidance=guidance, resample=resample, **kw)
+
+
+def program_fns(comps, k, dt, abar):
+    """The pipeline's (denoise, encode, decode) maker for weights p: `ProgramSpec(...).fns`, with
+    or without the dtype argument (the precision policy took it out: each network's own)."""
+    import inspect
+
+    from ti2v_jax.programs import ProgramSpec
+
+    if "dtype" in inspect.signature(ProgramSpec).parameters:
+        return ProgramSpec(comps, k, dt, abar).fns
+    return ProgramSpec(comps, k, abar).fns
+
+
+def load_components(weights, dt, attention):
+    """`loading.load` with the attention choice (a checkout whose `load` takes no `attention=`
+    runs the automatic choice only)."""
+    import inspect
+
+    from ti2v_jax import loading
+
+    if "attention" in inspect.signature(loading.load).parameters:
+        return loading.load(weights, dtype=dt, tokenizer=False, attention=attention)
+    if attention is not None:
+        raise SystemExit(f"--attention {attention}: this checkout's loading.load takes no attention=")
+    return loading.load(weights, dtype=dt, tokenizer=False)
 
 
 def jax_setup(args):
@@ -150,9 +190,7 @@ def jax_setup(args):
     import jax
     import jax.numpy as jnp
 
-    from ti2v_jax import loading
     from ti2v_jax.models import layers
-    from ti2v_jax.programs import ProgramSpec
     from ti2v_jax.sampling import schedule
     from ti2v_jax.sampling.ti2v_zero import pad_queue
     from ti2v_jax.xla_options import compiler_options, jit
@@ -160,14 +198,13 @@ def jax_setup(args):
     dev = jax.devices()[0]
     gpu = dev.platform == "gpu"
     dt = jnp.dtype(args.dtype)
-    attn = auto_attention(gpu, dt) if args.attention == "auto" else args.attention
-    layers.set_attention_implementation(attn)
+    attn = attention_arg(args.attention)
     info = dict(impl="ti2v-jax", jax=jax.__version__, device=f"{dev.platform}: {dev.device_kind}",
-                dtype=dt.name, attention=attn or ("default (layers._attention_cpu)" if not gpu else "xla"),
+                dtype=dt.name, attention=f"{attn or 'automatic'} ({layers.platform_attention(attn, dev.platform)})",
                 compiler_options=compiler_options(dev.platform))
     sync = jax.block_until_ready
     t0 = time.perf_counter()
-    comps = loading.load(args.weights, dtype=dt, tokenizer=False)
+    comps = load_components(args.weights, dt, attn)
     p = sync(comps.params)
     info["load_s"] = time.perf_counter() - t0
     ucfg = comps.configs["unet"]
@@ -183,7 +220,7 @@ def jax_setup(args):
     info["text_encode_compile_and_run_s"] = time.perf_counter() - t0
     info["text_encode_s"], _ = median_time(lambda: sync(enc(p["text_encoder"], ids)), 3)
 
-    fns = ProgramSpec(comps, k, dt, abar).fns  # the pipeline's (denoise, encode, decode) for params pp
+    fns = program_fns(comps, k, dt, abar)  # the pipeline's (denoise, encode, decode) for params pp
     img = jax.random.uniform(jax.random.key(2), (1, 1, lat * scale, lat * scale, 3), jnp.float32, -1, 1)
     return types.SimpleNamespace(
         jax=jax, jnp=jnp, sync=sync, jit=jit, layers=layers, schedule=schedule, dev=dev, gpu=gpu, dt=dt,
@@ -193,7 +230,7 @@ def jax_setup(args):
         q0=sync(jit(lambda f: pad_queue(fns(p)[1](f), k - 1))(img)),
         keys=schedule.item_keys(jax.random.key(0), 1),
         common=dict(num_frames=k, timesteps=jnp.asarray(schedule.ddim_timesteps(args.steps)),
-                    guidance_scale=args.guidance, resample_iters=args.resample, abar=abar))
+                    guidance=args.guidance, resample=args.resample, abar=abar))
 
 
 def _jax_compile(s, fn, *a, donate=()):
@@ -225,7 +262,8 @@ def jax_frame(s, slide):
 
     def frame(pp, keys, queue, text, empty):
         denoise, encode, decode = s.fns(pp)
-        return slide_frame(keys, denoise, encode, decode, queue, text, empty, slide=slide, **s.common)[0]
+        return sampler_call(slide_frame, keys, denoise, text, empty, encode, decode, queue, slide=slide,
+                            **s.common)[0]
 
     c, compile_s = _jax_compile(s, frame, s.p, s.keys, s.q0, s.text, s.empty, donate=(2,))
     return c, (lambda: s.sync(c(s.p, s.keys, s.jnp.array(s.q0, copy=True), s.text, s.empty))), compile_s
@@ -238,6 +276,16 @@ def run_jax(args, out: dict, save):
 
     s = jax_setup(args)
     out.update(s.info)
+    try:
+        pair, out["pair_compile_s"] = jax_pair(s)
+    except Exception as e:  # e.g. cuDNN rejecting a shape: rebuild with XLA attention, say so
+        if s.layers.platform_attention(s.attn, s.dev.platform) != "cudnn":
+            raise
+        out["attention_fallback"] = f"{type(e).__name__}: {str(e)[:300]}"
+        args.attention = "xla"
+        s = jax_setup(args)
+        out["attention"] = "xla (cudnn failed)"
+        pair, out["pair_compile_s"] = jax_pair(s)
     jax, jnp, sync, jit, layers, schedule = s.jax, s.jnp, s.sync, s.jit, s.layers, s.schedule
     dev, dt, attn, k, lat, ucfg = s.dev, s.dt, s.attn, s.k, s.lat, s.ucfg
     p, keys, q0, img, text, empty, fns, common = s.p, s.keys, s.q0, s.img, s.text, s.empty, s.fns, s.common
@@ -248,15 +296,6 @@ def run_jax(args, out: dict, save):
         except Exception:
             return None
 
-    try:
-        pair, out["pair_compile_s"] = jax_pair(s)
-    except Exception as e:  # e.g. cuDNN rejecting a shape: fall back to XLA attention, say so
-        if attn != "cudnn":
-            raise
-        out["attention_fallback"] = f"{type(e).__name__}: {str(e)[:300]}"
-        layers.set_attention_implementation(None)
-        out["attention"] = "xla (cudnn failed)"
-        pair, out["pair_compile_s"] = jax_pair(s)
     pair()
     out["pair_s"], out["pair_all_s"] = median_time(pair, args.repeats)
     out["peak_device_gib_after_pair"] = dev_peak()
@@ -300,8 +339,8 @@ def run_jax(args, out: dict, save):
 
         def video(pp, keys, frames, text, empty, slide=slide, n=n):
             denoise, encode, decode = fns(pp)
-            res = ti2v_zero_sample(keys, denoise, encode, decode, frames, text, empty, num_new_frames=n,
-                                   slide=slide, **common)
+            res = sampler_call(ti2v_zero_sample, keys, denoise, text, empty, encode, decode, frames,
+                               num_new_frames=n, slide=slide, **common)
             return res[1]
 
         c, out[f"video_{slide}_compile_s"] = _jax_compile(s, video, p, keys, img.astype(dt), text, empty)
@@ -319,7 +358,7 @@ def run_jax(args, out: dict, save):
     heads = ucfg["block_out_channels"][0] // ucfg["attention_head_dim"]
     c0 = ucfg["block_out_channels"][0]
     qa = jax.random.normal(jax.random.key(3), (3, 2 * k, lat * lat, c0), jnp.float32).astype(dt)
-    att = jit(lambda q, kk, v: layers.attention(q, kk, v, heads))
+    att = jit(lambda q, kk, v: layers.attention(q, kk, v, heads, implementation=attn))
     sync(att(qa[0], qa[1], qa[2]))
     out["attention_s"], _ = median_time(lambda: sync(att(qa[0], qa[1], qa[2])), args.repeats)
     out["attention_shape"] = f"({2 * k}, {lat * lat} tokens, {heads} heads x {c0 // heads})"
@@ -330,20 +369,39 @@ def run_jax(args, out: dict, save):
 
 # ---------------------------------------------------------------- PyTorch reference
 
-def torch_setup(args):
+def tuned_compile_mode(args, gpu: bool):
+    """The tuned peer's torch.compile mode: --torch-compile-mode, where "auto" is
+    "max-autotune-no-cudagraphs" on GPU and inductor's default on CPU; None for "none" (eager)."""
+    mode = args.torch_compile_mode
+    if mode == "auto":
+        mode = "max-autotune-no-cudagraphs" if gpu else "default"
+    return None if mode == "none" else mode
+
+
+def torch_setup(args, tuned: bool = False):
     """The reference's side, up to the timings (as `jax_setup`): the diffusers modules loaded from
-    args.weights, the two contexts encoded, the pair's sample, start image and latent queue."""
+    args.weights, the two contexts encoded, the pair's sample, start image and latent queue.
+    tuned: the tuned peer (`reference_torch.TunedTI2VZero`: modules in --torch-tuned-dtype, SDPA,
+    batch-2 guidance, the U-Net torch.compile'd lazily at its first call); else the published loop."""
     import torch
     from diffusers import AutoencoderKL, UNet3DConditionModel
+    from diffusers.models.attention_processor import AttnProcessor2_0
     from transformers import CLIPTextModel
 
-    from reference_torch import TorchTI2VZero
+    from reference_torch import TorchTI2VZero, TunedTI2VZero
 
     gpu = torch.cuda.is_available() and args.torch_device != "cpu"
     device = torch.device("cuda" if gpu else "cpu")
     ac = torch.float16 if gpu else None
     info = dict(impl="pytorch reference", torch=torch.__version__, dtype="fp16 autocast" if gpu else "float32",
                 device=torch.cuda.get_device_name() if gpu else f"cpu ({torch.get_num_threads()} threads)")
+    tdt = getattr(torch, args.torch_tuned_dtype if gpu else "float32")
+    mode = tuned_compile_mode(args, gpu)
+    if tuned:
+        info.update(impl="pytorch tuned peer", dtype=str(tdt).replace("torch.", ""),
+                    compile=f"torch.compile(unet, mode={mode!r})" if mode else "eager (no torch.compile)",
+                    attention="SDPA (AttnProcessor2_0)", guidance="one batch-2 U-Net call",
+                    pixel_slide="one encode + one decode per new frame")
 
     def sync():
         if gpu:
@@ -357,8 +415,14 @@ def torch_setup(args):
     info["load_s"] = time.perf_counter() - t0
     k, lat = args.frames, unet.config.sample_size
     scale = 2 ** (len(vae.config.block_out_channels) - 1)
-    ref = TorchTI2VZero(unet, vae, device=device, autocast_dtype=ac, num_frames=k,
-                        scaling_factor=vae.config.scaling_factor)
+    if tuned:
+        unet.to(tdt).set_attn_processor(AttnProcessor2_0())
+        vae.to(tdt).set_attn_processor(AttnProcessor2_0())
+        ref = TunedTI2VZero(unet, vae, device=device, dtype=tdt, compile_mode=mode, num_frames=k,
+                            scaling_factor=vae.config.scaling_factor)
+    else:
+        ref = TorchTI2VZero(unet, vae, device=device, autocast_dtype=ac, num_frames=k,
+                            scaling_factor=vae.config.scaling_factor)
     with torch.no_grad():
         ids = torch.tensor(token_ids(), device=device)
         t0 = time.perf_counter()
@@ -370,6 +434,7 @@ def torch_setup(args):
     img = torch.rand(3, lat * scale, lat * scale, generator=g, device=device) * 2 - 1
     with torch.no_grad(), ref._ctx():
         lat_q = ref.encode(img[None].repeat(k - 1, 1, 1, 1))
+    sync()
     return types.SimpleNamespace(torch=torch, gpu=gpu, device=device, sync=sync, info=info, ref=ref, k=k,
                                  text=ctx[:1], empty=ctx[1:], g=g, x=x, img=img, lat_q=lat_q,
                                  kw=dict(steps=args.steps, resample=args.resample, g=args.guidance))
@@ -386,8 +451,15 @@ def torch_pair(s):
 def torch_frame(s, slide):
     """run() -> one new frame as the published code makes it, waited for: "pixel" re-encodes the
     K-1 pixel queue frames, samples, decodes the new latent and slides the pixel queue; "latent"
-    samples from the latent queue and slides it."""
+    samples from the latent queue and slides it. The tuned peer: `TunedTI2VZero.next_frame` from
+    the latent queue (the pixel slide decodes the new latent and encodes that frame once)."""
     torch, ref = s.torch, s.ref
+    if hasattr(ref, "next_frame"):
+        def tuned():
+            with torch.inference_mode():
+                ref.next_frame(s.lat_q, s.text, s.empty, slide=slide, gen=s.g, **s.kw)
+            s.sync()
+        return tuned
 
     def one():
         with torch.no_grad(), ref._ctx():
@@ -466,6 +538,54 @@ def run_torch(args, out: dict, save):
         sync()
     att()
     out["attention_s"], _ = median_time(att, args.repeats)
+    out["peak_rss_gib"] = peak_rss_gib()
+    out["peak_device_gib"] = dev_peak()
+    save()
+
+
+def run_torch_tuned(args, out: dict, save):
+    """The tuned peer: eager figures first (kept if compiling does not finish in time), then
+    the compiled U-Net's first call (compile + warm-up, reported apart), pair and frames."""
+    s = torch_setup(args, tuned=True)
+    out.update(s.info)
+    torch, ref, gpu = s.torch, s.ref, s.gpu
+
+    def dev_peak():
+        return torch.cuda.max_memory_allocated() / 2**30 if gpu else None
+
+    pair = torch_pair(s)
+    compiled = ref.unet_fn
+    ref.unet_fn = ref.unet  # eager first
+    pair()
+    out["pair_eager_s"], _ = median_time(pair, args.repeats)
+    print(f"[torch tuned] eager pair {out['pair_eager_s']:.3f}s", flush=True)
+    save()
+    if args.tuned_eager_frame:
+        out["frame_latent_eager_s"], _ = median_time(torch_frame(s, "latent"), 1)
+        print(f"[torch tuned] eager frame latent {out['frame_latent_eager_s']:.2f}s", flush=True)
+        save()
+    ref.unet_fn = compiled
+    if ref.compile_mode is not None:
+        print(f"[torch tuned] compiling ({out['compile']}) ...", flush=True)
+        t0 = time.perf_counter()
+        pair()
+        out["compile_and_first_pair_s"] = time.perf_counter() - t0
+        t0 = time.perf_counter()
+        pair()
+        out["second_pair_s"] = time.perf_counter() - t0
+        print(f"[torch tuned] compile + first pair {out['compile_and_first_pair_s']:.1f}s", flush=True)
+        save()
+    out["pair_s"], out["pair_all_s"] = median_time(pair, args.repeats)
+    out["peak_device_gib_after_pair"] = dev_peak()
+    print(f"[torch tuned] pair {out['pair_s']:.3f}s", flush=True)
+    save()
+    for slide in ("latent", "pixel"):
+        one = torch_frame(s, slide)
+        out[f"frame_{slide}_first_run_s"], _ = median_time(one, 1)
+        out[f"frame_{slide}_s"], out[f"frame_{slide}_all_s"] = median_time(one, args.frame_repeats)
+        out[f"peak_device_gib_after_frame_{slide}"] = dev_peak()
+        print(f"[torch tuned] frame {slide} {out[f'frame_{slide}_s']:.2f}s", flush=True)
+        save()
     out["peak_rss_gib"] = peak_rss_gib()
     out["peak_device_gib"] = dev_peak()
     save()
@@ -568,9 +688,10 @@ def table(res: dict) -> str:
                      f"{fmt(j.get('frame_latent_first_run_s'))}, pixel {fmt(j.get('frame_pixel_first_run_s'))}")
     if j.get("attention_fallback"):
         extra.append(f"- cuDNN attention failed, XLA used: {j['attention_fallback']}")
-    for side, d in (("ti2v-jax", j), ("torch", t)):
+    for side, d in (("ti2v-jax", j), ("torch", t), ("torch tuned", res.get("torch_tuned", {}))):
         if d.get("error"):
             extra.append(f"- {side} ERROR: {d['error']}")
+    extra += tuned_table(res, fmt, ratio)
     return "\n".join([
         f"Config `{res['config']}`; {res['date']}; machine: {res['machine']}",
         f"ti2v-jax: {j.get('device', '-')}, {j.get('dtype', '-')}, attention {j.get('attention', '-')}, "
@@ -581,6 +702,47 @@ def table(res: dict) -> str:
         + str(res["args"]["repeats"]) + "); run after compile/warm-up"])
 
 
+def run_child(cmd, timeout) -> bool:
+    """Run cmd in its own process group; at `timeout` seconds (None: none) stop the whole group
+    (torch.compile's worker processes too). Returns whether it was stopped."""
+    import signal
+
+    if timeout is not None and timeout <= 0:
+        return True
+    proc = subprocess.Popen(cmd, start_new_session=True)
+    try:
+        proc.wait(timeout=timeout)
+        return False
+    except subprocess.TimeoutExpired:
+        os.killpg(proc.pid, signal.SIGKILL)
+        proc.wait()
+        return True
+
+
+def tuned_table(res: dict, fmt, ratio) -> list:
+    """The tuned PyTorch peer's rows (with ti2v-jax's, where measured in the same run)."""
+    j, u = res.get("jax", {}), res.get("torch_tuned")
+    if not u:
+        return []
+    steps, r = res["args"]["steps"], res["args"]["resample"]
+    lines = ["", f"Tuned PyTorch peer: {u.get('device', '-')}, {u.get('dtype', '-')}, {u.get('compile', '-')}, "
+                 f"{u.get('attention', '-')}, guidance {u.get('guidance', '-')}, pixel slide "
+                 f"{u.get('pixel_slide', '-')}, torch {u.get('torch', '-')}", "",
+             "| what | ti2v-jax | tuned PyTorch peer | speed-up |", "|---|---|---|---|"]
+    for name, key in (("U-Net guidance pair (peer: one batch-2 call)", "pair_s"),
+                      (f"one new frame, latent slide (S={steps}, R={r})", "frame_latent_s"),
+                      (f"one new frame, pixel slide (S={steps}, R={r})", "frame_pixel_s")):
+        lines.append(f"| {name} | {fmt(j.get(key))} | {fmt(u.get(key))} | {ratio(j.get(key), u.get(key))} |")
+    lines.append(f"| eager (before torch.compile): pair / latent frame | - | {fmt(u.get('pair_eager_s'))} / "
+                 f"{fmt(u.get('frame_latent_eager_s'))} | - |")
+    lines.append(f"| torch.compile + first pair (not in the rows above) | - | "
+                 f"{fmt(u.get('compile_and_first_pair_s'))} | - |")
+    if u.get("peak_device_gib"):
+        lines.append(f"| peak device memory | {fmt(j.get('peak_device_gib'), 'GiB')} | "
+                     f"{fmt(u.get('peak_device_gib'), 'GiB')} | - |")
+    return lines
+
+
 def child(args):
     out: dict = {}
     path = Path(args.child_out)
@@ -588,7 +750,7 @@ def child(args):
     def save():
         path.write_text(json.dumps(out, indent=1))
     try:
-        (run_jax if args.child == "jax" else run_torch)(args, out, save)
+        {"jax": run_jax, "torch": run_torch, "torch_tuned": run_torch_tuned}[args.child](args, out, save)
     except Exception as e:  # keep what was measured
         import traceback
         traceback.print_exc()
@@ -599,9 +761,10 @@ def child(args):
 
 def parser() -> argparse.ArgumentParser:
     ap = argparse.ArgumentParser(description=__doc__.splitlines()[0])
-    ap.add_argument("--config", default="small", choices=["small", "full"])
+    ap.add_argument("--config", default="small", choices=configs.NAMES)
     ap.add_argument("--dtype", default="float32", help="ti2v-jax compute/param dtype (float32, bfloat16)")
-    ap.add_argument("--attention", default="auto", help="auto (cudnn on GPU for bf16), xla, cudnn")
+    ap.add_argument("--attention", default="auto",
+                    help="the models' attention=: auto (the platform's automatic choice), xla, cudnn, blocked, pallas")
     ap.add_argument("--frames", type=int, default=16)
     ap.add_argument("--steps", type=int, default=10)
     ap.add_argument("--resample", type=int, default=4)
@@ -614,9 +777,20 @@ def parser() -> argparse.ArgumentParser:
                     help="ti2v-jax video: the library's one-program scan, or N calls of the frame program")
     ap.add_argument("--repeats", type=int, default=5)
     ap.add_argument("--frame-repeats", type=int, default=1)
-    ap.add_argument("--impls", default="jax,torch")
+    ap.add_argument("--impls", default="jax,torch",
+                    help="comma list of: jax, torch (the published loop), torch_tuned (the tuned peer)")
     ap.add_argument("--torch-device", default="auto")
-    ap.add_argument("--weights", default=None, help="existing weights dir (else made in a temp dir)")
+    ap.add_argument("--torch-tuned-dtype", default="bfloat16", help="the tuned peer's dtype on GPU (CPU: float32)")
+    ap.add_argument("--torch-compile-mode", default="auto",
+                    help="the tuned peer's torch.compile mode: auto (GPU max-autotune-no-cudagraphs, CPU default), "
+                         "default, max-autotune, max-autotune-no-cudagraphs, reduce-overhead, none (eager)")
+    ap.add_argument("--tuned-eager-frame", action="store_true",
+                    help="the tuned peer also times one latent-slide frame before compiling")
+    ap.add_argument("--deadline-s", type=float, default=None,
+                    help="stop each implementation's process this many seconds after this run's start "
+                         "(what it measured until then is kept)")
+    ap.add_argument("--weights", default=None,
+                    help="weights dir: used if it holds a pipeline, else made there and kept (default: a temp dir)")
     ap.add_argument("--out", default=str(HERE / "out"))
     ap.add_argument("--tag", default=None)
     ap.add_argument("--child", default=None, help=argparse.SUPPRESS)
@@ -638,12 +812,13 @@ def main():
     res = {"config": args.config, "date": datetime.datetime.now().isoformat(timespec="seconds"),
            "machine": machine(), "command": "python " + " ".join(sys.argv), "args": vars(args)}
     t0 = time.perf_counter()
+    start = time.monotonic()
     if args.weights is None:
-        tmp = tempfile.mkdtemp(prefix="ti2v_bench_")
-        args.weights = tmp
+        tmp = args.weights = tempfile.mkdtemp(prefix="ti2v_bench_")
+    if not (Path(args.weights) / "model_index.json").is_file():
         import torch
         dev = "cuda" if torch.cuda.is_available() and args.torch_device != "cpu" else "cpu"
-        res["params"] = make_weights(args.config, Path(tmp), device=dev)
+        res["params"] = make_weights(args.config, Path(args.weights), device=dev)
         del torch
     res["weights_s"] = time.perf_counter() - t0
     res["flops_per_pass"] = count_flops(args.config)
@@ -662,13 +837,16 @@ def main():
 
     argv = [a for a in sys.argv[1:]]
     for impl in args.impls.split(","):
-        key = {"jax": "jax", "torch": "torch"}[impl]
+        key = {"jax": "jax", "torch": "torch", "torch_tuned": "torch_tuned"}[impl]
         cout = out_dir / f"child_{tag}_{impl}.json"
         cmd = [sys.executable, "-u", __file__, *argv, "--weights", args.weights, "--child", impl,
                "--child-out", str(cout)]
         t1 = time.perf_counter()
-        subprocess.run(cmd, check=False)
+        left = None if args.deadline_s is None else args.deadline_s - (time.monotonic() - start)
+        timed_out = run_child(cmd, left)
         res[key] = json.loads(cout.read_text()) if cout.is_file() else {"error": "no output"}
+        if timed_out:
+            res[key]["error"] = f"stopped at the deadline after {time.perf_counter() - t1:.0f} s (--deadline-s)"
         res[key]["process_wall_s"] = time.perf_counter() - t1
         write()
     if tmp:

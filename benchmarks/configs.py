@@ -6,6 +6,8 @@ small: the real ModelScope U-Net's structure (4 levels, 2 layers per block, ever
   a minute or two on a 2-core CPU.
 full: ModelScope text-to-video-ms-1.7b's own configs (shipped as `ti2v_jax.MS17B_CONFIGS`),
   random weights. GPU only.
+tiny: the smallest config that takes every code path of the benchmarks (2 U-Net levels,
+  16x16 latents, a 3-level VAE, 64x64 pixels): for dry runs of the GPU script on a CPU.
 """
 
 from __future__ import annotations
@@ -34,6 +36,18 @@ SMALL = {
 }
 
 
+TINY = {
+    "unet": dict(SMALL["unet"], attention_head_dim=8, block_out_channels=[16, 32], cross_attention_dim=32,
+                 down_block_types=[CA_DOWN, DOWN], up_block_types=[UP, CA_UP], layers_per_block=1,
+                 norm_num_groups=8, sample_size=16),
+    "vae": dict(SMALL["vae"], block_out_channels=[16, 16, 32], down_block_types=["DownEncoderBlock2D"] * 3,
+                up_block_types=["UpDecoderBlock2D"] * 3, norm_num_groups=8, sample_size=64),
+    "text_encoder": dict(SMALL["text_encoder"], hidden_size=32, intermediate_size=64, num_attention_heads=2,
+                         num_hidden_layers=1, projection_dim=32),
+}
+NAMES = ("tiny", "small", "full")
+
+
 def _full() -> dict:
     return {name: json.loads((MS17B_CONFIGS / f"{name}.json").read_text()) for name in ("unet", "vae", "text_encoder")}
 
@@ -47,9 +61,9 @@ FLOPS_PER_PASS = {"small": 89e9, "full": 4.89e12}
 
 
 def get(name: str) -> dict:
-    """{component: config dict} for `small` or `full`."""
-    if name == "small":
-        return json.loads(json.dumps(SMALL))
+    """{component: config dict} for `tiny`, `small` or `full`."""
+    if name in ("tiny", "small"):
+        return json.loads(json.dumps(TINY if name == "tiny" else SMALL))
     if name == "full":
         return _full()
-    raise ValueError(f"unknown config {name!r}; choose small or full")
+    raise ValueError(f"unknown config {name!r}; choose one of {', '.join(NAMES)}")

@@ -8,6 +8,14 @@ each new latent is decoded by the VAE, and all K-1 queue frames are encoded agai
 latents instead (the cheaper variant, for comparison with ti2v-jax's latent slide).
 Same math as ../shared/ALGORITHM.md; the noise comes from a torch.Generator, so the
 output is not bit-comparable with ti2v-jax (timing only; parity is tested elsewhere).
+
+`TunedTI2VZero` is the strongest PyTorch setup of the same algorithm we know to build from
+the same diffusers modules and weights: the modules in half precision (no autocast), both
+guidance halves in ONE batch-2 U-Net call, diffusers' SDPA attention (PyTorch picks its
+flash kernel where the GPU, dtype and head width allow), the U-Net `torch.compile`d
+(inductor), and the pixel slide with one encode per new frame (the VAE encodes frames one
+by one, so the re-encoded queue equals the kept latents plus the new frame's: what ti2v-jax
+does). The sampler arithmetic stays float32.
 """
 
 from __future__ import annotations
@@ -124,3 +132,66 @@ class TorchTI2VZero:
         """The guidance pair as the published code runs it: two batch-1 passes."""
         with self._ctx():
             return self.guided(x, t, text, empty, 9.0)
+
+
+class TunedTI2VZero(TorchTI2VZero):
+    """The tuned peer (module docstring). unet, vae: diffusers modules already in `dtype` on
+    `device`; `compile_mode`: torch.compile's mode for the U-Net (None: eager)."""
+
+    def __init__(self, unet, vae, *, device, dtype=torch.float32, compile_mode=None, **kw):
+        super().__init__(unet, vae, device=device, autocast_dtype=None, **kw)
+        self.dtype = dtype
+        self.compile_mode = compile_mode
+        self.unet_fn = unet
+        if compile_mode is not None:
+            mode = None if compile_mode == "default" else compile_mode
+            self.unet_fn = torch.compile(unet, mode=mode, dynamic=False)
+
+    def _ctx(self):
+        return torch.inference_mode()
+
+    def eps_pair(self, x, t, text, empty):
+        """x (1, C, K, h, w) float32 -> (eps_uncond, eps_text), one batch-2 U-Net call."""
+        xx = torch.cat([x, x]).to(self.dtype)
+        tt = torch.full((2,), t, device=self.device, dtype=torch.long)
+        ctx = torch.cat([empty, text]).to(self.dtype)
+        eps = self.unet_fn(xx, tt, encoder_hidden_states=ctx, return_dict=False)[0].float()
+        return eps[:1], eps[1:]
+
+    def guided(self, x, t, text, empty, g):
+        e_u, e_t = self.eps_pair(x, t, text, empty)
+        return e_u + g * (e_t - e_u)
+
+    def encode(self, frames):
+        """frames (F, 3, H, W) -> latents (F, C, h, w) float32, one batched call (the VAE encodes
+        each frame on its own, so this is the published per-frame encode)."""
+        return self.vae.encode(frames.to(self.dtype)).latent_dist.mean.float() * self.sf
+
+    def decode(self, z):
+        return self.vae.decode((z / self.sf).to(self.dtype)).sample.float()
+
+    def next_frame(self, lat_queue, text, empty, *, slide="pixel", steps=10, resample=4, g=9.0, gen=None):
+        """One new frame from the latent queue (K-1, C, h, w): returns (new latent queue, new
+        frame or latent). The pixel slide decodes the new latent and encodes that frame once."""
+        z = self.frame(lat_queue, text, empty, steps=steps, resample=resample, g=g, gen=gen)
+        if slide == "pixel":
+            px = self.decode(z[None])
+            return torch.cat([lat_queue[1:], self.encode(px)]), px[0]
+        return torch.cat([lat_queue[1:], z[None]]), z
+
+    @torch.inference_mode()
+    def video(self, image, text, empty, *, num_new_frames=15, steps=10, resample=4, g=9.0, slide="pixel",
+              seed=0):
+        gen = torch.Generator(device=self.device).manual_seed(seed)
+        q = self.encode(image[None]).repeat(self.k - 1, 1, 1, 1)
+        out = []
+        for _ in range(num_new_frames):
+            q, new = self.next_frame(q, text, empty, slide=slide, steps=steps, resample=resample, g=g, gen=gen)
+            out.append(new)
+        if slide == "latent":
+            out = list(self.decode(torch.stack(out)))
+        return torch.stack(out)
+
+    @torch.inference_mode()
+    def unet_pair(self, x, t, text, empty):
+        return self.guided(x, t, text, empty, 9.0)

@@ -30,13 +30,12 @@ import jax.numpy as jnp
 from flax import nnx
 
 sys.path[:0] = [str(Path(__file__).resolve().parents[1]), str(Path(__file__).resolve().parents[2])]
-from bench import Report, auto_attention  # noqa: E402
+from ab_unet import unet_with  # noqa: E402
+from bench import Report, sampler_call  # noqa: E402
 from configs import get as get_config  # noqa: E402
 
 from profile_unet import kernel_profile  # noqa: E402  (this script's own folder)
 
-from ti2v_jax.models import layers  # noqa: E402
-from ti2v_jax.models.unet3d import UNet3DConditionModel  # noqa: E402
 from ti2v_jax.sampling import schedule  # noqa: E402
 from ti2v_jax.sampling.ti2v_zero import ti2v_zero_frame  # noqa: E402
 from ti2v_jax.xla_options import compiler_options  # noqa: E402
@@ -75,11 +74,9 @@ def main():
     say = Report()
 
     dt = jnp.dtype(a.dtype)
-    gpu = jax.default_backend() == "gpu"
-    attention = auto_attention(gpu, dt)
     cfg = dict(get_config(a.config)["unet"])
-    model = UNet3DConditionModel(cfg, dtype=dt, param_dtype=dt, rngs=nnx.Rngs(0))
-    g, st = nnx.split(model)
+    model = unet_with(cfg, dt, None)  # attention: the platform's automatic choice
+    st = nnx.state(model)
     lat, c_in = cfg.get("sample_size", 32), cfg.get("in_channels", 4)
     s0 = jax.random.normal(jax.random.key(1), (1, a.frames - 1, lat, lat, c_in)).astype(dt)
     ctx = jax.random.normal(jax.random.key(2), (2, 1, 77, cfg["cross_attention_dim"])).astype(dt)
@@ -89,22 +86,21 @@ def main():
     say(f"config {a.config}, {dt.name}, K={a.frames}, S={a.steps}, R={a.resample} ({pairs} guidance pairs per "
         f"call), devices {jax.devices()}, jax {jax.__version__}")
 
-    def frame(st, keys, s0, text, empty, timesteps):
+    def frame(g, st, keys, s0, text, empty, timesteps):
         denoise = schedule.shares_samples(lambda x, t, c: nnx.merge(g, st)(x, t, c))
-        return ti2v_zero_frame(keys, denoise, s0, text, empty, num_frames=a.frames, timesteps=timesteps,
-                               resample_iters=a.resample)
+        return sampler_call(ti2v_zero_frame, keys, denoise, text, empty, s0, num_frames=a.frames,
+                            timesteps=timesteps, guidance=9.0, resample=a.resample)
 
     args = (st, keys, s0, ctx[1], ctx[0], timesteps)
     fns = {}
     for name in a.sets.split(","):
         opts = {**compiler_options(), **SETS[name]}
-        att = opts.pop("attention", attention)
-        layers.set_attention_implementation(att)  # read when the frame program is traced
+        att = opts.pop("attention", None)
+        # the set's attention is part of the model's graph definition, hence of the trace
+        g = nnx.graphdef(unet_with(cfg, dt, att, like=model))
         t0 = time.perf_counter()
         try:
-            # a new function object per set: jit's trace cache would else hand every set the
-            # first set's trace, made under the first set's attention
-            lowered = jax.jit(lambda *x: frame(*x), compiler_options=opts or None).lower(*args)
+            lowered = jax.jit(lambda *x, g=g: frame(g, *x), compiler_options=opts or None).lower(*args)
             fns[name] = lowered.compile()
             jax.block_until_ready(fns[name](*args))  # the first run's one-time costs
         except Exception as e:  # noqa: BLE001 - a refused option: say so, go on
@@ -115,7 +111,7 @@ def main():
         # short hashes of the traced and of the compiled program: equal ones mean one program
         ids = [hashlib.sha1(x.as_text().encode()).hexdigest()[:8] for x in (lowered, fns[name])]
         say(f"{name}: compile + first run {t1 - t0:.1f} s, second run {time.perf_counter() - t1:.3f} s, "
-            f"attention {att}, options {opts}, program traced/compiled {ids[0]}/{ids[1]}")
+            f"attention {att or 'automatic'}, options {opts}, program traced/compiled {ids[0]}/{ids[1]}")
     res = {n: [] for n in fns}
     for _ in range(a.rounds):
         for n, f in fns.items():

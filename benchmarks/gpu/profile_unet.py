@@ -126,8 +126,7 @@ def main():
     # temporal attention: (B*H*W, K tokens)
     qt = jax.random.normal(jax.random.key(4), (3, 2 * lat * lat, a.frames, c0), jnp.float32).astype(dt)
     for impl in impls:
-        layers.set_attention_implementation(impl)
-        att = jax.jit(lambda q, k, v: layers.attention(q, k, v, heads))
+        att = jax.jit(lambda q, k, v, impl=impl: layers.attention(q, k, v, heads, implementation=impl))
         s = timed(lambda: jax.block_until_ready(att(qa[0], qa[1], qa[2])), a.repeats)
         flops = 4 * 2 * a.frames * (lat * lat) ** 2 * c0
         say(f"attention alone ({2 * a.frames}, {lat * lat} tokens, {heads} x {c0 // heads}), {impl or 'default'}: "
