@@ -180,8 +180,9 @@ def _free_port():
 
 
 def test_multiprocess_mesh_matches_single_device():
-    """2 processes x 2 CPU devices, uneven local batches (3 and 1 items), as on a pod."""
-    script = TOY + textwrap.dedent("""
+    """2 processes x 2 CPU devices, uneven local batches (3 and 1 items), as on a pod; the
+    (host) weights become a global array once, not on every call."""
+    script = TOY + SPY + textwrap.dedent("""
         import sys
         pid, port = int(sys.argv[1]), sys.argv[2]
         jax.config.update("jax_cpu_collectives_implementation", "gloo")
@@ -189,8 +190,12 @@ def test_multiprocess_mesh_matches_single_device():
                                    initialization_timeout=120)
         assert jax.device_count() == 4 and jax.local_device_count() == 2
         idx = [0, 1, 2] if pid == 0 else [3]
-        out = run(idx, "mesh")
-        print("RESULT", json.dumps([o.tolist() for o in out]), flush=True)
+        PARAM_SHAPES, WATCH_IDS = set(), {id(W)}  # the (8, 8) global output has W's shape: watch W itself
+        moves = []
+        for _ in range(3):
+            out = run(idx, "mesh")
+            moves.append(len(MOVES)); MOVES.clear()
+        print("RESULT", json.dumps([o.tolist() for o in out] + [moves]), flush=True)
     """)
     port = str(_free_port())
     procs = [subprocess.Popen([sys.executable, "-c", script, str(pid), port], env=_env(2),
@@ -214,6 +219,9 @@ def test_multiprocess_mesh_matches_single_device():
     """, devices=1)
     import numpy as np
 
+    for r in results:
+        print("weights placed per call:", r[2])
+        assert r[2] == [1, 0, 0]
     for j in range(2):
         got = np.concatenate([np.asarray(results[0][j]), np.asarray(results[1][j])])
         err = float(np.abs(got - np.asarray(ref[j])).max())
@@ -237,19 +245,22 @@ SPY = textwrap.dedent("""
     MOVES, SEEN = [], []
     _put, _make, _ccall = jax.device_put, jax.make_array_from_process_local_data, jax.stages.Compiled.__call__
 
-    def _record(x, y, param_shapes):
+    WATCH_IDS = set()  # or name the weights' leaves themselves (when other arrays share their shape)
+
+    def _record(kind, x, y, param_shapes):
         for xi, yi in zip(jax.tree.leaves(x), jax.tree.leaves(y)):
-            if tuple(np.shape(yi)) in param_shapes and yi is not xi and not _ptrs(yi) <= _ptrs(xi):
-                MOVES.append(tuple(np.shape(yi)))
+            watched = tuple(np.shape(yi)) in param_shapes or id(xi) in WATCH_IDS
+            if watched and yi is not xi and not _ptrs(yi) <= _ptrs(xi):
+                MOVES.append(kind)
 
     def spy_put(x, *a, **k):
         y = _put(x, *a, **k)
-        _record(x, y, PARAM_SHAPES)
+        _record("device_put", x, y, PARAM_SHAPES)
         return y
 
     def spy_make(sharding, x, *a, **k):
         y = _make(sharding, x, *a, **k)
-        _record(x, y, PARAM_SHAPES)
+        _record("make_array", x, y, PARAM_SHAPES)
         return y
 
     def spy_ccall(self, *args, **kw):
