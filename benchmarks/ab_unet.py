@@ -29,12 +29,13 @@ from ti2v_jax.models.unet3d import UNet3DConditionModel  # noqa: E402
 from ti2v_jax.xla_options import jit  # noqa: E402
 
 
-def unet_with(cfg: dict, dt, attention, like=None):
-    """A random-weight U-Net of `cfg` built with `attention`; with `like` (another U-Net of the
-    same config), one holding like's weights instead (no second random init)."""
+def unet_with(cfg: dict, dt, attention, like=None, **kw):
+    """A random-weight U-Net of `cfg` built with `attention` (and the constructor's other keyword
+    arguments `kw`); with `like` (another U-Net of the same config), one holding like's weights
+    instead (no second random init)."""
     if like is None:
-        return UNet3DConditionModel(cfg, dtype=dt, param_dtype=dt, attention=attention, rngs=nnx.Rngs(0))
-    model = nnx.eval_shape(lambda: UNet3DConditionModel(cfg, dtype=dt, param_dtype=dt, attention=attention))
+        return UNet3DConditionModel(cfg, dtype=dt, param_dtype=dt, attention=attention, rngs=nnx.Rngs(0), **kw)
+    model = nnx.eval_shape(lambda: UNet3DConditionModel(cfg, dtype=dt, param_dtype=dt, attention=attention, **kw))
     nnx.update(model, nnx.state(like, nnx.Param))
     return model
 

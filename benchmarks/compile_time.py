@@ -21,6 +21,9 @@ import jax.numpy as jnp
 from flax import nnx
 
 sys.path.insert(0, os.path.join(os.path.dirname(os.path.abspath(__file__)), ".."))  # run from a checkout
+sys.path.insert(0, os.path.dirname(os.path.abspath(__file__)))
+from bench import sampler_call  # noqa: E402
+
 from ti2v_jax import sampling as S  # noqa: E402
 
 TINY_UNET = dict(block_out_channels=[32, 64], down_block_types=["CrossAttnDownBlock3D", "DownBlock3D"],
@@ -75,11 +78,11 @@ def main():
 
     @functools.partial(jax.jit, static_argnames=("num_new_frames",))
     def sample(params, key, frames, ctx, uctx, timesteps, guidance_scale, *, num_new_frames):
-        return S.ti2v_zero_sample(
-            key, functools.partial(denoise, params), functools.partial(encode, params),
-            functools.partial(decode, params), frames, ctx, uctx, num_frames=k,
-            num_new_frames=num_new_frames, timesteps=timesteps, guidance_scale=guidance_scale,
-            resample_iters=args.resample, slide="pixel")
+        return sampler_call(
+            S.ti2v_zero_sample, key, functools.partial(denoise, params), ctx, uctx,
+            functools.partial(encode, params), functools.partial(decode, params), frames, num_frames=k,
+            num_new_frames=num_new_frames, timesteps=timesteps, guidance=guidance_scale,
+            resample=args.resample, slide="pixel")
 
     def inputs(seed):
         ks = jax.random.split(jax.random.key(seed), 3)

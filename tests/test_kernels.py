@@ -90,6 +90,21 @@ def test_attention_softmax_in_float32_under_bfloat16(implementation, causal):
     assert out.dtype == jnp.bfloat16 and err < 0.05
 
 
+def test_one_pass_group_norm_matches_two_pass_in_float32():
+    """The opt-in one-pass GroupNorm (`group_norm="one_pass"`) against the default, float32,
+    activations of a U-Net's magnitude; an unknown formulation is a SettingsError."""
+    x = 2.0 + 3.0 * jax.random.normal(jax.random.key(6), (2, 4, 8, 8, 32))
+    kw = dict(rngs=nnx.Rngs(0))
+    two, one = (layers.GroupNorm(8, 32, 1e-5, group_norm=g, **kw) for g in ("two_pass", "one_pass"))
+    one.scale.set_value(1 + 0.1 * jax.random.normal(jax.random.key(7), (32,)))
+    two.scale.set_value(one.scale.get_value())
+    err = float(jnp.max(jnp.abs(one(x) - two(x))))
+    print(f"one-pass vs two-pass GroupNorm, float32: max abs err {err:.2e}")
+    assert err < 1e-5
+    with pytest.raises(ValueError, match="'fused' is not a GroupNorm formulation"):
+        layers.GroupNorm(8, 32, 1e-5, group_norm="fused", **kw)
+
+
 # --- the TPU path: Pallas flash attention, interpreted on CPU ---------------------------
 
 @pytest.mark.parametrize("tq,tk,dtype,causal", [(256, 256, jnp.float32, False), (256, 128, jnp.bfloat16, False),

@@ -167,6 +167,23 @@ def test_parity_with_xla_attention(ported):
     assert err <= TOL
 
 
+def test_parity_with_one_pass_group_norm(ported):
+    """The opt-in one-pass GroupNorm (sum and sum of squares in one reduction) in float32: still
+    diffusers' output, and its own graph definition."""
+    p = ported("lpb1")
+    model = _rebuilt(p, group_norm="one_pass")
+    assert nnx.graphdef(model) != nnx.graphdef(p.flax)
+    sample, context = _inputs(p.config, 4, (16, 24), seed=2)
+    with torch.no_grad():
+        ref = p.torch(sample, torch.tensor([10, 980]), encoder_hidden_states=context).sample.numpy()
+    graphdef, state = nnx.split(model)
+    out = _jit(graphdef)(state, unet3d.from_torch_layout(jnp.asarray(sample.numpy())), jnp.array([10, 980]),
+                         jnp.asarray(context.numpy()))
+    err = float(np.abs(np.asarray(unet3d.to_torch_layout(out)) - ref).max())
+    print(f"lpb1, one-pass GroupNorm: max abs err {err:.2e}")
+    assert err <= TOL
+
+
 def test_bfloat16_runs_close(ported):
     """The same weights in bfloat16 (params and compute) stay near the float32 reference."""
     p = ported("lpb1")

@@ -54,7 +54,11 @@ SETS = {
     # not an XLA option: XLA's attention instead of cuDNN's fused kernel (standalone, the
     # temporal attention's 16-token sequences ran faster in XLA; in the frame program, 2% slower)
     "xla_attention": {"attention": "xla"},
+    # not an XLA option: the U-Net's opt-in one-pass GroupNorm (layers.GROUP_NORM_CHOICES)
+    "one_pass_group_norm": {"group_norm": "one_pass"},
 }
+# the keys of a set that are model constructor arguments, not compiler options
+MODEL_KEYS = ("attention", "group_norm")
 
 
 def main():
@@ -96,8 +100,9 @@ def main():
     for name in a.sets.split(","):
         opts = {**compiler_options(), **SETS[name]}
         att = opts.pop("attention", None)
-        # the set's attention is part of the model's graph definition, hence of the trace
-        g = nnx.graphdef(unet_with(cfg, dt, att, like=model))
+        gn = opts.pop("group_norm", "two_pass")
+        # the set's model arguments are part of the model's graph definition, hence of the trace
+        g = nnx.graphdef(unet_with(cfg, dt, att, like=model, group_norm=gn))
         t0 = time.perf_counter()
         try:
             lowered = jax.jit(lambda *x, g=g: frame(g, *x), compiler_options=opts or None).lower(*args)

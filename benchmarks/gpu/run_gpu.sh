@@ -5,8 +5,10 @@
 #      encodes per pixel-slide frame): weights made once (random, perturbed, save_pretrained),
 #      a pair and one frame per slide (bench.py --impls torch)
 #   2. ti2v-jax, config full, bf16, the frame program at B = 1, 2, 4, 8 videos per call,
-#      then the kernel profile of the B=1 program (gpu/throughput.py; AB=xla_attention,...
-#      adds A/B variants at B=1); its deadline leaves TUNED_BUDGET_S (default 140) for:
+#      then the kernel profile of the B=1 program, then A/B variants at B=1 in turns with
+#      the default (AB, default one_pass_group_norm: the opt-in one-pass GroupNorm; AB= for
+#      none; names in gpu/ab_options.py SETS) (gpu/throughput.py); its deadline leaves
+#      TUNED_BUDGET_S (default 140) for:
 #   3. the tuned PyTorch peer (bf16, SDPA, batch-2 guidance, torch.compile of the U-Net in
 #      TORCH_COMPILE_MODE, default max-autotune-no-cudagraphs; its eager figures are taken
 #      first and kept if compiling does not finish in time)
@@ -68,7 +70,7 @@ pack; echo "part 1 done at $(( $(date +%s) - T0 )) s"
 
 # --- 2. ti2v-jax at B = 1, 2, 4, 8 (+ profile, + A/B)
 python3 benchmarks/gpu/throughput.py $SETTINGS --dtype bfloat16 --batches "$BATCHES" --runs 1 --profile \
-  ${AB:+--ab "$AB"} --deadline-at $(( T0 + DEADLINE_S - TUNED_BUDGET_S )) --out "$RAW" 2>&1 | quiet
+  --ab "${AB-one_pass_group_norm}" --deadline-at $(( T0 + DEADLINE_S - TUNED_BUDGET_S )) --out "$RAW" 2>&1 | quiet
 pack; echo "part 2 done at $(( $(date +%s) - T0 )) s"
 
 # --- 3. the tuned peer (what is left)

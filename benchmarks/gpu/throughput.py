@@ -14,8 +14,9 @@ model FLOPs utilisation (B x S(R+1) x 2 passes x FLOPs per pass / call / chip pe
 known for H100/H200 only) and the device's peak memory so far (B grows, so it is B's).
 `--deadline-at` (Unix seconds): a B whose estimated compile + runs would pass it is skipped
 and said so. `--profile`: the kernel profile of the B=1 program (one call), per pair.
-`--ab`: variants (option sets of `ab_options.SETS`, e.g. xla_attention, triton_gemm), each
-compiled at B=1 and timed in turns with the default B=1 program (--rounds rounds).
+`--ab` (after the profile): variants (sets of `ab_options.SETS`: XLA options, the attention
+kernel, the opt-in one-pass GroupNorm), each compiled at B=1 and timed in turns with the
+default B=1 program (--rounds rounds).
 Output: text on stdout and `--out`/throughput_<tag>.{txt,json}.
 """
 
@@ -241,6 +242,16 @@ def main():
         say(f"| {r['batch']} | {r['call_s']:.3f} s | {r['frames_per_s_per_chip']:.3f} | "
             f"{r['amortised_s_per_frame']:.3f} s | {r['ms_per_pair']:.1f} | {mfu} | {mem} | {r['compile_s']:.1f} s |")
 
+    if a.profile and 1 in kept:
+        c, run, args = kept[1]
+        est = 4 * (rows[0].get("call_s") or 0) + 30
+        if est > deadline - time.time():
+            say(f"profile: SKIPPED ({deadline - time.time():.0f} s left)")
+        else:
+            say(f"\nkernel profile of the B=1 frame program ({pairs} pairs a call, 1 call)")
+            queue = jnp.array(args[3], copy=True)
+            kernel_profile(c, (*args[:3], queue, *args[4:]), say, calls=1, per_call=pairs, unit="pair", top=30)
+
     ab = {}
     names = [n for n in a.ab.split(",") if n]
     if names and 1 in kept:
@@ -248,18 +259,20 @@ def main():
         for name in names:
             extra = dict(SETS[name])
             att = extra.pop("attention", attention)
+            gn = extra.pop("group_norm", "two_pass")
             est = 1.15 * (est_compile or 0) + (1 + a.rounds) * 2 * (last[1] if last else 0) + 10
             if est > deadline - time.time():
                 say(f"A/B {name}: SKIPPED (estimated {est:.0f} s, {deadline - time.time():.0f} s left)")
                 continue
             try:
-                unet = nnx.eval_shape(lambda att=att: UNet3DConditionModel(cfg["unet"], dtype=dt, param_dtype=dt,
-                                                                         attention=att))
+                unet = nnx.eval_shape(lambda att=att, gn=gn: UNet3DConditionModel(
+                    cfg["unet"], dtype=dt, param_dtype=dt, attention=att, group_norm=gn))
                 g, _ = nnx.split(unet, nnx.Param)
                 _, run, cs, _ = compile_b(1, graph=g, options={**opts, **extra})
                 run()
                 progs[name] = run
-                say(f"A/B {name}: attention {att or 'automatic'}, options {{**package, **{extra}}}, compile {cs:.1f} s")
+                say(f"A/B {name}: attention {att or 'automatic'}, group_norm {gn}, options: the package's + {extra}, "
+                    f"compile {cs:.1f} s")
             except Exception as e:  # noqa: BLE001 - a refused option: say so, go on
                 say(f"A/B {name}: refused ({type(e).__name__}: {str(e).splitlines()[0][:200]})")
         times = {n: [] for n in progs}
@@ -275,16 +288,6 @@ def main():
                 ab[n] = dict(median_s=statistics.median(v), rounds_s=v)
                 say(f"A/B B=1 {n:16s} median {statistics.median(v):.3f} s per new frame "
                     f"({statistics.median(v) / pairs * 1e3:.1f} ms per pair); rounds {[round(x, 3) for x in v]}")
-
-    if a.profile and 1 in kept:
-        c, run, args = kept[1]
-        est = 4 * (rows[0].get("call_s") or 0) + 30
-        if est > deadline - time.time():
-            say(f"profile: SKIPPED ({deadline - time.time():.0f} s left)")
-        else:
-            say(f"\nkernel profile of the B=1 frame program ({pairs} pairs a call, 1 call)")
-            queue = jnp.array(args[3], copy=True)
-            kernel_profile(c, (*args[:3], queue, *args[4:]), say, calls=1, per_call=pairs, unit="pair", top=30)
 
     say(f"\nthroughput.py wall {time.time() - t_start:.0f} s")
     tag = a.tag or f"{dev.platform}_{a.config}_{dt.name}"

@@ -25,7 +25,7 @@ import jax.numpy as jnp
 import numpy as np
 from flax import nnx
 
-from ti2v_jax.models.layers import GroupNorm, check_attention, conv, linear
+from ti2v_jax.models.layers import GroupNorm, check_attention, check_group_norm, conv, linear
 from ti2v_jax.models.unet3d_blocks import DownBlock3D, TransformerTemporalModel, UNetMidBlock3DCrossAttn, UpBlock3D
 
 # For the converter: diffusers' UNet3D checkpoints need no renaming and hold no buffers.
@@ -128,13 +128,16 @@ class UNet3DConditionModel(nnx.Module):
     attention: the attention kernel of every transformer in it (`layers.ATTENTION_CHOICES`;
     None: automatic per platform), a static attribute: part of the graph definition, so
     programs compiled for one choice are never reused for another.
+    group_norm: the resnets' and temporal convolutions' GroupNorm formulation
+    (`layers.GROUP_NORM_CHOICES`; "one_pass" is an opt-in variant, off by default), likewise static.
     """
 
     def __init__(self, config: dict, *, dtype=jnp.float32, param_dtype=jnp.float32, attention: str | None = None,
-                 rngs: nnx.Rngs = None):
+                 group_norm: str = "two_pass", rngs: nnx.Rngs = None):
         rngs = _building_rngs(rngs if rngs is not None else nnx.Rngs(0))
         c = parse_config(config)
         self.attention = check_attention(attention)
+        self.group_norm = check_group_norm(group_norm)
         # Plain static attributes (a dict would make the graphdef unhashable for jit).
         self.in_channels, self.out_channels = c["in_channels"], c["out_channels"]
         ss = c["sample_size"]
@@ -154,7 +157,7 @@ class UNet3DConditionModel(nnx.Module):
                                                        attention=attention, **kw)
 
         blocks = dict(temb_channels=temb, eps=eps, groups=groups, cross_attention_dim=cross_dim,
-                      attention=attention, **kw)
+                      attention=attention, group_norm=group_norm, **kw)
         down = []
         out_ch = channels[0]
         for i, kind in enumerate(c["down_block_types"]):
@@ -176,7 +179,7 @@ class UNet3DConditionModel(nnx.Module):
                                 attention_head_dim=head_dim if _UP[kind] else None, **blocks))
         self.up_blocks = nnx.List(up)
 
-        self.conv_norm_out = GroupNorm(groups, channels[0], eps, **kw)
+        self.conv_norm_out = GroupNorm(groups, channels[0], eps, group_norm=group_norm, **kw)
         self.conv_out = conv(channels[0], c["out_channels"], 3, padding=1, **kw)
 
     def __call__(self, sample, timesteps, encoder_hidden_states):

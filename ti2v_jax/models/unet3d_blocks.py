@@ -31,19 +31,20 @@ class TemporalConvLayer(nnx.Module):
     """
 
     def __init__(self, in_dim: int, out_dim: int | None = None, *, norm_num_groups: int = 32,
-                 dtype=jnp.float32, param_dtype=jnp.float32, rngs: nnx.Rngs):
+                 group_norm: str = "two_pass", dtype=jnp.float32, param_dtype=jnp.float32, rngs: nnx.Rngs):
         out_dim = out_dim or in_dim
         kw = dict(dtype=dtype, param_dtype=param_dtype, rngs=rngs)
+        gn = dict(kw, group_norm=group_norm)
 
         def tconv(cin, cout):
             return conv(cin, cout, (3, 1, 1), padding=(1, 0, 0), **kw)
 
-        self.conv1 = nnx.List([GroupNorm(norm_num_groups, in_dim, 1e-5, **kw), _placeholder(), tconv(in_dim, out_dim)])
-        self.conv2 = nnx.List([GroupNorm(norm_num_groups, out_dim, 1e-5, **kw), _placeholder(), _placeholder(),
+        self.conv1 = nnx.List([GroupNorm(norm_num_groups, in_dim, 1e-5, **gn), _placeholder(), tconv(in_dim, out_dim)])
+        self.conv2 = nnx.List([GroupNorm(norm_num_groups, out_dim, 1e-5, **gn), _placeholder(), _placeholder(),
                                tconv(out_dim, in_dim)])
-        self.conv3 = nnx.List([GroupNorm(norm_num_groups, out_dim, 1e-5, **kw), _placeholder(), _placeholder(),
+        self.conv3 = nnx.List([GroupNorm(norm_num_groups, out_dim, 1e-5, **gn), _placeholder(), _placeholder(),
                                tconv(out_dim, in_dim)])
-        self.conv4 = nnx.List([GroupNorm(norm_num_groups, out_dim, 1e-5, **kw), _placeholder(), _placeholder(),
+        self.conv4 = nnx.List([GroupNorm(norm_num_groups, out_dim, 1e-5, **gn), _placeholder(), _placeholder(),
                                tconv(out_dim, in_dim)])
         last = self.conv4[-1]
         # set_value, not `[...] =`: an indexed set on a traced value is slow under nnx.eval_shape.
@@ -208,11 +209,12 @@ class _Block3D(nnx.Module):
     """Shared layer stack of the 3D down/up blocks: resnet, temporal conv, [spatial attn, temporal attn]."""
 
     def _build(self, resnet_in: list[int], out_channels: int, *, temb_channels: int, eps: float, groups: int,
-               attention_head_dim: int | None, cross_attention_dim: int | None, attention: str | None, kw: dict):
+               attention_head_dim: int | None, cross_attention_dim: int | None, attention: str | None, kw: dict,
+               group_norm: str = "two_pass"):
         self.resnets = nnx.List([ResnetBlock2D(cin, out_channels, temb_channels=temb_channels, groups=groups, eps=eps,
-                                               **kw) for cin in resnet_in])
-        self.temp_convs = nnx.List([TemporalConvLayer(out_channels, out_channels, norm_num_groups=groups, **kw)
-                                    for _ in resnet_in])
+                                               group_norm=group_norm, **kw) for cin in resnet_in])
+        self.temp_convs = nnx.List([TemporalConvLayer(out_channels, out_channels, norm_num_groups=groups,
+                                                      group_norm=group_norm, **kw) for _ in resnet_in])
         self.has_cross_attention = attention_head_dim is not None
         if self.has_cross_attention:
             # diffusers' naming quirk: `attention_head_dim` is passed as the number of heads, so
@@ -247,11 +249,12 @@ class DownBlock3D(_Block3D):
     def __init__(self, in_channels: int, out_channels: int, *, num_layers: int, temb_channels: int, eps: float,
                  groups: int, add_downsample: bool, downsample_padding: int = 1,
                  attention_head_dim: int | None = None, cross_attention_dim: int | None = None,
-                 attention: str | None = None, dtype=jnp.float32, param_dtype=jnp.float32, rngs: nnx.Rngs):
+                 attention: str | None = None, group_norm: str = "two_pass", dtype=jnp.float32,
+                 param_dtype=jnp.float32, rngs: nnx.Rngs):
         kw = dict(dtype=dtype, param_dtype=param_dtype, rngs=rngs)
         self._build([in_channels] + [out_channels] * (num_layers - 1), out_channels, temb_channels=temb_channels,
                     eps=eps, groups=groups, attention_head_dim=attention_head_dim,
-                    cross_attention_dim=cross_attention_dim, attention=attention, kw=kw)
+                    cross_attention_dim=cross_attention_dim, attention=attention, kw=kw, group_norm=group_norm)
         self.downsamplers = (nnx.List([Downsample2D(out_channels, padding=downsample_padding, **kw)])
                              if add_downsample else None)
 
@@ -277,7 +280,8 @@ class UpBlock3D(_Block3D):
     def __init__(self, in_channels: int, prev_output_channel: int, out_channels: int, *, num_layers: int,
                  temb_channels: int, eps: float, groups: int, add_upsample: bool,
                  attention_head_dim: int | None = None, cross_attention_dim: int | None = None,
-                 attention: str | None = None, dtype=jnp.float32, param_dtype=jnp.float32, rngs: nnx.Rngs):
+                 attention: str | None = None, group_norm: str = "two_pass", dtype=jnp.float32,
+                 param_dtype=jnp.float32, rngs: nnx.Rngs):
         kw = dict(dtype=dtype, param_dtype=param_dtype, rngs=rngs)
         resnet_in = []
         for i in range(num_layers):
@@ -285,7 +289,7 @@ class UpBlock3D(_Block3D):
             resnet_in.append((prev_output_channel if i == 0 else out_channels) + skip)
         self._build(resnet_in, out_channels, temb_channels=temb_channels, eps=eps, groups=groups,
                     attention_head_dim=attention_head_dim, cross_attention_dim=cross_attention_dim,
-                    attention=attention, kw=kw)
+                    attention=attention, kw=kw, group_norm=group_norm)
         self.upsamplers = nnx.List([Upsample2D(out_channels, **kw)]) if add_upsample else None
 
     def __call__(self, x, skips: tuple, temb, context, num_frames: int, upsample_size=None):
@@ -302,14 +306,14 @@ class UNetMidBlock3DCrossAttn(nnx.Module):
     """diffusers UNetMidBlock3DCrossAttn (one layer): resnet, temp conv, then [attn, temp attn, resnet, temp conv]."""
 
     def __init__(self, in_channels: int, *, temb_channels: int, eps: float, groups: int, attention_head_dim: int,
-                 cross_attention_dim: int, attention: str | None = None, dtype=jnp.float32,
-                 param_dtype=jnp.float32, rngs: nnx.Rngs):
+                 cross_attention_dim: int, attention: str | None = None, group_norm: str = "two_pass",
+                 dtype=jnp.float32, param_dtype=jnp.float32, rngs: nnx.Rngs):
         kw = dict(dtype=dtype, param_dtype=param_dtype, rngs=rngs)
         heads = in_channels // attention_head_dim
         self.resnets = nnx.List([ResnetBlock2D(in_channels, in_channels, temb_channels=temb_channels, groups=groups,
-                                               eps=eps, **kw) for _ in range(2)])
-        self.temp_convs = nnx.List([TemporalConvLayer(in_channels, in_channels, norm_num_groups=groups, **kw)
-                                    for _ in range(2)])
+                                               eps=eps, group_norm=group_norm, **kw) for _ in range(2)])
+        self.temp_convs = nnx.List([TemporalConvLayer(in_channels, in_channels, norm_num_groups=groups,
+                                                      group_norm=group_norm, **kw) for _ in range(2)])
         self.attentions = nnx.List([Transformer2DModel(heads, attention_head_dim, in_channels=in_channels,
                                                        cross_attention_dim=cross_attention_dim,
                                                        norm_num_groups=groups, attention=attention, **kw)])
