@@ -250,6 +250,7 @@ class Runner:
         self._unet_jax32, tc, tr = run_unet(c, x, t, ctx)
         self.log(f"  jax fp32: compile {tc:.0f} s, run {tr:.0f} s")
         del c
+        jax.clear_caches()  # compiled programs and traces hold the parameters otherwise
         gc.collect()
 
     def unet(self):
@@ -267,6 +268,7 @@ class Runner:
         out, tc, tr = run_unet(c, x, t, ctx, dtype=jnp.bfloat16)
         self.log(f"  jax bf16: compile {tc:.0f} s, run {tr:.0f} s")
         del c
+        jax.clear_caches()  # compiled programs and traces hold the parameters otherwise
         gc.collect()
         return {"unet bf16 vs fp32 JAX (deviation)": errors(out, self._unet_jax32)}
 
@@ -300,6 +302,7 @@ class Runner:
         out, tc, tr = run_unet(c, x, t, ctx)
         self.log(f"  jax fp32: compile {tc:.0f} s, run {tr:.0f} s")
         del c
+        jax.clear_caches()  # compiled programs and traces hold the parameters otherwise
         gc.collect()
         return {"unet from original layout (vendored UNetSD)": errors(out, ref)}
 
@@ -367,6 +370,7 @@ class Runner:
         got = np.asarray(jax.jit(c.text_encode)(c.text_encoder_params, jnp.asarray(ids, jnp.int32)))
         out["text encoder (transformers CLIPTextModel)"] = errors(got, ref)
         del c
+        jax.clear_caches()  # compiled programs and traces hold the parameters otherwise
         gc.collect()
 
         torch.manual_seed(0)
