@@ -319,6 +319,11 @@ class _Claims:
     take it over (under an flock of the OUT/.claims directory, so two workers never both
     do). Claims are released (deleted, if still ours) when the item is saved, when it
     fails, and when the run ends in any way; the last worker out removes OUT/.claims.
+    A worker skips items whose claim another live worker holds (`BatchResult.claimed`)
+    and does not wait for them: if that worker dies, a later run takes them over. A
+    failed item is released, so a worker that reaches it later in the same job retries
+    it (as a rerun would). Claims assume the hosts' clocks agree to well within `timeout`
+    (staleness is the claim file's age) and a filesystem with atomic O_EXCL creation.
     """
 
     def __init__(self, out_dir: Path, timeout: float = CLAIM_TIMEOUT):
