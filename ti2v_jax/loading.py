@@ -265,7 +265,10 @@ def describe(directory) -> dict:
             path = (directory / name / ckpt.PARAMS).absolute()
             ckptr = ocp.StandardCheckpointer()
             try:
-                meta = ckptr.metadata(path).item_metadata.tree
+                item = ckptr.metadata(path).item_metadata
+                if item is None:
+                    raise ValueError("orbax found no readable array metadata (_METADATA)")
+                meta = item.tree
             except MemoryError:
                 raise
             except Exception as e:  # noqa: BLE001 - damaged metadata: orbax/tensorstore errors of many types

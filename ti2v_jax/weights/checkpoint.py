@@ -26,6 +26,7 @@ import hashlib
 import json
 import logging
 import os
+import re
 import shutil
 import uuid
 from pathlib import Path
@@ -76,9 +77,13 @@ def dtype_name(dtype) -> str:
 
 def _one_line(e: BaseException, limit: int = 300) -> str:
     """The first line of an exception's message (tensorstore/orbax errors run to pages)."""
-    text = str(e).strip().splitlines()
-    first = text[0].strip() if text else ""
+    text = str(e).strip()
+    first = text.splitlines()[0].strip() if text else ""
+    first = first.split(" See full TensorStore details")[0]  # the rest is a multi-page spec dump
     first = first if len(first) <= limit else first[:limit] + "..."
+    array = re.search(r"'path': '([^'/][^']*)'", text)  # tensorstore names the array it failed on
+    if array:
+        first += f" [array {array.group(1)}]"
     return f"{type(e).__name__}: {first}" if first else type(e).__name__
 
 
@@ -182,7 +187,7 @@ def _check_files(directory: Path, record: dict, components=None) -> dict:
                                           f"lists {len(record['files'])} files); copy it again")
         size = path.stat().st_size
         if size != files[n]["size"]:
-            how = "truncated" if size < files[n]["size"] else "longer than recorded"
+            how = "truncated (or edited)" if size < files[n]["size"] else "longer than recorded (edited?)"
             raise IntegrityError(f"{path} is {how} ({size} bytes, {files[n]['size']} recorded in {CHECKSUMS}); "
                                  f"the checkpoint is damaged: copy or convert it again")
     digests = _hash_many([directory / n for n in names])
@@ -281,7 +286,10 @@ def restore_params(path, abstract_model, *, param_dtype=None, sharding=None, nam
         raise CheckpointNotFoundError(f"{name}: parameter checkpoint {path} not found")
     ckptr = ocp.StandardCheckpointer()
     try:
-        saved = _flat_keys(ckptr.metadata(path).item_metadata.tree)
+        item = ckptr.metadata(path).item_metadata
+        if item is None:
+            raise ValueError("orbax found no readable array metadata (_METADATA)")
+        saved = _flat_keys(item.tree)
         if not saved or not all(hasattr(m, "shape") and hasattr(m, "dtype") for m in saved.values()):
             raise ValueError("no array metadata")
     except MemoryError:
@@ -437,8 +445,8 @@ def abstract_model(spec, config: dict, *, dtype, param_dtype, attention=None, wh
     except CheckpointError:
         raise
     except (TypeError, ValueError, KeyError, IndexError, AttributeError, ZeroDivisionError) as e:
-        raise CheckpointError(f"{spec.name}: {where} does not describe a {spec.class_name} this version can "
-                              f"build ({_one_line(e)})") from None
+        raise CheckpointError(f"{spec.name}: {where} does not describe a model this version can build as "
+                              f"{spec.class_name} ({_one_line(e)})") from None
 
 
 def saved_dtype(directory) -> str:

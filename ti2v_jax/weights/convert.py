@@ -74,7 +74,7 @@ def detect_format(directory) -> str:
     if (directory / modelscope.CONFIGURATION).is_file():
         raise CheckpointError(f"{directory / modelscope.CONFIGURATION} has no model.model_cfg: not an original "
                               f"ModelScope text-to-video release")
-    raise CheckpointNotFoundError(f"{directory} is not a checkpoint: no {ckpt.INDEX} (converted or diffusers "
+    raise CheckpointNotFoundError(f"{directory} is not a checkpoint directory: no {ckpt.INDEX} (converted or diffusers "
                                   f"layout) and no {modelscope.CONFIGURATION} (original ModelScope layout)")
 
 
