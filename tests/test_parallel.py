@@ -318,13 +318,18 @@ def test_weights_placed_once():
         w_one = jax.device_put(W, devs[0])
         res["mesh_one_device"] = three_calls(toy, w_one, batches, "mesh")
         res["pmap_host"] = three_calls(toy, W, batches, "pmap")
+        # A weights tree with leaves the program never reads (XLA prunes them from its inputs).
+        tree = {"w": w_rep, "unused": jax.device_put(np.zeros(3, np.float32), par.replicated(devs))}
+        part = lambda p, keys, x0: toy(p["w"], keys, x0)
+        for mode in ("mesh", "pmap"):
+            res[mode + "_unused_leaf"] = three_calls(part, tree, batches, mode)
         print("RESULT", json.dumps(res))
     """))
     print(json.dumps(r))
-    for mode in ("mesh", "pmap"):
-        got = r[mode + "_replicated"]
-        assert got["moves_per_call"] == [0, 0, 0], (mode, got)
-        assert got["calls_seen"] == 3 and got["program_got_weights_themselves"] == [True] * 3, (mode, got)
+    for case in ("mesh_replicated", "pmap_replicated", "mesh_unused_leaf", "pmap_unused_leaf"):
+        got = r[case]
+        assert got["moves_per_call"] == [0, 0, 0], (case, got)
+        assert got["calls_seen"] == 3 and got["program_got_weights_themselves"] == [True] * 3, (case, got)
     assert r["sharding_kept"]
     for case in ("mesh_one_device", "pmap_host"):
         got = r[case]

@@ -242,6 +242,9 @@ class _Batched:
             # the (devices, per_device, ...) inputs one slice per device ourselves.
             pdevs = list(devices) if devices is not None else jax.local_devices()[:self.n]
             self.lead = NamedSharding(Mesh(np.array(pdevs, dtype=object), ("pmap",)), P("pmap"))
+            # A full copy on each of those devices: what the program takes for the weights (it
+            # accepts any equivalent layout, e.g. `replicated(devices)`'s over the "data" axis).
+            self.whole = NamedSharding(Mesh(np.array(pdevs, dtype=object), ("pmap",)), P())
         else:
             devs = devices if devices is not None else tuple(jax.devices())
             self.mesh = data_mesh(devs)
@@ -295,14 +298,10 @@ class _Batched:
         # Place the inputs as the compiled program takes them; it refuses any other layout, so
         # nothing moves inside the call. The weights: as they are when they fit (e.g. placed
         # by `replicated(devices)`), else placed once and reused.
-        shardings = c.input_shardings[0]
+        # The batch is already one slice per device (`__call__`). Layouts are given per leaf, not
+        # read from `c.input_shardings`: that leaves out inputs the program never reads.
         if self.has_rep:
-            rep_shardings = jax.tree.leaves(shardings[0])
-            replicated = self.rep.get(replicated,
-                                      lambda t: _place_leaves(t, rep_shardings, jax.device_put))
-            a = (replicated, jax.device_put(args, shardings[1]))
-        else:
-            a = jax.device_put(a, shardings)
+            a = (self.rep.get(replicated, lambda t: _place_leaves(t, self.whole, jax.device_put)), args)
         return c(*a)
 
     def _call_mesh(self, replicated, args, b):
