@@ -150,12 +150,8 @@ class TI2VZeroPipeline:
         directory = resolve_model(path_or_repo_id)
         dtype = jnp.dtype(dtype)
         aux = dtype if vae_text_dtype is None else jnp.dtype(vae_text_dtype)
-        kw = dict(dtype=dtype, component_dtypes={"vae": aux, "text_encoder": aux}, devices=devices,
-                  attention=attention, verify=verify)
-        # TRANSITION (removed at integration): pass only what loading.load takes yet.
-        import inspect
-        kw = {k: v for k, v in kw.items() if k in inspect.signature(loading.load).parameters}
-        comps = loading.load(directory, **kw)
+        comps = loading.load(directory, dtype=dtype, component_dtypes={"vae": aux, "text_encoder": aux},
+                             devices=devices, attention=attention, verify=verify)
         index_path = directory / "model_index.json"
         index = json.loads(index_path.read_text()) if index_path.is_file() else {}
         k = num_frames or int(index.get("num_frames", DEFAULT_NUM_FRAMES))
