@@ -358,8 +358,8 @@ def _no_index_model(t: Path) -> Path:
 
 # Cases that do not meet the spec yet, with who must change what (strict: a fix shows up).
 KNOWN_GAPS = {
-    "config-wrong-type": "models/unet3d.py's config check lets a str layers_per_block through to a "
-                         "TypeError ('<' between str and int); the message must name the field",
+    "config-wrong-type": "the U-Net config check (models/unet3d.py / loading.py) lets a str layers_per_block "
+                         "through to a TypeError ('<' between str and int); the message must name the field",
 }
 
 
@@ -424,13 +424,22 @@ BATCH_CASES = [
                                                                "prompt": "x"}) + "\n"), "id"),
     ("not-an-object", lambda t, img: _manifest_file(t, "[1, 2]\n"), "object"),
     ("empty", lambda t, img: _manifest_file(t, "\n\n"), "empty"),
-    ("not-utf8", lambda t, img: _manifest_file(t, b'{"id": "a", "image": "x.png", "prompt": "caf\xe9"}\n'), None),
+    ("not-utf8", lambda t, img: _manifest_file(t, b'{"id": "a", "image": "x.png", "prompt": "caf\xe9"}\n'),
+     "m.jsonl"),
     ("missing", lambda t, img: t / "nope.jsonl", "nope.jsonl"),
     ("is-a-directory", lambda t, img: _dir(t, "manifest.jsonl"), "manifest.jsonl"),
 ]
 
 
-@pytest.mark.parametrize("case,manifest,needle", BATCH_CASES, ids=[c[0] for c in BATCH_CASES])
+BATCH_GAPS = {
+    "not-utf8": "batch.read_manifest (lead): a manifest that is not UTF-8 gives the bare codec error "
+                "without the file's name",
+}
+
+
+@pytest.mark.parametrize("case,manifest,needle", [
+    pytest.param(*c, id=c[0], marks=[pytest.mark.xfail(reason=BATCH_GAPS[c[0]], strict=True)] if c[0] in BATCH_GAPS
+                 else []) for c in BATCH_CASES])
 def test_batch_refuses_bad_manifest(case, manifest, needle, start_image, tmp_path, capsys):
     m = manifest(tmp_path, start_image)
     before = _listing(tmp_path)
