@@ -11,6 +11,8 @@ program: temp + argument + output bytes (the peak a run needs, less fragmentatio
 needs more memory than this machine has.
 time: the same gradient on the shipped tiny default model (real weights), compiled and run,
 remat off and on: compile time, the median of 3 runs and the compiled memory.
+residuals: the bytes kept for the backward pass (`jax.ad_checkpoint.saved_residuals`; traced
+only), over the grid: how the memory grows with S and R, where compiling every point is too slow.
 
 Writes JSON lines to benchmarks/out/remat_<what>_<config>.jsonl and prints a table.
 """
@@ -18,7 +20,6 @@ Writes JSON lines to benchmarks/out/remat_<what>_<config>.jsonl and prints a tab
 from __future__ import annotations
 
 import argparse
-import functools
 import json
 import time
 from pathlib import Path
@@ -45,7 +46,7 @@ def abstract_components(config: str):
     return loading.from_splits(splits, cfg), cfg
 
 
-def grad_fn(comps, *, num_frames, steps, resample, remat):
+def grad_fn(comps, *, num_frames, steps, resample, remat, loss_only=False):
     from ti2v_jax import programs
     from ti2v_jax import sampling as S
 
@@ -60,7 +61,7 @@ def grad_fn(comps, *, num_frames, steps, resample, remat):
         w = jnp.linspace(-1.0, 1.0, px.shape[-2])
         return jnp.mean(px[..., 0] * w)  # red mass to the right
 
-    return jax.jit(jax.grad(loss, argnums=(0, 1, 2)))
+    return loss if loss_only else jax.jit(jax.grad(loss, argnums=(0, 1, 2)))
 
 
 def shapes(comps, cfg_unet, num_frames):
@@ -78,11 +79,18 @@ def mem_of(compiled):
 
 
 def memory(args):
-    comps, cfg = abstract_components(args.config)
-    k = 16
+    if args.config == "default":  # the shipped tiny model: K=8, 32x32 (its compiles take seconds, not minutes)
+        from ti2v_jax import loading
+        from ti2v_jax.pipeline import DEFAULT_MODEL
+        comps = loading.load(DEFAULT_MODEL, tokenizer=False)
+        cfg, k = comps.configs, 8
+    else:
+        comps, cfg = abstract_components(args.config)
+        k = 16
     sh = shapes(comps, cfg["unet"], k)
     sds = lambda s: jax.ShapeDtypeStruct(s, jnp.float32)  # noqa: E731
-    params = {n: comps.params[n] for n in ("unet", "vae")}
+    params = jax.tree.map(lambda x: jax.ShapeDtypeStruct(x.shape, x.dtype),
+                          {n: comps.params[n] for n in ("unet", "vae")})
     out = OUT / f"remat_memory_{args.config}.jsonl"
     rows = []
     for item in args.grid.split(","):
@@ -105,6 +113,34 @@ def memory(args):
                   f"out {parts['output'] / 2**30:.3f}); compiled in {row['compile_s']} s", flush=True)
             del compiled, fn
     return rows
+
+
+def residuals(args):
+    """Bytes the backward pass keeps (jax.ad_checkpoint.saved_residuals: traced, not compiled, so cheap
+    enough for a whole S x R grid): the part of the memory that grows with S and R."""
+    from jax._src.ad_checkpoint import saved_residuals  # what jax.ad_checkpoint.print_saved_residuals prints
+
+    comps, cfg = abstract_components(args.config)
+    k = 16
+    sh = shapes(comps, cfg["unet"], k)
+    sds = lambda s: jax.ShapeDtypeStruct(s, jnp.float32)  # noqa: E731
+    params = {n: comps.params[n] for n in ("unet", "vae")}
+    out = OUT / f"remat_residuals_{args.config}.jsonl"
+    for item in args.grid.split(","):
+        s, r = (int(v) for v in item.split(":"))
+        for remat in (False, True):
+            t0 = time.perf_counter()
+            loss = grad_fn(comps, num_frames=k, steps=s, resample=r, remat=remat, loss_only=True)
+            res = saved_residuals(lambda f, t, n, e, p: loss(f, t, n, e, p), sds(sh["frames"]), sds(sh["text"]),
+                                  sds(sh["noise"]), sds(sh["text"]), params)
+            res = [(a, d) for a, d in res if "from the argument" not in d]  # the inputs themselves
+            nbytes = sum(int(np.prod(a.shape)) * a.dtype.itemsize for a, _ in res)
+            row = dict(config=args.config, K=k, N=1, S=s, R=r, remat=remat, residual_bytes=nbytes, count=len(res),
+                       trace_s=round(time.perf_counter() - t0, 1))
+            with out.open("a") as fh:
+                fh.write(json.dumps(row) + "\n")
+            print(f"S={s:2d} R={r} remat={'on ' if remat else 'off'}: residuals {nbytes / 2**30:8.3f} GiB in "
+                  f"{len(res)} arrays (traced in {row['trace_s']} s)", flush=True)
 
 
 def timing(args):
@@ -150,15 +186,16 @@ def timing(args):
 
 def main():
     ap = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
-    ap.add_argument("what", choices=("memory", "time"))
-    ap.add_argument("--config", default="small")
+    ap.add_argument("what", choices=("memory", "residuals", "time"))
+    ap.add_argument("--config", default="small", help="small (benchmarks/configs.py, abstract weights) or default "
+                    "(the shipped tiny model)")
     ap.add_argument("--grid", default="2:4,4:4,10:4,10:0,10:2", help="S:R pairs")
     ap.add_argument("--steps", type=int, default=2)
     ap.add_argument("--resample", type=int, default=1)
     args = ap.parse_args()
     OUT.mkdir(exist_ok=True)
     print(f"jax {jax.__version__}, {jax.devices()[0].device_kind}; command: remat_memory.py {args.what}", flush=True)
-    (memory if args.what == "memory" else timing)(args)
+    {"memory": memory, "residuals": residuals, "time": timing}[args.what](args)
 
 
 if __name__ == "__main__":
