@@ -219,13 +219,20 @@ def load(directory, *, dtype=None, component_dtypes: dict | None = None, compone
                 raise CheckpointError(f"{n}: in-memory conversion of a model with non-parameter state; "
                                       f"convert it to a directory first (`ti2v-jax convert`)")
             # Host arrays straight to their devices: one placement, no copy on a default device first.
-            tree = jax.device_put(ckpt.nest(c.params), sharding)
+            tree = jax.tree.map(lambda x: _place(x, sharding), ckpt.nest(c.params))
             nnx.replace_by_pure_dict(state, tree)
             splits[n], configs[n] = (g, state, rest), c.config
             del c
         tok = convert.source_tokenizer(directory, fmt) if tokenizer else None
         sched = convert.source_scheduler_config(directory, fmt)
     return from_splits(splits, configs, tokenizer=tok, scheduler_config=sched, dtypes=dtypes)
+
+
+def _place(x: np.ndarray, sharding) -> jax.Array:
+    """A host array on `sharding`'s devices; across processes each fills its own devices."""
+    if sharding.is_fully_addressable:
+        return jax.device_put(x, sharding)
+    return jax.make_array_from_callback(x.shape, sharding, lambda index: x[index])
 
 
 def _converted_tokenizer(directory: Path):
