@@ -431,10 +431,7 @@ BATCH_CASES = [
 ]
 
 
-BATCH_GAPS = {
-    "not-utf8": "batch.read_manifest (lead): a manifest that is not UTF-8 gives the bare codec error "
-                "without the file's name",
-}
+BATCH_GAPS: dict = {}  # case id -> why it still fails (none now)
 
 
 @pytest.mark.parametrize("case,manifest,needle", [
@@ -521,16 +518,7 @@ def test_prompt_not_utf8(start_image, tmp_path):
 
 
 @pytest.mark.slow  # compiles, then is interrupted
-@pytest.mark.parametrize("phase", [
-    pytest.param("compiling", marks=pytest.mark.xfail(
-        reason="cli.py (lead): the one-line message is printed, then the process dies with SIGSEGV (-11) while "
-               "XLA threads are still compiling at interpreter exit; exit with os._exit(130) after flushing",
-        strict=False)),
-    pytest.param("sampling", marks=pytest.mark.xfail(
-        reason="cli.py/pipeline.py (lead): SIGINT is ignored while the main thread waits inside XLA (Python's "
-               "handler runs only when the whole video is done); watch signal.set_wakeup_fd in a thread",
-        strict=True)),
-])
+@pytest.mark.parametrize("phase", ["compiling", "sampling"])
 def test_ctrl_c(phase, start_image, tmp_path):
     """SIGINT while compiling / after the first new frame: exit 130 within a minute, one
     line, nothing written."""

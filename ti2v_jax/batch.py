@@ -25,6 +25,11 @@ Decisions:
 - One compiled program per group of equal static settings: items are grouped by all
   settings, and every batch of a group, the last one included (padded by repeating an
   item), has the same size.
+- Shared output folders: workers started on one OUT claim each item before computing it
+  (OUT/.claims/<id>.claim, created exclusively, refreshed while held); a claim not
+  refreshed for `claim_timeout` seconds, or held by a dead process on this host, is taken
+  over, so N workers do each item once and a crashed worker's items are picked up.
+  Lockstep (multi-host) runs split by index instead.
 - Processes: item i of the id-sorted manifest belongs to process i % count. Index and
   count come from arguments, else TI2V_PROCESS_INDEX / TI2V_PROCESS_COUNT, else
   `jax.process_index()` / `jax.process_count()`. Under `jax.distributed` a "mesh" or
@@ -51,7 +56,7 @@ from pathlib import Path
 import numpy as np
 
 from ti2v_jax import settings
-from ti2v_jax.errors import SettingsError
+from ti2v_jax.errors import InputError, SettingsError
 
 FORMATS = ("gif", "mp4", "png")
 _ID = re.compile(r"^[A-Za-z0-9][A-Za-z0-9._=+-]{0,127}$")
@@ -98,7 +103,10 @@ def read_manifest(path) -> list[tuple[int, dict]]:
     object, an id that is missing, not filesystem-safe, or not unique (case-insensitively,
     for case-insensitive filesystems).
     """
-    text = Path(path).read_text()
+    try:
+        text = Path(path).read_text(encoding="utf-8")
+    except UnicodeDecodeError as e:
+        raise InputError(f"{path}: not UTF-8 text (byte {e.start}); save the manifest as UTF-8") from None
     problems, rows = [], []
     if text.lstrip().startswith("["):
         try:

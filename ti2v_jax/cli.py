@@ -12,7 +12,9 @@ import argparse
 import json
 import logging
 import os
+import signal
 import sys
+import threading
 import time
 
 from ti2v_jax import settings as st
@@ -100,6 +102,9 @@ def _add_batch(p):
                    help="this process's share (default: TI2V_PROCESS_INDEX, else jax.process_index())")
     p.add_argument("--process-count", type=_number("--process-count", int, 1), default=None,
                    help="number of shares (default: TI2V_PROCESS_COUNT, else jax.process_count())")
+    p.add_argument("--claim-timeout", type=_number("--claim-timeout", float, 1), default=600, metavar="SECONDS",
+                   help="workers sharing --out-dir claim items; a claim not refreshed for this long (its worker "
+                        "died) is taken over (default 600)")
     p.add_argument("--no-progress", action="store_true", help="no progress bar")
 
 
@@ -252,7 +257,8 @@ def _cmd_batch(a):
     pipe = _load_pipeline(a)
     kw = dict(defaults=st.from_args(a), base_seed=a.seed, batch_size=a.batch_size, parallel=a.parallel,
               fmt=a.format, fps=a.fps, process_index=a.process_index, process_count=a.process_count,
-              max_items=a.max_items, progress=not a.no_progress, model_name=str(a.model or "default"))
+              max_items=a.max_items, progress=not a.no_progress, model_name=str(a.model or "default"),
+              claim_timeout=a.claim_timeout)
     if grid is None:
         results = [batch.run_batch(pipe, a.manifest, a.out_dir, **kw)]
     else:
@@ -284,6 +290,43 @@ def _one_line(e: BaseException) -> str:
     return text if len(text) <= 500 else text[:497] + "..."
 
 
+_INTERRUPT_HANDLED = threading.Event()
+_INTERRUPTED = "interrupted; nothing was written for the unfinished output"
+
+
+def _watch_interrupts() -> None:
+    """Honour Ctrl-C while the main thread waits inside XLA (compiling or sampling), where
+    Python's own handler would run only once the whole program is done: a thread woken by
+    the signal gives the main thread a moment to handle it (it does whenever it runs Python,
+    e.g. while writing a file, and cleans up), else ends the process with status 130. No
+    output exists yet at that point: videos are written after sampling, atomically."""
+    r, w = os.pipe()
+    os.set_blocking(w, False)
+    signal.set_wakeup_fd(w, warn_on_full_buffer=False)
+
+    def watch():
+        while signal.SIGINT not in os.read(r, 64):
+            pass
+        if not _INTERRUPT_HANDLED.wait(2.0):
+            prog = " ".join(["ti2v-jax"] + [c for c in sys.argv[1:] if c in COMMANDS][:1])
+            sys.stderr.write(f"{prog}: {_INTERRUPTED}\n")
+            sys.stderr.flush()
+            os._exit(130)
+
+    threading.Thread(target=watch, daemon=True, name="ti2v-jax-interrupt").start()
+
+
+def console() -> int:
+    """The `ti2v-jax` console entry point: `main()` with Ctrl-C honoured at any time."""
+    _watch_interrupts()
+    rc = main()
+    if rc == 130:  # leave at once: XLA threads may still be compiling
+        sys.stdout.flush()
+        sys.stderr.flush()
+        os._exit(130)
+    return rc
+
+
 def main(argv=None) -> int:
     args = build_parser().parse_args(argv)
     debug = args.debug or os.environ.get("TI2V_DEBUG", "0") not in ("", "0", "false", "False")
@@ -293,9 +336,10 @@ def main(argv=None) -> int:
     try:
         return COMMANDS[args.command](args) or 0  # None: success
     except KeyboardInterrupt:
+        _INTERRUPT_HANDLED.set()
         if debug:
             raise
-        print(f"{prefix}: interrupted; nothing was written for the unfinished output", file=sys.stderr)
+        print(f"{prefix}: {_INTERRUPTED}", file=sys.stderr)
         return 130
     except Exception as e:  # the boundary: one line, unless --debug
         if debug:
@@ -309,4 +353,4 @@ def main(argv=None) -> int:
 
 
 if __name__ == "__main__":
-    sys.exit(main())
+    sys.exit(console())
