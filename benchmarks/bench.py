@@ -717,6 +717,9 @@ def run_child(cmd, timeout) -> bool:
         os.killpg(proc.pid, signal.SIGKILL)
         proc.wait()
         return True
+    except BaseException:  # this process stopped (Ctrl-C, or SIGTERM: see main): stop the child too
+        os.killpg(proc.pid, signal.SIGKILL)
+        raise
 
 
 def tuned_table(res: dict, fmt, ratio) -> list:
@@ -799,8 +802,12 @@ def parser() -> argparse.ArgumentParser:
 
 
 def main():
+    import signal
+
     ap = parser()
     args = ap.parse_args()
+    # SIGTERM (e.g. `timeout`) as an exception, so that run_child stops the child's process group
+    signal.signal(signal.SIGTERM, lambda *_: sys.exit(143))
     args.video_slides = [s for s in args.video_slides.split(",") if s]
     if args.child:
         return child(args)

@@ -59,7 +59,7 @@ export PYTHONUNBUFFERED=1 XLA_PYTHON_CLIENT_PREALLOCATE=false TF_CPP_MIN_LOG_LEV
 { nvidia-smi --query-gpu=name,memory.total,driver_version --format=csv,noheader 2>/dev/null || echo "no nvidia-smi"
   python3 -c "import jax, flax, torch, diffusers, transformers; print('jax', jax.__version__, jax.devices(), 'flax', flax.__version__, 'torch', torch.__version__, 'diffusers', diffusers.__version__, 'transformers', transformers.__version__)"
 } 2>&1 | tee "$RAW/machine.txt"
-quiet() { grep -v -E "Warning|warn\(|Loading weights|should be kept in float32"; }
+quiet() { grep --line-buffered -v -E "Warning|warn\(|Loading weights|should be kept in float32"; }
 echo "setup done at $(( $(date +%s) - T0 )) s"
 
 # --- 1. the published loop (makes the weights)
