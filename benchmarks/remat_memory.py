@@ -128,7 +128,7 @@ def residuals(args):
     out = OUT / f"remat_residuals_{args.config}.jsonl"
     for item in args.grid.split(","):
         s, r = (int(v) for v in item.split(":"))
-        for remat in (False, True):
+        for remat in {"both": (False, True), "on": (True,), "off": (False,)}[args.remat]:
             t0 = time.perf_counter()
             loss = grad_fn(comps, num_frames=k, steps=s, resample=r, remat=remat, loss_only=True)
             res = saved_residuals(lambda f, t, n, e, p: loss(f, t, n, e, p), sds(sh["frames"]), sds(sh["text"]),
@@ -190,6 +190,7 @@ def main():
     ap.add_argument("--config", default="small", help="small (benchmarks/configs.py, abstract weights) or default "
                     "(the shipped tiny model)")
     ap.add_argument("--grid", default="2:4,4:4,10:4,10:0,10:2", help="S:R pairs")
+    ap.add_argument("--remat", default="both", choices=("both", "on", "off"), help="residuals: which to trace")
     ap.add_argument("--steps", type=int, default=2)
     ap.add_argument("--resample", type=int, default=1)
     args = ap.parse_args()
