@@ -19,14 +19,16 @@
 #     bash benchmarks/gpu/run_gpu.sh [OUT_DIR]      (default $OUT, else benchmarks/out/gpu)
 # DRY_RUN=1: the same path on a CPU with config tiny and tiny settings (checks the script, not
 # speed). The device tool brings back 8 files at most, so OUT_DIR gets three: log.txt,
-# summary.md and gpu_results.tar.gz (every raw output), re-packed after each part.
+# summary.md and gpu_results.tar.gz (every raw output, kept in RAW_DIR, default
+# /tmp/ti2v_gpu_raw), re-packed after each part. Device call: carry [".whl"], timeout_s 560.
 # Needs the wheels in .whl/ on the device (git-ignored; carry [".whl"]): diffusers (not
 # preinstalled there) and flax 0.12.8 (used only if the preinstalled flax cannot build our
 # models). torch, transformers, jax[cuda] and the rest are preinstalled there.
 set -uo pipefail
 OUT_DIR="${1:-${OUT:-benchmarks/out/gpu}}"
-RAW="$OUT_DIR/raw"
-mkdir -p "$RAW"
+# raw outputs outside OUT_DIR (the device tool returns 8 files at most): packed into OUT_DIR
+RAW="${RAW_DIR:-/tmp/ti2v_gpu_raw}"
+rm -rf "$RAW"; mkdir -p "$RAW" "$OUT_DIR"
 T0=$(date +%s)
 DEADLINE_S=${DEADLINE_S:-440}
 TUNED_BUDGET_S=${TUNED_BUDGET_S:-140}
