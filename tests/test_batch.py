@@ -212,6 +212,28 @@ def test_sweep_folders_and_resume(pipe, tmp_path):
     assert all(r.calls == 0 and r.skipped == ["i0"] for r in again.values())
 
 
+def test_sweep_points_that_differ_in_schedule_values_share_batches(pipe, tmp_path):
+    """Grid points differing only in guidance/resample values (same largest resample) run as
+    items of one batch (one call of one program), each written to its own folder, each video
+    the one that point gives alone (a batch of 4 vs alone: at most 1 uint8 level, the README's
+    batching tolerance)."""
+    m = _write_manifest(tmp_path, ids=["i0"])
+    grid = batch.parse_grid(json_spec='{"guidance": [5, 9], "resample": [1, [1, 0]]}')
+    res = batch.run_sweep(pipe, m, tmp_path / "sw", grid, defaults=TINY, batch_size=4, parallel="none",
+                          fmt="png", progress=False)
+    assert sorted(res) == ["guidance=5_resample=1", "guidance=5_resample=1,0", "guidance=9_resample=1",
+                           "guidance=9_resample=1,0"]
+    assert all(r.done == ["i0"] and r.calls == 1 for r in res.values())
+    img = tmp_path / "imgs" / "i0.png"
+    for name, r in res.items():
+        meta = json.loads((r.out_dir / "i0.json").read_text())
+        s = meta["settings"]
+        alone = pipe(img, "a thing number 0", seed=meta["seed"], **{**TINY, "guidance": s["guidance"],
+                                                                   "resample": s["resample"]})
+        got = io.read_video(r.out_dir / "i0")
+        assert np.abs(got.astype(int) - alone.astype(int)).max() <= 1, name
+
+
 def test_cli_errors_before_loading(tmp_path, capsys):
     from ti2v_jax.cli import main
     m = _write_manifest(tmp_path, ids=["a"])

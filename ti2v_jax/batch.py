@@ -90,6 +90,7 @@ class Item:
     seed: int = 0
     settings: settings.SamplerSettings | None = None  # complete (model defaults filled in)
     error: str | None = None
+    folder: "_Folder | None" = None  # where it is written (a sweep's items span several folders)
 
     def group(self) -> tuple:
         """Items of one group run in one compiled program (they may differ in per-step values)."""
@@ -490,23 +491,25 @@ def _load(item: Item) -> np.ndarray:
     return io.to_uint8(io.load_image(item.image, (h, w)))  # exact: the pipeline maps it back
 
 
-def _plan(items, mine, out_dir, fmt, log, res, max_items):
+def _plan(items, mine, fmt, max_items):
     """(group keys, {key: this process's pending items}); keys from every valid item of
-    every process, so all processes hold the same list. Logs invalid items, notes done ones."""
+    every process, so all processes hold the same list. Logs invalid items, notes done ones
+    (each in its own folder)."""
     groups = {it.group(): [] for it in items if it.error is None}
     keys = sorted(groups, key=repr)
     for it in sorted((it for it in items if it.id in mine), key=lambda it: it.id):
+        f = it.folder
         if it.error is not None:
-            log.add(it, "manifest", it.error)
+            f.log.add(it, "manifest", it.error)
             continue
-        meta = _finished(out_dir, it, fmt)
+        meta = _finished(f.out_dir, it, fmt)
         if meta is None:
             groups[it.group()].append(it)
             continue
-        res.skipped.append(it.id)
+        f.res.skipped.append(it.id)
         if (meta.get("settings"), meta.get("seed"), meta.get("prompt")) != (it.settings.to_dict(), it.seed,
                                                                              it.prompt):
-            res.stale.append(it.id)
+            f.res.stale.append(it.id)
     if max_items is not None:
         left = max_items
         for k in keys:
@@ -520,42 +523,57 @@ def _finished(out_dir: Path, it: Item, fmt: str):
     return _read_meta(meta_path) if meta_path.is_file() and video_path.exists() else None
 
 
-def _next_batch(queue, size, log, bar, *, claims=None, res=None, out_dir=None, fmt=None, leftovers=None):
+def _next_batch(queue, size, bar, fmt):
     """Up to `size` items whose images load, and their images; failures are logged.
 
-    With `claims`, only items this worker claims: one another worker holds is left to it
-    (res.claimed), one finished meanwhile is skipped (res.skipped); a claimed item's
-    leftover temporaries (`leftovers`, {id: paths}) are removed."""
+    Where the item's folder has claims, only items this worker claims: one another worker
+    holds is left to it (res.claimed), one finished meanwhile is skipped (res.skipped); a
+    claimed item's leftover temporaries are removed."""
     batch, images = [], []
     while queue and len(batch) < size:
         it = queue.popleft()
-        if claims is not None:
-            if not claims.acquire(it.id):
-                res.claimed.append(it.id)
+        f = it.folder
+        if f.claims is not None:
+            if not f.claims.acquire(it.id):
+                f.res.claimed.append(it.id)
                 bar.update(1)
                 continue
-            if _finished(out_dir, it, fmt) is not None:  # another worker finished it meanwhile
-                claims.release(it.id)
-                res.skipped.append(it.id)
+            if _finished(f.out_dir, it, fmt) is not None:  # another worker finished it meanwhile
+                f.claims.release(it.id)
+                f.res.skipped.append(it.id)
                 bar.update(1)
                 continue
-            _remove_paths(leftovers.pop(it.id, ()))
+            _remove_paths(f.leftovers.pop(it.id, ()))
         try:
             images.append(_load(it))
             batch.append(it)
         except Exception as e:  # unreadable image: this item only
-            log.add(it, "image", f"{type(e).__name__}: {e}")
-            if claims is not None:
-                claims.release(it.id)
+            f.log.add(it, "image", f"{type(e).__name__}: {e}")
+            f.release(it)
             bar.update(1)
     return batch, images
+
+
+@dataclass
+class _Folder:
+    """One output folder of a run: its claims, error log, leftovers and result."""
+    out_dir: Path
+    res: BatchResult
+    log: _ErrorLog
+    claims: _Claims | None
+    leftovers: dict
+
+    def release(self, it: Item) -> None:
+        if self.claims is not None:
+            self.claims.release(it.id)
 
 
 def run_batch(pipe, manifest, out_dir, *, defaults: dict | None = None, overrides: dict | None = None,
               base_seed: int = 0, batch_size: int | None = None, parallel: str = "mesh", fmt: str = "gif",
               fps: float = 8, process_index: int | None = None, process_count: int | None = None,
               max_items: int | None = None, progress: bool = True, lockstep: bool | None = None,
-              model_name: str | None = None, claim_timeout: float | None = CLAIM_TIMEOUT) -> BatchResult:
+              model_name: str | None = None, claim_timeout: float | None = CLAIM_TIMEOUT,
+              _points: list | None = None) -> BatchResult:
     """Generate every manifest item of this process's share that is not complete in `out_dir`.
 
     defaults / overrides: settings by manifest name (see module docstring for precedence).
@@ -566,8 +584,22 @@ def run_batch(pipe, manifest, out_dir, *, defaults: dict | None = None, override
     `_Claims`), so each item is done once; a claim not refreshed for this many seconds
     (its worker crashed or hangs) is taken over. None: no claims (one worker per folder).
     Lockstep runs never claim: their processes split the items by index and must make
-    the same calls.
+    the same calls. (_points: `run_sweep`'s [(out_dir, overrides)]; a list of results then.)
     """
+    points = _points if _points is not None else [(Path(out_dir), overrides)]
+    results = _run(pipe, manifest, points, defaults=defaults, base_seed=base_seed, batch_size=batch_size,
+                   parallel=parallel, fmt=fmt, fps=fps, process_index=process_index, process_count=process_count,
+                   max_items=max_items, progress=progress, lockstep=lockstep, model_name=model_name,
+                   claim_timeout=claim_timeout)
+    return results if _points is not None else results[0]
+
+
+def _run(pipe, manifest, points, *, defaults, base_seed, batch_size, parallel, fmt, fps, process_index,
+         process_count, max_items, progress, lockstep, model_name, claim_timeout) -> list[BatchResult]:
+    """`run_batch` over several (out_dir, overrides) points at once: items of every point are
+    grouped by their static settings, so points that differ only in guidance, eta or
+    resample values share batches (one compiled program); each point keeps its own folder,
+    claims, error log and result."""
     import socket
 
     import jax
@@ -585,23 +617,29 @@ def run_batch(pipe, manifest, out_dir, *, defaults: dict | None = None, override
     index, count = process_share(process_index, process_count)
     if lockstep is None:
         lockstep = jax.process_count() > 1 and parallel != "none"
-    manifest, out_dir = Path(manifest), Path(out_dir)
+    manifest = Path(manifest)
     rows = read_manifest(manifest)
-    items = [prepare_item(n, obj, manifest.parent, defaults=defaults, overrides=overrides,
-                          base_seed=base_seed, size=pipe.default_size, multiple=pipe.vae_scale,
-                          num_new_frames=pipe.default_num_new_frames)
-             for n, obj in rows]
-    mine = set(share([it.id for it in items], index, count))
-    out_dir.mkdir(parents=True, exist_ok=True)
-    leftovers = _leftovers(out_dir, mine)
-    claims = None if lockstep or claim_timeout is None else _Claims(out_dir, claim_timeout)
-    if claims is None:  # the folder is ours alone: every leftover is garbage now
-        _remove_paths(p for paths in leftovers.values() for p in paths)
-    log = _ErrorLog(out_dir, index, count, mine)
-    res = BatchResult(out_dir=out_dir, process=(index, count))
+    mine = set(share([obj["id"] for _, obj in rows], index, count))
+    items, folders = [], []
+    for out_dir, overrides in points:
+        point = [prepare_item(n, obj, manifest.parent, defaults=defaults, overrides=overrides,
+                              base_seed=base_seed, size=pipe.default_size, multiple=pipe.vae_scale,
+                              num_new_frames=pipe.default_num_new_frames)
+                 for n, obj in rows]
+        out_dir.mkdir(parents=True, exist_ok=True)
+        leftovers = _leftovers(out_dir, mine)
+        claims = None if lockstep or claim_timeout is None else _Claims(out_dir, claim_timeout)
+        if claims is None:  # the folder is ours alone: every leftover is garbage now
+            _remove_paths(p for paths in leftovers.values() for p in paths)
+        log = _ErrorLog(out_dir, index, count, mine)
+        folder = _Folder(out_dir, BatchResult(out_dir=out_dir, process=(index, count)), log, claims, leftovers)
+        folder.res.errors = log.entries
+        for it in point:
+            it.folder = folder
+        items += point
+        folders.append(folder)
 
-    res.errors = log.entries
-    keys, groups = _plan(items, mine, out_dir, fmt, log, res, max_items)
+    keys, groups = _plan(items, mine, fmt, max_items)
     todo = sum(map(len, groups.values()))
     counts = np.array([len(groups[k]) for k in keys], np.int64)
     most = _allgather_counts(counts).max(axis=0) if lockstep and len(keys) else counts
@@ -613,6 +651,7 @@ def run_batch(pipe, manifest, out_dir, *, defaults: dict | None = None, override
               "backend": jax.default_backend(), "devices": jax.device_count(), "parallel": parallel,
               "process": [index, count], "format": fmt, "fps": fps,
               "worker": {"host": socket.gethostname(), "pid": os.getpid()}}
+    calls = 0
     try:
         for k, n_max in zip(keys, most):
             if not n_max:
@@ -621,8 +660,7 @@ def run_batch(pipe, manifest, out_dir, *, defaults: dict | None = None, override
             queue = collections.deque(groups[k])
             dummy = settings.SamplerSettings.with_static_key(k)
             for step in range(math.ceil(n_max / gbs)):
-                batch, images = _next_batch(queue, gbs, log, bar, claims=claims, res=res, out_dir=out_dir,
-                                            fmt=fmt, leftovers=leftovers)
+                batch, images = _next_batch(queue, gbs, bar, fmt)
                 if not batch and not lockstep:
                     break
                 real = len(batch)
@@ -636,23 +674,22 @@ def run_batch(pipe, manifest, out_dir, *, defaults: dict | None = None, override
                     seeds + seeds[-1:] * pad
                 item_settings = item_settings + item_settings[-1:] * pad
                 t0 = time.perf_counter()
+                calls += 1
                 try:
                     videos = pipe(images, prompts, item_settings, seed=seeds, parallel=parallel)
                 except Exception as e:
                     for it in batch:
-                        log.add(it, "generate", f"{type(e).__name__}: {e}")
-                        if claims is not None:
-                            claims.release(it.id)
+                        it.folder.log.add(it, "generate", f"{type(e).__name__}: {e}")
+                        it.folder.release(it)
                     bar.update(real)
                     continue
-                finally:
-                    res.calls += 1
                 dt = time.perf_counter() - t0
                 for it, video in zip(batch, videos):
-                    video_path, meta_path = output_paths(out_dir, it.id, fmt)
+                    f = it.folder
+                    video_path, meta_path = output_paths(f.out_dir, it.id, fmt)
                     meta = {"id": it.id, "prompt": it.prompt, "image": it.image, "seed": it.seed,
-                            "settings": it.settings.to_dict(), "output": video_path.name, "frames": int(video.shape[0]),
-                            **common,
+                            "settings": it.settings.to_dict(), "output": video_path.name,
+                            "frames": int(video.shape[0]), **common,
                             "timing": {"batch_seconds": round(dt, 3), "seconds_per_item": round(dt / real, 3),
                                        "batch_items": real, "batch_padded_to": gbs,
                                        "first_of_group": step == 0},  # may include compiling
@@ -661,18 +698,19 @@ def run_batch(pipe, manifest, out_dir, *, defaults: dict | None = None, override
                     try:
                         io.save_video(video, video_path, fps=fps)
                         write_json_atomic(meta, meta_path)  # last: its presence marks completion
-                        res.done.append(it.id)
+                        f.res.done.append(it.id)
                     except Exception as e:
-                        log.add(it, "save", f"{type(e).__name__}: {e}")
-                    if claims is not None:
-                        claims.release(it.id)
+                        f.log.add(it, "save", f"{type(e).__name__}: {e}")
+                    f.release(it)
                     bar.update(1)
-                bar.set_postfix(failed=len(log.entries), refresh=False)
+                bar.set_postfix(failed=sum(len(f.log.entries) for f in folders), refresh=False)
     finally:
         bar.close()
-        if claims is not None:
-            claims.close()  # releases what is still held (an interrupt, an error)
-    return res
+        for f in folders:
+            f.res.calls = calls
+            if f.claims is not None:
+                f.claims.close()  # releases what is still held (an interrupt, an error)
+    return [f.res for f in folders]
 
 
 # ----------------------------------------------------------------------------- sweeps
@@ -709,6 +747,8 @@ def parse_grid(specs=(), json_spec=None) -> dict[str, list]:
 
 
 def _fmt(v) -> str:
+    if isinstance(v, tuple):  # a per-step schedule
+        return ",".join(map(_fmt, v))
     return ("on" if v else "off") if isinstance(v, bool) else (f"{v:g}" if isinstance(v, float) else str(v))
 
 
@@ -723,9 +763,10 @@ def sweep_combos(grid: dict) -> list[dict]:
 
 def run_sweep(pipe, manifest, out_dir, grid: dict, **kwargs) -> dict[str, BatchResult]:
     """`run_batch` over every point of `grid` (overriding the items' own settings), each
-    into OUT/<combo_name>/, each resumable. kwargs: as `run_batch` (not `overrides`)."""
-    out = {}
-    for combo in sweep_combos(grid):
-        name = combo_name(combo)
-        out[name] = run_batch(pipe, manifest, Path(out_dir) / name, overrides=combo, **kwargs)
-    return out
+    into OUT/<combo_name>/, each resumable. Points whose settings differ only in guidance,
+    eta or resample values run together: their items share batches of one compiled
+    program. kwargs: as `run_batch` (not `overrides`)."""
+    combos = sweep_combos(grid)
+    points = [(Path(out_dir) / combo_name(c), c) for c in combos]
+    results = run_batch(pipe, manifest, out_dir, _points=points, **kwargs)
+    return {combo_name(c): r for c, r in zip(combos, results)}
