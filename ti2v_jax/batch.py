@@ -577,8 +577,8 @@ def run_batch(pipe, manifest, out_dir, *, defaults: dict | None = None, override
     """Generate every manifest item of this process's share that is not complete in `out_dir`.
 
     defaults / overrides: settings by manifest name (see module docstring for precedence).
-    batch_size: items per process per pipeline call (default: the local device count for
-    "mesh"/"pmap", 1 for "none"). max_items: stop after this many pending items (a job
+    batch_size: items per process per pipeline call (default: `xla_options.default_batch_size`
+    per device, times the local device count for "mesh"/"pmap"; 1 per device on CPU). max_items: stop after this many pending items (a job
     in chunks). lockstep: None = automatic (several jax processes and "mesh"/"pmap").
     claim_timeout: workers sharing `out_dir` claim each item before computing it (see
     `_Claims`), so each item is done once; a claim not refreshed for this many seconds
@@ -611,7 +611,9 @@ def _run(pipe, manifest, points, *, defaults, base_seed, batch_size, parallel, f
     if fmt not in FORMATS:
         raise ValueError(f"format must be one of {FORMATS}, got {fmt!r}")
     if batch_size is None:
-        batch_size = 1 if parallel == "none" else jax.local_device_count()
+        from ti2v_jax.xla_options import default_batch_size
+        per_device = default_batch_size(jax.default_backend())
+        batch_size = per_device * (1 if parallel == "none" else jax.local_device_count())
     if batch_size < 1:
         raise ValueError(f"batch_size must be >= 1, got {batch_size}")
     index, count = process_share(process_index, process_count)
