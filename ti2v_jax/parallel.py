@@ -255,7 +255,7 @@ class _Batched:
             # shard_map: each device traces and runs `fn` on its own items, the program one
             # device runs alone on a batch of that size (so the same kernels and the same bits;
             # partitioning the global program instead (GSPMD) let XLA pick other fusions and
-            # moved results by a uint8 level on AVX2 CPUs), and trace-time choices that depend
+            # moved results by a uint8 level on some CPUs), and trace-time choices that depend
             # on the batch size (e.g. `layers.map_in_blocks`) see the per-device size.
             body = jax.shard_map(body, mesh=self.mesh, out_specs=P("data"),
                                  in_specs=(P(), P("data")) if replicated else (P("data"),))

@@ -1,16 +1,13 @@
 """The XLA compiler options every ti2v-jax program is compiled with, per platform.
 
 On CPU, jaxlib 0.10's XLA hands matrix products, reductions and convolutions to the
-YNNPACK library. Its convolutions are slow at the U-Net's shapes: a 3x3 convolution at 32-64
-channels runs at 70-110 GFLOP/s on a 2-core EPYC, where XLA's own (Eigen) convolution
-runs at 135-185 GFLOP/s, as fast as PyTorch's oneDNN. Turning YNNPACK off altogether
-(`XLA_FLAGS=--xla_cpu_experimental_ynn_fusion_type=`) speeds the convolutions but slows
-the attention by a third (its max and sum reductions). So ti2v-jax compiles its CPU
-programs with YNNPACK for products and reductions only: a guidance pair of the benchmark's
-small U-Net takes 1.22 s instead of 1.37 s (benchmarks/RESULTS.md).
+YNNPACK library. Its convolutions are slower than XLA's own (Eigen) ones at the U-Net's
+shapes, while turning YNNPACK off altogether (`XLA_FLAGS=--xla_cpu_experimental_ynn_fusion_type=`)
+slows the attention's max and sum reductions. So ti2v-jax compiles its CPU programs with
+YNNPACK for products and reductions only (measured in benchmarks/RESULTS.md).
 
-On GPU, it turns Triton's matrix-product fusions off (cuBLAS does those products): a frame
-program ran 2.5% faster so on an H200.
+On GPU, it turns Triton's matrix-product fusions off (cuBLAS does those products), which
+made frame programs faster in interleaved A/Bs (benchmarks/RESULTS.md).
 
 On TPU it sets none: XLA:TPU's defaults, nothing measured there yet.
 
@@ -33,8 +30,8 @@ import jax
 _YNN_FLAG = "xla_cpu_experimental_ynn_fusion_type"
 _OPTIONS = {
     "cpu": {_YNN_FLAG: "LIBRARY_FUSION_TYPE_INDIVIDUAL_DOT,LIBRARY_FUSION_TYPE_REDUCE"},
-    # cuBLAS rather than Triton for the products XLA fuses with their neighbours: a frame
-    # program 2.5% faster on an H200 (benchmarks/gpu/ab_options.py, 3 interleaved rounds)
+    # cuBLAS rather than Triton for the products XLA fuses with their neighbours (faster
+    # frame programs in benchmarks/gpu/ab_options.py's A/Bs)
     "gpu": {"xla_gpu_enable_triton_gemm": False},
 }
 
@@ -75,7 +72,7 @@ def default_batch_size(platform: str | None = None, *, device_memory_gib: float 
 
     CPU: 1 (the U-Net is compute-bound there at batch 1, and its blocked layers are already
     sized to the cache). GPU/TPU: a batch of 1 leaves the U-Net's deepest levels (4x4 and
-    8x8 latents) with matrix products too thin to fill the chip (one H200: 32% MFU at B=1),
+    8x8 latents) with matrix products too thin to fill the chip (a third of its peak at B=1),
     so the largest power of two up to 8 whose activations (`_PER_VIDEO_GIB` each, for the
     real model at 256x256) and weights fit in 60% of the device's memory (`device_memory_gib`,
     default: the first device's `bytes_limit`, else 16 GiB, the smallest TPU's).

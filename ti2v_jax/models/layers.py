@@ -31,10 +31,10 @@ from ti2v_jax.errors import SettingsError
 #              for checking the TPU path without a TPU (tests/test_kernels.py)
 ATTENTION_CHOICES = (None, "xla", "cudnn", "blocked", "pallas", "pallas_interpret")
 
-# What attention=None runs on each platform. GPU: cuDNN's flash kernel (2% faster than
-# XLA's attention in a full-size frame program on an H200, benchmarks/RESULTS.md); TPU: the
+# What attention=None runs on each platform (measurements in benchmarks/RESULTS.md). GPU:
+# cuDNN's flash kernel (faster than XLA's attention in a full-size frame program); TPU: the
 # Pallas flash kernel for the long self-attentions (not measured on a TPU yet); CPU: the
-# blocked formulation (1.5-3x faster than one big batch on XLA:CPU).
+# blocked formulation (faster than one big batch on XLA:CPU: it keeps the scores in cache).
 AUTO_ATTENTION = {"cpu": "blocked", "gpu": "cudnn", "tpu": "pallas"}
 
 
@@ -171,10 +171,9 @@ def _attention_blocked(q, k, v):
     """softmax(q k^T / sqrt(d)) v on (B, T, heads, D), laid out for XLA:CPU.
 
     The batch is processed in blocks (`map_in_blocks`) whose float32 scores fit in about
-    4 MiB, so the Tq x Tk scores stay in cache between Q @ K^T, exp and P @ V: 2.9x
-    faster than one big batched product at 1024 tokens (32 x 1024 x 32: 122 -> 42 ms,
-    2-core EPYC). Small sequences (temporal attention, 16 frames) make large blocks, so
-    the loop stays short.
+    4 MiB, so the Tq x Tk scores stay in cache between Q @ K^T, exp and P @ V, which is
+    much faster on XLA:CPU than one big batched product at 1024 tokens (benchmarks/RESULTS.md).
+    Small sequences (temporal attention, 16 frames) make large blocks, so the loop stays short.
     """
     _, tq, h, _ = q.shape
     return map_in_blocks(_attention_blocked_block, (q, k, v), h * tq * k.shape[1] * 4)
@@ -183,7 +182,7 @@ def _attention_blocked(q, k, v):
 def _attention_blocked_block(q, k, v):
     """One block of `_attention_blocked`.
 
-    XLA:CPU's Q @ K^T is 2-3x faster with K as (B, heads, D, Tk) than contracting the last
+    XLA:CPU's Q @ K^T is faster with K as (B, heads, D, Tk) than contracting the last
     axes of both, and dividing by the softmax sum after P @ V touches Tq*D values, not
     Tq*Tk. Scores, exp and sums in float32.
     """
@@ -242,7 +241,7 @@ class GroupNorm(nnx.Module):
 
         # Sums over the positions first (contiguous rows, channels in vector lanes), then over
         # each group's channels: XLA:CPU reduces a (N, H*W, G, C/G) array over axes (1, 3)
-        # 1.2-5x slower (2-core EPYC, 32-128 channels).
+        # much more slowly.
         if self.group_norm == "one_pass":
             mean = group_mean(xf.sum(axis=1))
             var = jnp.maximum(group_mean(jnp.square(xf).sum(axis=1)) - jnp.square(mean), 0.0)
@@ -322,8 +321,8 @@ class Attention(nnx.Module):
 def gelu(x):
     """Exact (erf) GELU in PyTorch's formula, x * 0.5 * (1 + erf(x / sqrt(2))), as torch's CPU
     and CUDA kernels compute it. `jax.nn.gelu(approximate=False)` uses erfc instead, which
-    XLA:CPU evaluates about 3x slower (4M float32 values: 3.2 vs 1.0 ms on a 2-core EPYC);
-    both are within 1.5e-6 of torch.nn.functional.gelu over [-12, 12]."""
+    XLA:CPU evaluates several times more slowly; both are within 1.5e-6 of
+    torch.nn.functional.gelu over [-12, 12]."""
     return x * 0.5 * (1.0 + jax.lax.erf(x * jnp.asarray(0.5 ** 0.5, x.dtype)))
 
 
@@ -420,8 +419,7 @@ def _conv_of_2x_nearest(c: nnx.Conv, x):
     Output pixel (2i + a, 2j + b) sees input rows i-1, i (a = 0) or i, i+1 (a = 1), the
     kernel's rows falling on the same input row summed (likewise columns), so each of the
     four phases (a, b) is a 2x2 convolution of x: 16 instead of 36 multiply-adds per output
-    channel and input channel per input pixel, the same sums up to float rounding. 2x faster
-    on XLA:CPU at the U-Net's and the VAE's shapes.
+    channel and input channel per input pixel, the same sums up to float rounding.
     """
     n, h, w, _ = x.shape
     x, k, bias = c.promote_dtype((x, c.kernel[...], c.bias[...]), dtype=c.dtype)

@@ -65,9 +65,8 @@ def _frame_conv(c: nnx.Conv, x):
     """`c`, a Conv3d with kernel (3, 1, 1), on (B, F, H, W, C), computed as a 2D (3, 1) convolution
     over (B, F, H*W, C): the same kernel and the same sums, in a layout (NHWC) cuDNN takes as it
     is. As a 3D convolution, XLA handed the 88 temporal convolutions of a pass to cuDNN in NCDHW
-    order and cuDNN transposed their operands: 353 layout kernels, 6.5 ms of a 49.7 ms guidance
-    pair on an H100 (config full, bf16); the pair takes 42.9 ms this way
-    (benchmarks/gpu/profile_unet.py). On CPU it is about 5% faster too (benchmarks/RESULTS.md)."""
+    order and cuDNN transposed their operands: hundreds of layout kernels per guidance pair,
+    gone this way; faster on CPU too (benchmarks/RESULTS.md)."""
     b, f, h, w, cin = x.shape
     x, k, bias = c.promote_dtype((x.reshape(b, f, h * w, cin), c.kernel[...], c.bias[...]), dtype=c.dtype)
     y = jax.lax.conv_general_dilated(x, k.reshape((k.shape[0], 1, cin, -1)), (1, 1), tuple(c.padding[:2]),
@@ -81,9 +80,8 @@ def _over_sequences(fn, args: tuple, tokens: int, inner: int, attention):
     With the blocked formulation (`layers.blocked_layers(attention)`: attention "blocked",
     the automatic choice on CPU) the sequences go through in blocks
     whose largest intermediate, the feed-forward's GEGLU projection (8 x inner wide), fits
-    in cache (`layers.map_in_blocks`): on the benchmark's small config, transformer_in
-    (8 heads of 32, 2,048 sequences of 16 frames) takes 0.53 s instead of 0.81 s per
-    batch-2 call on a 2-core EPYC. Elsewhere one call over all sequences.
+    in cache (`layers.map_in_blocks`), which is faster on XLA:CPU (benchmarks/RESULTS.md).
+    Elsewhere one call over all sequences.
     """
     if blocked_layers(attention):
         return map_in_blocks(fn, args, tokens * 8 * inner * 4)

@@ -63,8 +63,8 @@ def _host_counter_rngs(seed: int) -> nnx.Rngs:
 
     With jax counters every `rngs.params()` inside the trace updates a traced Variable,
     and flax's `Variable.set_value` then reads `tracer.sharding`, whose error message
-    walks the whole jaxpr (jax 0.10 / flax 0.12): quadratic, 50 s for the real U-Net.
-    Host counters keep the trace linear (5 s). The keys are the same either way.
+    walks the whole jaxpr (jax 0.10 / flax 0.12): quadratic in the model's size. Host
+    counters keep the trace linear. The keys are the same either way.
     """
     rngs = nnx.Rngs(seed)
     try:
