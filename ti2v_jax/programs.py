@@ -9,7 +9,7 @@ functools.partial (`parallel` keys its compiled programs on them):
                  uncond (B,77,D), timesteps (B,S) int32 (equal rows), guidance (B,S) float32,
                  eta (B,S) float32, resample (B,S) int32, ticket (B,) int32,
                  *, num_new_frames, max_resample, guided, stochastic, inversion, slide, baseline,
-                 remat=False) -> (latents, frames) float32
+                 remat=False, skip_passes=False) -> (latents, frames) float32
         TI2V: the N new latents (B,N,h,w,C) and frames (B,N,H,W,3), unclamped; baseline: the
         K-1 frames after the first (latents and decoded frames).
     t2v_program(spec, p, keys, ctx, uncond, timesteps, guidance, eta, ticket,
@@ -19,7 +19,9 @@ The per-step settings are traced rows, so items with different schedules share o
 (a sweep over guidance x resample schedule for one image is one call) and changing them
 never recompiles. `guided=False` (guidance 1 everywhere) skips the empty-text half;
 `stochastic=False` (eta 0 everywhere) draws no eta noise; `max_resample` bounds the
-resample rows (0: no resampling code at all). See `SamplerSettings.static_key`.
+resample rows (0: no resampling code at all); passes beyond an item's R_j are computed and
+discarded, unless `skip_passes=True` skips them when no item needs them (cheaper; see
+sampling/ti2v_zero.py). See `SamplerSettings.static_key`.
 
 Precision policy (one place): everything between network calls is float32 (the sampler
 state, both queues, q_sample, DDIM, push-back, replacement); each network gets its inputs
@@ -161,7 +163,8 @@ class ProgramSpec:
 # ------------------------------------------------------------------ the programs
 
 def ti2v_program(spec, p, keys, frames, ctx, uncond, timesteps, guidance, eta, resample, ticket, *,
-                 num_new_frames, max_resample, guided, stochastic, inversion, slide, baseline, remat=False):
+                 num_new_frames, max_resample, guided, stochastic, inversion, slide, baseline, remat=False,
+                 skip_passes=False):
     """TI2V-Zero (or the replacing baseline) on a batch; see the module docstring."""
     denoise, encode, decode = spec.fns(p)
     guided_fn = cfg_denoiser(denoise, ctx, uncond, guided=guided)
@@ -179,7 +182,8 @@ def ti2v_program(spec, p, keys, frames, ctx, uncond, timesteps, guidance, eta, r
     return ti2v_zero_sample(keys, guided_fn, encode, decode, frames, num_frames=spec.num_frames,
                             num_new_frames=num_new_frames, timesteps=ts, guidance=g, resample=r,
                             max_resample=max_resample, eta=e, ddpm_inversion=inversion, slide=slide,
-                            abar=spec.abar, remat=remat, on_frame=_reporter(ticket, num_new_frames))
+                            abar=spec.abar, remat=remat, skip_passes=skip_passes,
+                            on_frame=_reporter(ticket, num_new_frames))
 
 
 def t2v_program(spec, p, keys, ctx, uncond, timesteps, guidance, eta, ticket, *, latent_shape, guided,

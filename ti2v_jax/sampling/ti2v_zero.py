@@ -20,9 +20,12 @@ runs exactly R resampling passes in every step. (Guidance 1 everywhere is the st
 `guided=False` of `cfg_denoiser`.) With a `resample` array, `max_resample` (static)
 bounds it: step j runs max_resample + 1 U-Net passes of which pass r < R_j is a
 resampling pass, pass r = R_j the final DDIM step, and passes r > R_j leave x as it is
-(a `lax.cond` skips the U-Net when no item of the batch needs the pass; an item that
-does not is kept by a select). A resample array equal to R everywhere gives the same
-numbers as the int R.
+(a select keeps x: those passes are computed and discarded, so a schedule costs as much
+as max_resample everywhere). With `skip_passes=True` a `lax.cond` instead skips the U-Net
+when no item of the batch needs the pass (cheaper for schedules that resample in a few
+steps only; the network then sits inside an XLA conditional, which the tests check for
+the same maths but not for bit-equality on a real network). A resample array equal to R
+everywhere gives the same numbers, bit for bit, as the int R (without skip_passes).
 
 Precision. The state (initial latent, latent queue, decoded frames, q_sample, DDIM,
 push-back, replacement) is kept in `schedule.state_dtype` of the inputs: float32 for
@@ -127,7 +130,8 @@ def initial_latent(frame_keys, s0, t0, *, num_frames, ddpm_inversion=True, abar=
 
 
 def ti2v_zero_frame(frame_keys, guided, s0, *, num_frames, timesteps, guidance=9.0, resample=4,
-                    max_resample=None, eta=0.0, ddpm_inversion=True, abar=None, remat=False, init_noise=None):
+                    max_resample=None, eta=0.0, ddpm_inversion=True, abar=None, remat=False, init_noise=None,
+                    skip_passes=False):
     """One new frame latent (B,h,w,C) from the queue s0 (B,K-1,h,w,C) of clean latents.
 
     guided: the guided denoiser (`cfg_denoiser`); guidance/eta/resample: per-step settings
@@ -176,7 +180,7 @@ def ti2v_zero_frame(frame_keys, guided, s0, *, num_frames, timesteps, guidance=9
             if r_j is None:
                 return run_pass(x, r), None
             active = r <= r_j  # (B,): passes beyond R_j leave x as it is
-            y = lax.cond(jnp.any(active), run_pass, lambda x, r: x, x, r)
+            y = lax.cond(jnp.any(active), run_pass, lambda x, r: x, x, r) if skip_passes else run_pass(x, r)
             return jnp.where(_per_item(active, b, x.ndim, bool), y, x), None
 
         x, _ = lax.scan(unet_pass, x, jnp.arange(r_max + 1))
@@ -208,14 +212,14 @@ def slide_frame(frame_keys, guided, encode, decode, queue, *, slide="pixel", **f
 def ti2v_zero_sample(key, guided, encode, decode, frames=None, *, num_frames, num_new_frames, timesteps,
                      guidance=9.0, resample=4, max_resample=None, eta=0.0, ddpm_inversion=True,
                      slide="pixel", abar=None, latents=None, decode_output=True, on_frame=None, remat=False,
-                     init_noise=None):
+                     init_noise=None, skip_passes=False):
     """TI2V-Zero (Ni et al., CVPR 2024): N new frames after M given ones, repeat-and-slide.
 
     guided: the guided denoiser, `guidance.cfg_denoiser(denoise, context, uncond_context)`.
     frames: (B, M, H, W, 3) given frames in [-1, 1], M <= K-1 (video prediction; M=1
       is image-to-video), padded to K-1 by repeating the first at the front.
     latents: instead of `frames`, (B, M, h, w, C) given latents (slide="latent" only).
-    guidance, resample, eta, max_resample: per-step settings (module docstring).
+    guidance, resample, eta, max_resample, skip_passes: per-step settings (module docstring).
     slide: "pixel" = the published algorithm (decode each new latent, keep the decoder's
       float output in a pixel queue, re-encode all K-1 queue frames before each new
       frame; computed with one encode per frame, see `slide_frame`); "latent" = slide
@@ -247,7 +251,8 @@ def ti2v_zero_sample(key, guided, encode, decode, frames=None, *, num_frames, nu
     queue = latents if latents is not None else encode(frames.astype(dtype))
     queue = pad_queue(queue.astype(dtype), k - 1)
     frame_kw = dict(num_frames=k, timesteps=timesteps, guidance=guidance, resample=resample,
-                    max_resample=max_resample, eta=eta, ddpm_inversion=ddpm_inversion, abar=abar, remat=remat)
+                    max_resample=max_resample, eta=eta, ddpm_inversion=ddpm_inversion, abar=abar, remat=remat,
+                    skip_passes=skip_passes)
 
     def new_frame(queue, inp):
         i, noise = inp
