@@ -14,7 +14,6 @@ from pathlib import Path
 import numpy as np
 
 from ti2v_jax import evaluation, loading, synthetic
-from ti2v_jax.models import layers
 
 SCRIPT = Path(__file__).resolve().parents[1] / "train" / "train_tiny.py"
 
@@ -22,8 +21,6 @@ SCRIPT = Path(__file__).resolve().parents[1] / "train" / "train_tiny.py"
 def test_train_tiny_smoke_profile_exports_a_working_model(tmp_path, monkeypatch):
     monkeypatch.syspath_prepend(str(SCRIPT.parent))   # importable by name: its data workers are spawned
     train_tiny = importlib.import_module("train_tiny")
-    # main() selects XLA's attention for training on CPU (a process-wide setting): restore it after.
-    monkeypatch.setattr(layers, "_ATTENTION_IMPL", layers._ATTENTION_IMPL)
     wd = tmp_path / "work"
     train_tiny.main(["--workdir", str(wd), "--profile", "smoke", "--consistency-pairs", "1",
                      "--consistency-weight", "1", "--last-frame-weight", "3"])
