@@ -357,10 +357,7 @@ def _no_index_model(t: Path) -> Path:
 
 
 # Cases that do not meet the spec yet, with who must change what (strict: a fix shows up).
-KNOWN_GAPS = {
-    "config-wrong-type": "the U-Net config check (models/unet3d.py / loading.py) lets a str layers_per_block "
-                         "through to a TypeError ('<' between str and int); the message must name the field",
-}
+KNOWN_GAPS: dict = {}  # case id -> why it still fails (none now)
 
 
 @pytest.mark.parametrize("case,argv,needle", [

@@ -55,6 +55,17 @@ def parse_config(config: dict) -> dict:
     def bad(key, why):
         raise ValueError(f"UNet3DConditionModel: unsupported {key}={c[key]!r} ({why})")
 
+    def is_int(v):
+        return isinstance(v, int) and not isinstance(v, bool)
+
+    for key in ("in_channels", "out_channels", "layers_per_block", "downsample_padding", "cross_attention_dim"):
+        if not is_int(c[key]):
+            bad(key, "must be an integer")
+    if not isinstance(c["block_out_channels"], (list, tuple)) or not all(map(is_int, c["block_out_channels"])):
+        bad("block_out_channels", "must be a list of integers")
+    if not isinstance(c["norm_eps"], (int, float)) or isinstance(c["norm_eps"], bool):
+        bad("norm_eps", "must be a number")
+
     if c["num_attention_heads"] is not None:
         bad("num_attention_heads", "diffusers' UNet3D does not accept it either; use attention_head_dim")
     if not isinstance(c["attention_head_dim"], int) or c["attention_head_dim"] <= 0:
