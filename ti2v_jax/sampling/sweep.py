@@ -19,11 +19,15 @@ import itertools
 import jax.numpy as jnp
 import numpy as np
 
+from ti2v_jax.errors import SettingsError
+from ti2v_jax.settings import SamplerSettings
+
 from .schedule import item_keys
 from .ti2v_zero import ti2v_zero_sample
 
-PER_STEP = {"guidance": np.float32, "eta": np.float32, "resample": np.int32}
-DEFAULTS = {"guidance": 9.0, "eta": 0.0, "resample": 4}
+# The per-step settings, their defaults and their validation are `SamplerSettings`' own.
+PER_STEP = ("guidance", "eta", "resample")
+_DEFAULT = SamplerSettings()
 
 
 def grid(steps: int, **axes):
@@ -31,24 +35,17 @@ def grid(steps: int, **axes):
 
     axes: guidance / eta / resample, each a list of values, a value being a number or a
     tuple of one number per step. points: a list of {name: value} dicts, in product order
-    (the last axis fastest); rows: {name: (P, S) array} for every per-step setting (the
-    default for one not given), ready for `sweep` or a program's per-item arguments.
+    (the last axis fastest); rows: {name: (P, S) array} for every per-step setting (its
+    `SamplerSettings` default where not given), ready for `sweep` or a program's per-item
+    arguments. Values are checked as `SamplerSettings` checks them (SettingsError).
     """
     unknown = set(axes) - set(PER_STEP)
     if unknown:
-        raise ValueError(f"grid axes must be among {sorted(PER_STEP)}, got {sorted(unknown)}")
+        raise SettingsError(f"grid axes must be among {list(PER_STEP)}, got {sorted(unknown)}")
     names = list(axes)
     points = [dict(zip(names, combo)) for combo in itertools.product(*(axes[n] for n in names))]
-    rows = {}
-    for name, dt in PER_STEP.items():
-        vals = [p.get(name, DEFAULTS[name]) for p in points]
-        arr = []
-        for v in vals:
-            a = np.asarray(v, dt)
-            if a.ndim == 1 and a.shape[0] != steps:
-                raise ValueError(f"{name} schedule {v!r} has {a.shape[0]} values for {steps} steps")
-            arr.append(np.broadcast_to(a, (steps,)))
-        rows[name] = np.stack(arr)
+    settings = [SamplerSettings(steps=steps, **p) for p in points]
+    rows = {name: np.stack([s.per_step(name) for s in settings]) for name in PER_STEP}
     return points, rows
 
 
@@ -71,9 +68,9 @@ def sweep(key, guided, encode, decode, frames, *, rows, keys=None, max_resample=
     tile = lambda a: None if a is None else jnp.broadcast_to(a, (p,) + a.shape[1:])  # noqa: E731
     latents = sample_kw.pop("latents", None)
     return ti2v_zero_sample(keys, guided, encode, decode, tile(frames), latents=tile(latents),
-                            guidance=rows.get("guidance", DEFAULTS["guidance"]),
-                            eta=rows.get("eta", DEFAULTS["eta"]),
-                            resample=rows.get("resample", DEFAULTS["resample"]),
+                            guidance=rows.get("guidance", _DEFAULT.guidance),
+                            eta=rows.get("eta", _DEFAULT.eta),
+                            resample=rows.get("resample", _DEFAULT.resample),
                             max_resample=max_resample, **sample_kw)
 
 
