@@ -144,41 +144,25 @@ def attention_arg(name: str) -> str | None:
 
 
 def sampler_call(fn, keys, denoise, text, empty, *rest, guidance, resample, **kw):
-    """fn(...) for a TI2V-Zero sampler function (`slide_frame`, `ti2v_zero_sample`) with the
-    network `denoise` and both contexts, in either sampling API: the guided denoiser
-    (`sampling.guidance.cfg_denoiser`, guidance=/resample=) or, before it, the network with the
-    contexts after the positional arguments (guidance_scale=/resample_iters=)."""
-    try:
-        from ti2v_jax.sampling.guidance import cfg_denoiser
-    except ImportError:
-        return fn(keys, denoise, *rest, text, empty, guidance_scale=guidance, resample_iters=resample, **kw)
+    """fn(...) for a TI2V-Zero sampler function (`slide_frame`, `ti2v_zero_sample`, ...) with the
+    network `denoise` and both contexts, guided by `sampling.cfg_denoiser`."""
+    from ti2v_jax.sampling.guidance import cfg_denoiser
+
     return fn(keys, cfg_denoiser(denoise, text, empty), *rest, guidance=guidance, resample=resample, **kw)
 
 
-def program_fns(comps, k, dt, abar):
-    """The pipeline's (denoise, encode, decode) maker for weights p: `ProgramSpec(...).fns`, with
-    or without the dtype argument (the precision policy took it out: each network's own)."""
-    import inspect
-
+def program_fns(comps, k, abar):
+    """The pipeline's (denoise, encode, decode) maker for weights p (`ProgramSpec.fns`)."""
     from ti2v_jax.programs import ProgramSpec
 
-    if "dtype" in inspect.signature(ProgramSpec).parameters:
-        return ProgramSpec(comps, k, dt, abar).fns
     return ProgramSpec(comps, k, abar).fns
 
 
 def load_components(weights, dt, attention):
-    """`loading.load` with the attention choice (a checkout whose `load` takes no `attention=`
-    runs the automatic choice only)."""
-    import inspect
-
+    """`loading.load` of the benchmark's weights with the attention choice."""
     from ti2v_jax import loading
 
-    if "attention" in inspect.signature(loading.load).parameters:
-        return loading.load(weights, dtype=dt, tokenizer=False, attention=attention)
-    if attention is not None:
-        raise SystemExit(f"--attention {attention}: this checkout's loading.load takes no attention=")
-    return loading.load(weights, dtype=dt, tokenizer=False)
+    return loading.load(weights, dtype=dt, tokenizer=False, attention=attention)
 
 
 def jax_setup(args):
@@ -220,7 +204,7 @@ def jax_setup(args):
     info["text_encode_compile_and_run_s"] = time.perf_counter() - t0
     info["text_encode_s"], _ = median_time(lambda: sync(enc(p["text_encoder"], ids)), 3)
 
-    fns = program_fns(comps, k, dt, abar)  # the pipeline's (denoise, encode, decode) for params pp
+    fns = program_fns(comps, k, abar)  # the pipeline's (denoise, encode, decode) for params pp
     img = jax.random.uniform(jax.random.key(2), (1, 1, lat * scale, lat * scale, 3), jnp.float32, -1, 1)
     return types.SimpleNamespace(
         jax=jax, jnp=jnp, sync=sync, jit=jit, layers=layers, schedule=schedule, dev=dev, gpu=gpu, dt=dt,
