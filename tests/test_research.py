@@ -6,6 +6,7 @@ differ across CPU kinds, so golden files would not do).
 """
 
 import functools
+from pathlib import Path
 
 import jax
 import jax.numpy as jnp
@@ -19,6 +20,8 @@ from ti2v_jax import programs
 from ti2v_jax import sampling as S
 from ti2v_jax.sampling.schedule import (alphas_cumprod, ddim_step, fold, item_keys, next_timesteps, normal,
                                         push_back, q_sample, step_draws, step_key)
+
+ROOT = Path(__file__).resolve().parents[1]
 
 
 @pytest.fixture
@@ -348,9 +351,9 @@ def test_remat_grad_wrt_noise_and_context_toy(x64):
     assert float(jnp.abs(rem[0]).max()) > 1e-3 and float(jnp.abs(rem[1]).max()) > 1e-3
 
 
-@pytest.mark.slow
-def test_remat_grad_equals_plain_default_model():
-    """On the shipped tiny model (float32): d(loss on a new frame)/d(start image, text context)."""
+def _default_model():
+    """The shipped model loaded, its program spec (K=8), the contexts of a prompt and of "",
+    and a start image (1, 1, 32, 32, 3)."""
     from ti2v_jax import io, loading
     from ti2v_jax.pipeline import DEFAULT_MODEL
     from ti2v_jax.tokenizer import tokenize
@@ -359,7 +362,14 @@ def test_remat_grad_equals_plain_default_model():
     spec = programs.ProgramSpec.get(c, 8, S.alphas_cumprod())
     ids = jnp.asarray(tokenize(c.tokenizer, ["a red circle moving right", ""]))
     ctx = c.text_encode(c.params["text_encoder"], ids)
-    frames = jnp.asarray(io.load_image("examples/start_red_circle.png", (32, 32))[None, None])
+    frames = jnp.asarray(io.load_image(ROOT / "examples" / "start_red_circle.png", (32, 32))[None, None])
+    return c, spec, ctx, frames
+
+
+@pytest.mark.slow
+def test_remat_grad_equals_plain_default_model():
+    """On the shipped tiny model (float32): d(loss on a new frame)/d(start image, text context)."""
+    c, spec, ctx, frames = _default_model()
 
     def loss(frames, text, p, remat):
         denoise, encode, decode = spec.fns(p)
@@ -544,16 +554,8 @@ def test_progress_callback_per_call_without_recompiling():
 
 @pytest.mark.slow
 def test_program_reproduces_legacy_default_model():
-    from ti2v_jax import io, loading
-    from ti2v_jax.pipeline import DEFAULT_MODEL
-    from ti2v_jax.tokenizer import tokenize
-
-    c = loading.load(DEFAULT_MODEL)
-    spec = programs.ProgramSpec.get(c, 8, S.alphas_cumprod())
-    ids = jnp.asarray(tokenize(c.tokenizer, ["a red circle moving right", ""]))
-    ctx = c.text_encode(c.params["text_encoder"], ids)
+    c, spec, ctx, frames = _default_model()
     text, empty = ctx[:1], ctx[1:]
-    frames = jnp.asarray(io.load_image("examples/start_red_circle.png", (32, 32))[None, None])
     keys = jax.random.key(0)[None]
     steps, r, n = 3, 2, 2
     ts = S.ddim_timesteps(steps)

@@ -385,32 +385,13 @@ def write_clip_tokenizer(directory, bpe_path=BPE_FILE) -> Path:
 # ---- reading and converting --------------------------------------------------------
 
 def read_pth(path, keep=None) -> dict[str, np.ndarray]:
-    """A .pth/.bin state dict (unwrapping {"state_dict": ...}) as numpy, only the keys `keep(key)` accepts.
+    """A .pth/.bin state dict as numpy, only the keys `keep(key)` accepts (the others as
+    `_Unread` placeholders: memory-mapped, the tensors ModelScope never uses, the visual
+    tower or the rest of a Stable Diffusion checkpoint, are not read at all)."""
+    from ti2v_jax.weights.torch_io import load_torch_state, torch_to_numpy
 
-    Memory-mapped where the file allows, so the tensors ModelScope never uses (the
-    visual tower, the rest of a Stable Diffusion checkpoint) are not read at all.
-    """
-    import pickle
-
-    from ti2v_jax.weights.torch_io import _import_torch, torch_to_numpy
-
-    torch = _import_torch()
-    try:
-        try:
-            state = torch.load(str(path), map_location="cpu", weights_only=True, mmap=True)
-        except RuntimeError:  # legacy (non-zip) serialization cannot be memory-mapped
-            state = torch.load(str(path), map_location="cpu", weights_only=True)
-    except pickle.UnpicklingError:
-        raise CheckpointError(f"{path}: holds pickled objects other than tensors, which ti2v-jax never "
-                              f"unpickles; it needs a file of plain tensors (a state dict)") from None
-    except (RuntimeError, EOFError, OSError, ValueError) as e:
-        raise CheckpointError(f"{path}: not a readable PyTorch checkpoint ({ckpt._one_line(e)})") from None
-    if isinstance(state, dict) and isinstance(state.get("state_dict"), dict):
-        state = state["state_dict"]
-    if not isinstance(state, dict):
-        raise CheckpointError(f"{path}: expected a state dict, found {type(state).__name__}")
     return {k: torch_to_numpy(v) if keep is None or keep(k) else _Unread(tuple(v.shape))
-            for k, v in state.items() if isinstance(v, torch.Tensor)}
+            for k, v in load_torch_state(path).items()}
 
 
 class _Unread:

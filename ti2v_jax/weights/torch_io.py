@@ -145,23 +145,33 @@ def torch_to_numpy(t) -> np.ndarray:
     return t.numpy().copy()
 
 
-def read_torch_pickle(path) -> dict[str, np.ndarray]:
-    """A .bin/.pth state dict as {name: np.ndarray} (torch.load with weights_only=True)."""
+def load_torch_state(path) -> dict:
+    """A .bin/.pth state dict as torch tensors (unwrapping {"state_dict": ...}), loaded with
+    weights_only=True and memory-mapped where the file allows (a tensor never converted is
+    never read). One-line CheckpointError for a pickle of other objects or an unreadable file."""
     import pickle
 
     torch = _import_torch()
     try:
-        state = torch.load(str(path), map_location="cpu", weights_only=True)
+        try:
+            state = torch.load(str(path), map_location="cpu", weights_only=True, mmap=True)
+        except RuntimeError:  # legacy (non-zip) serialization cannot be memory-mapped
+            state = torch.load(str(path), map_location="cpu", weights_only=True)
     except pickle.UnpicklingError:
         raise CheckpointError(f"{path}: holds pickled objects other than tensors, which ti2v-jax never "
                               f"unpickles; it needs a file of plain tensors (a state dict)") from None
     except (RuntimeError, EOFError, OSError, ValueError) as e:
         raise CheckpointError(f"{path}: not a readable PyTorch checkpoint ({_one_line(e)})") from None
-    if isinstance(state, dict) and "state_dict" in state and isinstance(state["state_dict"], dict):
+    if isinstance(state, dict) and isinstance(state.get("state_dict"), dict):
         state = state["state_dict"]
     if not isinstance(state, dict):
         raise CheckpointError(f"{path}: expected a state dict, found {type(state).__name__}")
-    return {k: torch_to_numpy(v) for k, v in state.items() if isinstance(v, torch.Tensor)}
+    return {k: v for k, v in state.items() if isinstance(v, torch.Tensor)}
+
+
+def read_torch_pickle(path) -> dict[str, np.ndarray]:
+    """A .bin/.pth state dict as {name: np.ndarray} (see `load_torch_state`)."""
+    return {k: torch_to_numpy(v) for k, v in load_torch_state(path).items()}
 
 
 def read_file(path) -> dict[str, np.ndarray]:
