@@ -27,7 +27,7 @@ p.add_argument("--dtype", default="float32")
 a = p.parse_args()
 
 pipe = TI2VZeroPipeline.from_pretrained(a.model, dtype=a.dtype)
-video = pipe(a.image, a.prompt, num_new_frames=a.frames, num_inference_steps=a.steps,
-             resample_iters=a.resample, seed=0, progress=True)
+video = pipe(a.image, a.prompt, num_new_frames=a.frames, steps=a.steps,
+             resample=a.resample, seed=0, progress=True)
 save_video(video, a.out, fps=8)
 print(f"{a.out}: {video.shape[0]} frames of {video.shape[1]}x{video.shape[2]}")

@@ -34,7 +34,7 @@ colours = ["red", "green", "blue", "yellow"]
 prompts = [f"a {colours[i % 4]} circle moving {['left', 'right', 'up', 'down'][i % 4]}" for i in range(n)]
 images = [str(HERE / "start_red_circle.png")] * n
 seeds = [100 * jax.process_index() + i for i in range(n)]
-kw = dict(num_new_frames=7, num_inference_steps=a.steps, resample_iters=2, seed=seeds)
+kw = dict(num_new_frames=7, steps=a.steps, resample=2, seed=seeds)
 videos = pipe(images, prompts, parallel=a.parallel, **kw)
 print(f"{jax.device_count()} devices ({jax.process_count()} processes): {videos.shape}")
 if jax.process_count() == 1:
