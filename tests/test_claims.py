@@ -1,6 +1,6 @@
 """Workers sharing one output folder claim items, so each item is done once (issue 26 item 5).
 
-Unit tests of `batch._Claims` (no model), then batch runs with the shipped default model
+Unit tests of `ti2v_jax.claims.Claims` (no model), then batch runs with the shipped default model
 and the smallest settings: a fresh claim is respected, a stale one (or one whose process
 is gone) is taken over, and two worker processes started together on one folder do
 every item exactly once between them.
@@ -23,6 +23,7 @@ import pytest
 from PIL import Image
 
 from ti2v_jax import batch
+from ti2v_jax.claims import Claims
 
 ROOT = Path(__file__).resolve().parents[1]
 TINY = {"num_new_frames": 1, "steps": 1, "resample": 0}
@@ -49,8 +50,8 @@ def _dead_pid() -> int:
 
 
 def test_claim_acquire_release(tmp_path):
-    a = batch._Claims(tmp_path, timeout=60)
-    b = batch._Claims(tmp_path, timeout=60)
+    a = Claims(tmp_path, timeout=60)
+    b = Claims(tmp_path, timeout=60)
     try:
         assert a.acquire("x")
         owner = json.loads((tmp_path / ".claims" / "x.claim").read_text())
@@ -69,7 +70,7 @@ def test_claim_acquire_release(tmp_path):
 
 
 def test_stale_and_orphaned_claims_are_taken_over(tmp_path):
-    c = batch._Claims(tmp_path, timeout=60)
+    c = Claims(tmp_path, timeout=60)
     try:
         _write_claim(tmp_path, "fresh")
         _write_claim(tmp_path, "old", age=120)
@@ -89,7 +90,7 @@ def test_one_winner_among_racing_workers(tmp_path):
     """Eight workers race for 20 items, some with stale claims: each item goes to one."""
     for i in range(0, 20, 3):
         _write_claim(tmp_path, f"i{i}", age=1000)
-    workers = [batch._Claims(tmp_path, timeout=60) for _ in range(8)]
+    workers = [Claims(tmp_path, timeout=60) for _ in range(8)]
     won = [[] for _ in workers]
     start = threading.Barrier(len(workers))
 
@@ -109,7 +110,7 @@ def test_one_winner_among_racing_workers(tmp_path):
 
 
 def test_held_claims_are_refreshed(tmp_path):
-    c = batch._Claims(tmp_path, timeout=0.4)  # refreshed every 0.1 s
+    c = Claims(tmp_path, timeout=0.4)  # refreshed every 0.1 s
     try:
         assert c.acquire("x")
         p = tmp_path / ".claims" / "x.claim"
@@ -118,14 +119,14 @@ def test_held_claims_are_refreshed(tmp_path):
         while p.stat().st_mtime < 2 and time.time() < deadline:
             time.sleep(0.05)
         assert p.stat().st_mtime > time.time() - 60
-        other = batch._Claims(tmp_path, timeout=0.4)
+        other = Claims(tmp_path, timeout=0.4)
         time.sleep(0.6)  # longer than the timeout, but refreshed meanwhile
         assert not other.acquire("x")
         other.close()
     finally:
         c.close()
     with pytest.raises(ValueError, match="claim_timeout"):
-        batch._Claims(tmp_path, timeout=0)
+        Claims(tmp_path, timeout=0)
 
 
 # ----------------------------------------------------------------------------- batch runs
