@@ -126,6 +126,7 @@ def test_grid():
 # ----------------------------------------------------------------------------- jobs
 
 
+@pytest.mark.slow
 def test_resume_split_and_lockstep(pipe, tmp_path, monkeypatch):
     """Two simulated processes, one killed midway and rerun; then one process over the lot."""
     m = _write_manifest(tmp_path)
@@ -196,6 +197,7 @@ def test_batch_equals_single_calls_and_stale(pipe, tmp_path):
     assert r.calls == 0 and sorted(r.stale) == ["i0", "i1"] and "WARNING 2" in r.summary()
 
 
+@pytest.mark.slow
 def test_sweep_folders_and_resume(pipe, tmp_path):
     m = _write_manifest(tmp_path, ids=["i0"], extra={"i0": {"inversion": False}})
     grid = batch.parse_grid(["inversion=on,off"])
@@ -212,6 +214,7 @@ def test_sweep_folders_and_resume(pipe, tmp_path):
     assert all(r.calls == 0 and r.skipped == ["i0"] for r in again.values())
 
 
+@pytest.mark.slow
 def test_sweep_points_that_differ_in_schedule_values_share_batches(pipe, tmp_path):
     """Grid points differing only in guidance/resample values (same largest resample) run as
     items of one batch (one call of one program), each written to its own folder, each video
@@ -246,6 +249,7 @@ def test_cli_errors_before_loading(tmp_path, capsys):
 # ----------------------------------------------------------------------------- 4 devices
 
 
+@pytest.mark.slow
 def test_cli_mesh_on_4_devices(pipe, tiny_converted_dir, tmp_path):
     """The CLI over a 4-device mesh (batch 4: one full batch, one padded): 6 videos, 1 error,
     the same videos as single-device single-item pipeline calls."""

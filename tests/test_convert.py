@@ -234,6 +234,7 @@ def test_source_formats(fmt, tiny_diffusers_dir, loaded, torch_models, tmp_path)
             np.testing.assert_array_equal(got[p], w, err_msg=f"{name} {p}")
 
 
+@pytest.mark.slow
 def test_bfloat16_cli_and_dtypes(tiny_diffusers_dir, loaded, tmp_path):
     spec = importlib.util.spec_from_file_location("diffusers_to_flax", REPO / "convert" / "diffusers_to_flax.py")
     cli = importlib.util.module_from_spec(spec)

@@ -55,6 +55,7 @@ def results(model):
     return images, videos, rows
 
 
+@pytest.mark.slow
 def test_default_model_keeps_the_object(results):
     images, videos, rows = results
     assert videos.shape == (CASES, synthetic.NUM_FRAMES, synthetic.SIZE, synthetic.SIZE, 3)
@@ -64,6 +65,7 @@ def test_default_model_keeps_the_object(results):
     assert all(r["jumps"] == 0.0 for r in rows), [r["max_step_px"] for r in rows]
 
 
+@pytest.mark.slow
 def test_default_model_moves_the_object_as_prompted(results):
     """Net motion (>= 3 px, start -> last frame) closest to the prompted direction in 6 of 8 cases."""
     _, _, rows = results

@@ -78,6 +78,7 @@ def test_describe_every_layout(tiny_diffusers_dir, tiny_converted_dir):
     assert a["checksums"] == "checksums.json"
 
 
+@pytest.mark.slow
 def test_per_network_dtypes(tiny_converted_dir, tiny_diffusers_dir):
     for src in (tiny_converted_dir, tiny_diffusers_dir):
         c = loading.load(src, dtype="bfloat16", component_dtypes={"vae": "float32", "text_encoder": jnp.float32},

@@ -159,6 +159,7 @@ def converted(release, tmp_path_factory):
 
 # ---- parity ------------------------------------------------------------------------
 
+@pytest.mark.slow
 def test_unet_parity(release, converted):
     _, unet, _, _ = release
     c = converted[2]
@@ -379,6 +380,7 @@ def runnable_release(tmp_path_factory):
     return write_release(tmp_path_factory.mktemp("ms") / "runnable", unet, ae, clip)
 
 
+@pytest.mark.slow
 def test_info_and_pipeline_end_to_end(runnable_release, tmp_path, capsys, caplog):
     """`ti2v-jax info` on the release reports the configs derived from configuration.json,
     `ti2v-jax convert` auto-detects the layout, and the pipeline generates the same video

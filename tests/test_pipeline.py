@@ -163,6 +163,7 @@ MULTI_DEVICE = textwrap.dedent("""
 """)
 
 
+@pytest.mark.slow
 def test_mesh_and_pmap_equal_single_device(tiny_converted_dir):
     env = {**os.environ, "XLA_FLAGS": "--xla_force_host_platform_device_count=4", "JAX_PLATFORMS": "cpu"}
     r = subprocess.run([sys.executable, "-c", MULTI_DEVICE, str(tiny_converted_dir)], env=env,

@@ -188,6 +188,7 @@ def assert_same(a, b, exact):
         assert err <= 4 * np.finfo(np.float32).eps * np.abs(b).max()
 
 
+@pytest.mark.slow
 def test_baseline_and_t2v_reproduce_legacy():
     frames, ctx, uctx = inputs(1, jnp.float32)
     denoise, encode, _ = TOY.jax_fns()
@@ -319,6 +320,7 @@ def test_sweep_equals_points_one_by_one():
 
 # --- gradients: remat equals plain, matches central differences ---------------------------
 
+@pytest.mark.slow
 def test_remat_grad_wrt_noise_and_context_toy(x64):
     frames, ctx, uctx = inputs(1, jnp.float64)
     denoise, encode, decode = TOY.jax_fns()

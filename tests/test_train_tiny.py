@@ -12,12 +12,14 @@ import math
 from pathlib import Path
 
 import numpy as np
+import pytest
 
 from ti2v_jax import evaluation, loading, synthetic
 
 SCRIPT = Path(__file__).resolve().parents[1] / "train" / "train_tiny.py"
 
 
+@pytest.mark.slow
 def test_train_tiny_smoke_profile_exports_a_working_model(tmp_path, monkeypatch):
     monkeypatch.syspath_prepend(str(SCRIPT.parent))   # importable by name: its data workers are spawned
     train_tiny = importlib.import_module("train_tiny")

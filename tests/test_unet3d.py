@@ -184,6 +184,7 @@ def test_parity_with_one_pass_group_norm(ported):
     assert err <= TOL
 
 
+@pytest.mark.slow
 def test_bfloat16_runs_close(ported):
     """The same weights in bfloat16 (params and compute) stay near the float32 reference."""
     p = ported("lpb1")
