@@ -168,8 +168,8 @@ def test_round_trip_is_bit_exact(tiny_diffusers_dir, tiny_converted_dir, loaded)
     assert index["format"] == "ti2v-jax" and index["dtype"] == "float32"
     assert set(index["components"]) == {"unet", "vae", "text_encoder"}
     assert index["source_model_index"]["_class_name"] == "TextToVideoSDPipeline"
-    assert ckpt.is_converted(tiny_converted_dir) and not ckpt.is_diffusers(tiny_converted_dir)
-    assert ckpt.is_diffusers(tiny_diffusers_dir) and not ckpt.is_converted(tiny_diffusers_dir)
+    assert loading.detect_format(tiny_converted_dir) == "converted" and ckpt.is_converted(tiny_converted_dir)
+    assert loading.detect_format(tiny_diffusers_dir) == "diffusers" and not ckpt.is_converted(tiny_diffusers_dir)
     # load() also takes the diffusers directory itself (converted in memory).
     direct = loading.load(tiny_diffusers_dir, tokenizer=False, components=("text_encoder",))
     np.testing.assert_array_equal(np.asarray(direct.text_encode(direct.text_encoder_params, i["ids"])),

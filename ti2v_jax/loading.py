@@ -33,9 +33,7 @@ from ti2v_jax import parallel
 from ti2v_jax.errors import CheckpointError, CheckpointNotFoundError, SettingsError
 from ti2v_jax.weights import checkpoint as ckpt
 from ti2v_jax.weights import convert
-from ti2v_jax.weights.checkpoint import (  # noqa: F401  (re-exported; is_* for the old pipeline._load_any)
-    is_converted,
-    is_diffusers,
+from ti2v_jax.weights.checkpoint import (  # noqa: F401  (re-exported)
     load_component,
     save_converted,
     verify_checkpoint,

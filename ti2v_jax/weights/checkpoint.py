@@ -88,20 +88,12 @@ def _one_line(e: BaseException, limit: int = 300) -> str:
 
 
 def is_converted(directory) -> bool:
-    """True for a directory written by `convert_diffusers` / `save_converted`."""
+    """True for a directory written by `save_converted` (the one format check that needs no
+    converter; `weights.convert.detect_format` tells every layout apart)."""
     try:
         return read_index(directory).get("format") == FORMAT
     except (OSError, ValueError):
         return False
-
-
-def is_diffusers(directory) -> bool:
-    """True for a diffusers pipeline directory (a `model_index.json` naming a pipeline class)."""
-    try:
-        index = read_index(directory)
-    except (OSError, ValueError):
-        return False
-    return index.get("format") != FORMAT and "_class_name" in index
 
 
 def read_json(path, what: str = "file") -> dict:
