@@ -154,7 +154,6 @@ def timing(args):
     ctx = comps.text_encode(comps.params["text_encoder"], ids)
     frames = jnp.asarray(io.load_image(Path(__file__).resolve().parents[1] / "examples" / "start_red_circle.png",
                                        (32, 32))[None, None])
-    noise = jax.random.normal(jax.random.key(1), (1, 1, k, 4, 4, 4))
     lat = comps.configs["unet"].get("sample_size", 4)
     noise = jax.random.normal(jax.random.key(1), (1, 1, k, lat, lat, comps.configs["unet"].get("in_channels", 4)))
     params = {n: comps.params[n] for n in ("unet", "vae")}

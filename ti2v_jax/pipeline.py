@@ -266,7 +266,7 @@ class TI2VZeroPipeline:
         if output_type not in OUTPUT_TYPES:
             raise SettingsError(f"output_type must be one of {', '.join(OUTPUT_TYPES)}, got {output_type!r}")
         if given_frames_as_video:
-            if isinstance(image, (str, os.PathLike)) or not isinstance(image, (list, tuple)):
+            if not isinstance(image, (list, tuple)):
                 raise InputError("given_frames_as_video takes a list of frames")
             n_items, single, prompts = 1, True, [prompt]
             if not isinstance(prompt, str):

@@ -100,18 +100,8 @@ def _reporter(ticket, total):
 
 def component_dtypes(components) -> dict:
     """{"unet": dtype, "vae": dtype, "text_encoder": dtype}: the compute dtype each network was
-    loaded with (`Components.dtypes`), or else the dtype of its first floating parameter."""
-    given = getattr(components, "dtypes", None)
-    out = {}
-    for name in NETWORKS:
-        if given and given.get(name) is not None:
-            out[name] = jnp.dtype(given[name])
-            continue
-        part = getattr(components, name, None)
-        leaves = [] if part is None else [a for a in jax.tree.leaves(part[1])
-                                           if jnp.issubdtype(jnp.asarray(a).dtype, jnp.floating)]
-        out[name] = jnp.dtype(leaves[0].dtype) if leaves else jnp.dtype(jnp.float32)
-    return out
+    loaded with (`Components.dtypes`; float32 for a network not loaded)."""
+    return {n: jnp.dtype(components.dtypes.get(n, jnp.float32)) for n in NETWORKS}
 
 
 class ProgramSpec:
