@@ -216,7 +216,10 @@ def _cmd_info(a):
 
 def _cmd_verify(a):
     from ti2v_jax.weights.checkpoint import verify_checkpoint
-    print(verify_checkpoint(a.dir))
+    r = verify_checkpoint(a.dir)
+    extra = f"; not recorded: {', '.join(r['unrecorded'])}" if r["unrecorded"] else ""
+    print(f"{r['directory']}: {r['files']} files, {r['bytes'] / 2**20:.1f} MiB match their {r['algorithm']} "
+          f"hashes{extra}")
 
 
 def _cmd_make_tiny(a):
@@ -332,11 +335,14 @@ def console() -> int:
 def main(argv=None) -> int:
     args = build_parser().parse_args(argv)
     debug = args.debug or os.environ.get("TI2V_DEBUG", "0") not in ("", "0", "false", "False")
-    logging.basicConfig(level=logging.INFO, format="ti2v-jax: %(message)s")
-    logging.getLogger("absl").setLevel(logging.WARNING)
+    logging.basicConfig(level=logging.WARNING, format="ti2v-jax: %(message)s")
+    logging.getLogger("ti2v_jax").setLevel(logging.INFO)  # our notices; other libraries' warnings only
     prefix = f"ti2v-jax {args.command}"
     try:
         return COMMANDS[args.command](args) or 0  # None: success
+    except BrokenPipeError:  # the reader went away (e.g. `| head`): nothing left to say
+        os.dup2(os.open(os.devnull, os.O_WRONLY), sys.stdout.fileno())
+        return 0
     except KeyboardInterrupt:
         _INTERRUPT_HANDLED.set()
         if debug:
