@@ -241,10 +241,11 @@ class _Batched:
             # pmap refuses arrays already committed to one device (e.g. computed there): place
             # the (devices, per_device, ...) inputs one slice per device ourselves.
             pdevs = list(devices) if devices is not None else jax.local_devices()[:self.n]
-            self.lead = NamedSharding(Mesh(np.array(pdevs, dtype=object), ("pmap",)), P("pmap"))
+            pmesh = Mesh(np.array(pdevs, dtype=object), ("pmap",))
+            self.lead = NamedSharding(pmesh, P("pmap"))
             # A full copy on each of those devices: what the program takes for the weights (it
             # accepts any equivalent layout, e.g. `replicated(devices)`'s over the "data" axis).
-            self.whole = NamedSharding(Mesh(np.array(pdevs, dtype=object), ("pmap",)), P())
+            self.whole = NamedSharding(pmesh, P())
         else:
             devs = devices if devices is not None else tuple(jax.devices())
             self.mesh = data_mesh(devs)

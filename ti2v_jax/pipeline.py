@@ -79,6 +79,11 @@ def resolve_model(path_or_repo_id=None) -> Path:
                                       f"({type(e).__name__}); {how}") from e
 
 
+def _check_output_type(output_type) -> None:
+    if output_type not in OUTPUT_TYPES:
+        raise SettingsError(f"output_type must be one of {', '.join(OUTPUT_TYPES)}, got {output_type!r}")
+
+
 def _bar_callback(total: int, desc: str):
     """A per-call progress callback drawing a tqdm bar whose rate and ETA leave out compilation:
     the first report (compilation + the first unit) only starts the clock."""
@@ -227,14 +232,15 @@ class TI2VZeroPipeline:
                 bar.close()
 
     @staticmethod
-    def _output(latents, new_frames, given, output_type, single):
-        """The call's result in `output_type` (see __call__)."""
+    def _output(latents, frames, output_type, single, given=None):
+        """The call's result in `output_type` (see __call__), the `given` frames first."""
         if output_type == "latent":
             out = latents
         elif output_type == "uint8":
-            out = np.concatenate([io.to_uint8(given), io.to_uint8(np.asarray(new_frames, np.float32))], axis=1)
+            parts = ([] if given is None else [given]) + [np.asarray(frames, np.float32)]
+            out = io.to_uint8(np.concatenate(parts, axis=1))
         else:
-            video = jnp.concatenate([jnp.asarray(given, jnp.float32), new_frames], axis=1)
+            video = frames if given is None else jnp.concatenate([jnp.asarray(given, jnp.float32), frames], axis=1)
             video = jnp.clip((video + 1) / 2, 0, 1)
             out = video if output_type == "jax" else np.asarray(video)
         return out[0] if single else out
@@ -263,8 +269,7 @@ class TI2VZeroPipeline:
         [0, 1] on the host), "jax" (the same on the device, no host round trip) or "latent"
         (the new frames' latents (N, h, w, C) float32 on the device). A batch adds a leading axis.
         """
-        if output_type not in OUTPUT_TYPES:
-            raise SettingsError(f"output_type must be one of {', '.join(OUTPUT_TYPES)}, got {output_type!r}")
+        _check_output_type(output_type)
         if given_frames_as_video:
             if not isinstance(image, (list, tuple)):
                 raise InputError("given_frames_as_video takes a list of frames")
@@ -306,7 +311,7 @@ class TI2VZeroPipeline:
         total = s.steps if s.baseline else s.num_new_frames
         unit = "DDIM steps" if s.baseline else "new frames"
         latents, new = self._run(programs.ti2v_program, static, args, parallel, total, unit, progress)
-        return self._output(latents, new, frames, output_type, single)
+        return self._output(latents, new, output_type, single, given=frames)
 
     def text_to_video(self, prompt, settings=None, *, seed=0, key=None, num_frames: int | None = None,
                       parallel: str = "none", progress=False, output_type: str = "uint8", **setting_kwargs):
@@ -314,8 +319,7 @@ class TI2VZeroPipeline:
 
         Returns uint8 (F, H, W, 3), or (B, F, ...) for a list of prompts; `output_type` and
         `progress` (over DDIM steps) as in `__call__` ("latent": (F, h, w, C))."""
-        if output_type not in OUTPUT_TYPES:
-            raise SettingsError(f"output_type must be one of {', '.join(OUTPUT_TYPES)}, got {output_type!r}")
+        _check_output_type(output_type)
         single = isinstance(prompt, str)
         prompts = [prompt] if single else list(prompt)
         if not prompts:
@@ -332,11 +336,4 @@ class TI2VZeroPipeline:
                       guided=any(it.guided for it in items), stochastic=any(it.stochastic for it in items))
         args = (keys, ctx, uncond, jnp.asarray(timesteps), jnp.asarray(sched["guidance"]), jnp.asarray(sched["eta"]))
         latents, frames = self._run(programs.t2v_program, static, args, parallel, s.steps, "DDIM steps", progress)
-        if output_type == "latent":
-            return latents[0] if single else latents
-        if output_type == "uint8":
-            video = io.to_uint8(np.asarray(frames, np.float32))
-        else:
-            video = jnp.clip((frames + 1) / 2, 0, 1)
-            video = video if output_type == "jax" else np.asarray(video)
-        return video[0] if single else video
+        return self._output(latents, frames, output_type, single)
