@@ -237,14 +237,14 @@ def _check(f, v):
             return None
         raise SettingsError(f"{f.name} must be given")
     if m["per_step"] and isinstance(v, str) and "," in v:
-        v = [p for p in v.split(",")]
+        v = v.split(",")
     if isinstance(v, (list, tuple, np.ndarray)):
         if not m["per_step"]:
             raise SettingsError(f"{f.name} takes one value, got {len(v)}")
         vals = tuple(_scalar(f, x) for x in v)
         if not vals:
             raise SettingsError(f"{f.name}: empty list")
-        return vals[0] if len(set(vals)) == 1 and len(vals) == 1 else vals
+        return vals[0] if len(vals) == 1 else vals
     return _scalar(f, v)
 
 
