@@ -3,8 +3,11 @@
     python benchmarks/ab_unet.py [--config small] [--dtype float32] [--rounds 3] [--impls none,xla]
                                  [--xla-options package|none|both]
 
-`--xla-options`: compile with ti2v-jax's compiler options (`ti2v_jax.xla_options`, the
-default), without them (XLA's defaults), or both ways, as separate settings.
+`--xla-options`: a comma list of compiler option sets (`OPTION_SETS`), each a separate setting:
+`package` ti2v-jax's options (`ti2v_jax.xla_options`, the default), `none` XLA's defaults,
+`ynn_conv` (CPU) YNNPACK for the convolutions too (ti2v-jax keeps them on XLA's own kernels,
+faster on the AMD EPYCs measured; an Intel Xeon is where this is worth timing); `both` is
+`package,none`.
 
 Random weights (timing only). Each round times every setting once (median of 3 calls) so
 a shared machine's load hits them alike; prints the per-setting median over rounds.
@@ -40,13 +43,23 @@ def unet_with(cfg: dict, dt, attention, like=None, **kw):
     return model
 
 
-def pair_programs(cfg: dict, dt, impls, frames: int = 16, package_options: bool = True):
+_YNN = "xla_cpu_experimental_ynn_fusion_type"
+OPTION_SETS = {
+    "package": None,  # ti2v_jax.xla_options.compiler_options()
+    "none": {},
+    "ynn_conv": {_YNN: "LIBRARY_FUSION_TYPE_INDIVIDUAL_DOT,LIBRARY_FUSION_TYPE_REDUCE,"
+                       "LIBRARY_FUSION_TYPE_INDIVIDUAL_CONVOLUTION"},
+}
+
+
+def pair_programs(cfg: dict, dt, impls, frames: int = 16, package_options: bool | dict = True):
     """A random-weight U-Net of `cfg`, the inputs of one guidance pair (K=`frames`: one sample
     and its two contexts, as guidance sends them), and the pair compiled once per attention
     setting in `impls` (None: the platform's automatic choice), each on the same weights
     built with that `attention=`.
 
-    `package_options`: compile with ti2v-jax's compiler options (else XLA's defaults).
+    `package_options`: True: compile with ti2v-jax's compiler options; False: XLA's defaults;
+    a dict: those compiler options.
     Returns ({impl: compiled}, {impl: compile seconds}, (params, x, t, context)).
     """
     base = unet_with(cfg, dt, impls[0])
@@ -60,7 +73,11 @@ def pair_programs(cfg: dict, dt, impls, frames: int = 16, package_options: bool 
         g = nnx.graphdef(unet_with(cfg, dt, impl, like=base))  # the attention is part of the graph
         t0 = time.perf_counter()
         fn = lambda s, x, t, c, g=g: nnx.merge(g, s)(x, t, c)  # noqa: E731
-        fns[impl] = (jit(fn) if package_options else jax.jit(fn)).lower(st, x, t, c).compile()
+        if isinstance(package_options, dict):
+            prog = jax.jit(fn, compiler_options=package_options or None)
+        else:
+            prog = jit(fn) if package_options else jax.jit(fn)
+        fns[impl] = prog.lower(st, x, t, c).compile()
         compile_s[impl] = time.perf_counter() - t0
     return fns, compile_s, (st, x, t, c)
 
@@ -71,13 +88,17 @@ def main():
     ap.add_argument("--dtype", default="float32")
     ap.add_argument("--rounds", type=int, default=3)
     ap.add_argument("--impls", default="none,xla", help="attention choices (none: automatic per platform)")
-    ap.add_argument("--xla-options", choices=("package", "none", "both"), default="package")
+    ap.add_argument("--xla-options", default="package", help=f"comma list of: {', '.join(OPTION_SETS)}; or both")
     a = ap.parse_args()
     names = a.impls.split(",")
+    sets = ["package", "none"] if a.xla_options == "both" else a.xla_options.split(",")
+    if unknown := set(sets) - set(OPTION_SETS):
+        ap.error(f"unknown --xla-options {sorted(unknown)}; choose from {', '.join(OPTION_SETS)}")
     fns = {}
-    for opts in (("package", "none") if a.xla_options == "both" else (a.xla_options,)):
+    for opts in sets:
         got, _, args = pair_programs(configs.get(a.config)["unet"], jnp.dtype(a.dtype),
-                                     [None if n == "none" else n for n in names], package_options=opts == "package")
+                                     [None if n == "none" else n for n in names],
+                                     package_options=True if opts == "package" else OPTION_SETS[opts])
         fns.update({f"{n} options={opts}": f for n, f in zip(names, got.values())})
     res = {n: [] for n in fns}
     for _ in range(a.rounds):

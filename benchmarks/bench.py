@@ -578,9 +578,10 @@ def run_torch_tuned(args, out: dict, save):
 # ---------------------------------------------------------------- report
 
 def machine() -> str:
-    """CPU model, its widest vector instructions (the same model name has come with and
-    without AVX-512 on these machines, at quite different speeds), cores, kernel."""
-    cpu, isa = platform.processor() or platform.machine(), ""
+    """CPU model, family (the model name "AMD EPYC" has come as several generations here),
+    its widest vector instructions (the same model name has come with and without AVX-512
+    on these machines, at quite different speeds), cores, kernel."""
+    cpu, isa, family = platform.processor() or platform.machine(), "", ""
     try:
         info = Path("/proc/cpuinfo").read_text().splitlines()
     except OSError:
@@ -588,11 +589,14 @@ def machine() -> str:
     for line in info:
         if line.startswith("model name"):
             cpu = line.split(":", 1)[1].strip()
+        elif line.startswith("cpu family"):
+            family = line.split(":", 1)[1].strip()
         elif line.startswith("flags"):
             flags = set(line.split(":", 1)[1].split())
             isa = next((name for flag, name in (("avx512_bf16", "AVX-512 with BF16"), ("avx512f", "AVX-512"),
                                                 ("avx2", "AVX2")) if flag in flags), "no AVX2")
             break
+    cpu += f" (family {family})" if family else ""
     cpu += f" ({isa})" if isa else ""
     return f"{cpu}, {os.cpu_count()} cores visible, {platform.system()} {platform.release()}"
 

@@ -6,6 +6,8 @@ small: the real ModelScope U-Net's structure (4 levels, 2 layers per block, ever
   a minute or two on a 2-core CPU.
 full: ModelScope text-to-video-ms-1.7b's own configs (shipped as `ti2v_jax.MS17B_CONFIGS`),
   random weights. GPU only.
+small_ca128: `small` with the cross-attention (and text encoder) 128 wide and a VAE of 2 layers
+  per block: the other small config of the real structure issue 22's CPU figures were taken on.
 tiny: the smallest config that takes every code path of the benchmarks (2 U-Net levels,
   16x16 latents, a 3-level VAE, 64x64 pixels): for dry runs of the GPU script on a CPU.
 """
@@ -45,7 +47,12 @@ TINY = {
     "text_encoder": dict(SMALL["text_encoder"], hidden_size=32, intermediate_size=64, num_attention_heads=2,
                          num_hidden_layers=1, projection_dim=32),
 }
-NAMES = ("tiny", "small", "full")
+SMALL_CA128 = {
+    "unet": dict(SMALL["unet"], cross_attention_dim=128),
+    "vae": dict(SMALL["vae"], layers_per_block=2),
+    "text_encoder": dict(SMALL["text_encoder"], hidden_size=128, intermediate_size=512, projection_dim=128),
+}
+NAMES = ("tiny", "small", "small_ca128", "full")
 
 
 def _full() -> dict:
@@ -62,8 +69,8 @@ FLOPS_PER_PASS = {"small": 89e9, "full": 4.89e12}
 
 def get(name: str) -> dict:
     """{component: config dict} for `tiny`, `small` or `full`."""
-    if name in ("tiny", "small"):
-        return json.loads(json.dumps(TINY if name == "tiny" else SMALL))
+    if name in ("tiny", "small", "small_ca128"):
+        return json.loads(json.dumps({"tiny": TINY, "small": SMALL, "small_ca128": SMALL_CA128}[name]))
     if name == "full":
         return _full()
     raise ValueError(f"unknown config {name!r}; choose one of {', '.join(NAMES)}")

@@ -25,7 +25,7 @@ import jax.numpy as jnp
 sys.path[:0] = [str(Path(__file__).resolve().parents[1]), str(Path(__file__).resolve().parents[2])]
 from ab_unet import pair_programs  # noqa: E402
 from bench import Report, median_time  # noqa: E402
-from configs import get as get_config  # noqa: E402
+from configs import NAMES, get as get_config  # noqa: E402
 
 from ti2v_jax.models import layers  # noqa: E402
 
@@ -99,7 +99,7 @@ def kernel_profile(fn, args, say, *, calls: int, per_call: int, unit: str, top: 
 
 def main():
     ap = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
-    ap.add_argument("--config", default="small", choices=["small", "full"])
+    ap.add_argument("--config", default="small", choices=[n for n in NAMES if n != "tiny"])
     ap.add_argument("--dtype", default="bfloat16")
     ap.add_argument("--frames", type=int, default=16)
     ap.add_argument("--repeats", type=int, default=5)
