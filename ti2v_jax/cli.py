@@ -90,9 +90,10 @@ def _add_batch(p):
     p.add_argument("--format", choices=("gif", "mp4", "png"), default="gif",
                    help="gif, mp4, or png (a directory of frames per item)")
     p.add_argument("--batch-size", type=_number("--batch-size", int, 1), default=None,
-                   help="items per call on each process (default: per device 1 on CPU; on GPU/TPU the largest "
-                        "of 1, 2, 4, 8 whose videos fit in 60%% of the device's memory, a provisional rule until "
-                        "measured (benchmarks/RESULTS.md); times the local device count with mesh/pmap)")
+                   help="items per call on each process (default: per device 1 on CPU, the fastest measured; on "
+                        "GPU/TPU the largest of 1, 2, 4, 8 whose videos fit in 60%% of the device's memory, a "
+                        "provisional rule until measured (benchmarks/RESULTS.md); times the local device count "
+                        "with mesh/pmap)")
     p.add_argument("--parallel", choices=("none", "mesh", "pmap"), default="mesh",
                    help="how a batch is split over devices (default mesh: all devices)")
     p.add_argument("--max-items", type=_number("--max-items", int, 0), default=None,

@@ -66,12 +66,12 @@ _MAX_BATCH = {"cpu": 1, "gpu": 8, "tpu": 8}
 
 
 def default_batch_size(platform: str | None = None, *, device_memory_gib: float | None = None) -> int:
-    """Videos per call and device that `ti2v-jax batch` should use by default: PROVISIONAL,
-    from reasoning only, until benchmarks/gpu/run_gpu.sh's throughput rows (B = 1, 2, 4, 8)
-    are measured.
+    """Videos per call and device that `ti2v-jax batch` should use by default.
 
-    CPU: 1 (the U-Net is compute-bound there at batch 1, and its blocked layers are already
-    sized to the cache). GPU/TPU: a batch of 1 leaves the U-Net's deepest levels (4x4 and
+    CPU: 1, measured (benchmarks/RESULTS.md, `benchmarks/gpu/throughput.py` on config `small`):
+    batches of 2 and 4 videos per call made fewer new frames per second than one at a time.
+    GPU/TPU: PROVISIONAL, from reasoning only, until benchmarks/gpu/run_gpu.sh's throughput
+    rows (B = 1, 2, 4, 8) are measured: a batch of 1 leaves the U-Net's deepest levels (4x4 and
     8x8 latents) with matrix products too thin to fill the chip (a third of its peak at B=1),
     so the largest power of two up to 8 whose activations (`_PER_VIDEO_GIB` each, for the
     real model at 256x256) and weights fit in 60% of the device's memory (`device_memory_gib`,
