@@ -29,7 +29,7 @@ sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 sys.path.insert(0, str(Path(__file__).resolve().parent))
 import configs  # noqa: E402
 from ti2v_jax.models.unet3d import UNet3DConditionModel  # noqa: E402
-from ti2v_jax.xla_options import jit  # noqa: E402
+from ti2v_jax.xla_options import compiler_options  # noqa: E402
 
 
 def unet_with(cfg: dict, dt, attention, like=None, **kw):
@@ -45,21 +45,25 @@ def unet_with(cfg: dict, dt, attention, like=None, **kw):
 
 _YNN = "xla_cpu_experimental_ynn_fusion_type"
 OPTION_SETS = {
-    "package": None,  # ti2v_jax.xla_options.compiler_options()
+    "package": None,  # ti2v_jax.xla_options.compiler_options(), resolved by option_set
     "none": {},
     "ynn_conv": {_YNN: "LIBRARY_FUSION_TYPE_INDIVIDUAL_DOT,LIBRARY_FUSION_TYPE_REDUCE,"
                        "LIBRARY_FUSION_TYPE_INDIVIDUAL_CONVOLUTION"},
 }
 
 
-def pair_programs(cfg: dict, dt, impls, frames: int = 16, package_options: bool | dict = True):
+def option_set(name: str) -> dict:
+    """The compiler options of `OPTION_SETS[name]` ("package": ti2v-jax's for this platform)."""
+    return compiler_options() if OPTION_SETS[name] is None else OPTION_SETS[name]
+
+
+def pair_programs(cfg: dict, dt, impls, frames: int = 16, options: dict | None = None):
     """A random-weight U-Net of `cfg`, the inputs of one guidance pair (K=`frames`: one sample
     and its two contexts, as guidance sends them), and the pair compiled once per attention
     setting in `impls` (None: the platform's automatic choice), each on the same weights
     built with that `attention=`.
 
-    `package_options`: True: compile with ti2v-jax's compiler options; False: XLA's defaults;
-    a dict: those compiler options.
+    `options`: the compiler options (None: ti2v-jax's, `option_set("package")`).
     Returns ({impl: compiled}, {impl: compile seconds}, (params, x, t, context)).
     """
     base = unet_with(cfg, dt, impls[0])
@@ -73,11 +77,8 @@ def pair_programs(cfg: dict, dt, impls, frames: int = 16, package_options: bool 
         g = nnx.graphdef(unet_with(cfg, dt, impl, like=base))  # the attention is part of the graph
         t0 = time.perf_counter()
         fn = lambda s, x, t, c, g=g: nnx.merge(g, s)(x, t, c)  # noqa: E731
-        if isinstance(package_options, dict):
-            prog = jax.jit(fn, compiler_options=package_options or None)
-        else:
-            prog = jit(fn) if package_options else jax.jit(fn)
-        fns[impl] = prog.lower(st, x, t, c).compile()
+        opts = option_set("package") if options is None else options
+        fns[impl] = jax.jit(fn, compiler_options=opts or None).lower(st, x, t, c).compile()
         compile_s[impl] = time.perf_counter() - t0
     return fns, compile_s, (st, x, t, c)
 
@@ -98,7 +99,7 @@ def main():
     for opts in sets:
         got, _, args = pair_programs(configs.get(a.config)["unet"], jnp.dtype(a.dtype),
                                      [None if n == "none" else n for n in names],
-                                     package_options=True if opts == "package" else OPTION_SETS[opts])
+                                     options=option_set(opts))
         fns.update({f"{n} options={opts}": f for n, f in zip(names, got.values())})
     res = {n: [] for n in fns}
     for _ in range(a.rounds):

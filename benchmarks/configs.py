@@ -68,9 +68,9 @@ FLOPS_PER_PASS = {"small": 89e9, "full": 4.89e12}
 
 
 def get(name: str) -> dict:
-    """{component: config dict} for `tiny`, `small` or `full`."""
-    if name in ("tiny", "small", "small_ca128"):
-        return json.loads(json.dumps({"tiny": TINY, "small": SMALL, "small_ca128": SMALL_CA128}[name]))
+    """{component: config dict} for a name of `NAMES`."""
+    if name in (built := {"tiny": TINY, "small": SMALL, "small_ca128": SMALL_CA128}):
+        return json.loads(json.dumps(built[name]))
     if name == "full":
         return _full()
     raise ValueError(f"unknown config {name!r}; choose one of {', '.join(NAMES)}")

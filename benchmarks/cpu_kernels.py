@@ -14,40 +14,24 @@ it tells whether the convolutions, the attention or neither is behind.
 from __future__ import annotations
 
 import argparse
-import statistics
 import sys
-import time
 from pathlib import Path
 
 import jax
-import jax.numpy as jnp
 import numpy as np
 
-sys.path[:0] = [str(Path(__file__).resolve().parent), str(Path(__file__).resolve().parents[1])]
-from ab_unet import OPTION_SETS  # noqa: E402
+HERE = Path(__file__).resolve().parent
+sys.path[:0] = [str(HERE), str(HERE / "gpu"), str(HERE.parent)]
+from ab_unet import OPTION_SETS, option_set  # noqa: E402
 from bench import machine  # noqa: E402
+from profile_unet import timed  # noqa: E402
 
 from ti2v_jax.models import layers  # noqa: E402
-from ti2v_jax.xla_options import compiler_options  # noqa: E402
 
 # (frames, height, width, channels in, channels out): U-Net levels 0-3 of `small`, VAE levels
 CONVS = [(16, 32, 32, 32, 32), (16, 16, 16, 64, 64), (16, 8, 8, 128, 128), (16, 4, 4, 128, 128),
          (1, 256, 256, 32, 32), (1, 128, 128, 32, 32)]
 ATTENTION = (32, 1024, 32)  # items (16 frames x 2 contexts), tokens, channels (one 32-wide head)
-
-
-def median_s(fn, repeats: int) -> float:
-    fn()
-    ts = []
-    for _ in range(repeats):
-        t0 = time.perf_counter()
-        fn()
-        ts.append(time.perf_counter() - t0)
-    return statistics.median(ts)
-
-
-def options(name: str) -> dict | None:
-    return compiler_options("cpu") if OPTION_SETS[name] is None else OPTION_SETS[name]
 
 
 def conv(x, w):
@@ -75,25 +59,25 @@ def main():
         flops = 2 * n * h * w_ * ci * co * 9
         row = []
         for s in sets:
-            f = jax.jit(conv, compiler_options=options(s) or None)
-            row.append(cell(median_s(lambda: f(x, w).block_until_ready(), a.repeats), flops))
+            f = jax.jit(conv, compiler_options=option_set(s) or None)
+            row.append(cell(timed(lambda: f(x, w).block_until_ready(), a.repeats), flops))
         tx = torch.from_numpy(np.array(x)).permute(0, 3, 1, 2).contiguous()
         tw = torch.from_numpy(np.array(w)).permute(3, 2, 0, 1).contiguous()
         txc = tx.contiguous(memory_format=torch.channels_last)
         with torch.no_grad():
             for t in (tx, txc):
-                row.append(cell(median_s(lambda t=t: torch.nn.functional.conv2d(t, tw, padding=1), a.repeats), flops))
+                row.append(cell(timed(lambda t=t: torch.nn.functional.conv2d(t, tw, padding=1), a.repeats), flops))
         print(f"| conv 3x3, {n}x{h}x{w_}, {ci}->{co} | " + " | ".join(row) + " |")
     b, t, c = ATTENTION
     q, k, v = (jax.random.normal(jax.random.key(i), (b, t, c)) for i in range(3))
     flops = 4 * b * t * t * c
     row = []
     for s in sets:
-        f = jax.jit(lambda q, k, v: layers.attention(q, k, v, 1), compiler_options=options(s) or None)
-        row.append(cell(median_s(lambda: f(q, k, v).block_until_ready(), a.repeats), flops))
+        f = jax.jit(lambda q, k, v: layers.attention(q, k, v, 1), compiler_options=option_set(s) or None)
+        row.append(cell(timed(lambda: f(q, k, v).block_until_ready(), a.repeats), flops))
     tq, tk, tv = (torch.from_numpy(np.array(z))[:, None] for z in (q, k, v))
     with torch.no_grad():
-        sdpa = median_s(lambda: torch.nn.functional.scaled_dot_product_attention(tq, tk, tv), a.repeats)
+        sdpa = timed(lambda: torch.nn.functional.scaled_dot_product_attention(tq, tk, tv), a.repeats)
     print(f"| attention, {b} x {t} tokens x {c} (ti2v-jax's CPU kernel; torch SDPA) | " + " | ".join(row)
           + f" | {cell(sdpa, flops)} | - |")
 
