@@ -12,7 +12,7 @@ on the same inputs. Rows:
 
   unet    diffusers UNet3DConditionModel (unet.json), batch 2, different timesteps,
           K=16 frames, 32x32 latents, 77-token contexts of width 1024
-  unetsd  the vendored original ModelScope UNetSD at its real depth (2 res blocks
+  unetsd  the original ModelScope UNetSD (modelscope package, by path) at its real depth (2 res blocks
           per level), converted from the original layout; same inputs
   vae     diffusers AutoencoderKL (vae.json): encode (posterior mean, logvar) at
           256x256 and decode of 32x32 latents
@@ -273,18 +273,18 @@ class Runner:
         return {"unet bf16 vs fp32 JAX (deviation)": errors(out, self._unet_jax32)}
 
     def unetsd(self):
-        from test_modelscope import _vendored
+        from test_modelscope import _original
 
         cfg = self.s["model_cfg"]
         t0 = time.perf_counter()
         torch.manual_seed(0)
-        model = perturb_(_vendored("unet_sd").UNetSD(
+        model = perturb_(_original("unet_sd").UNetSD(
             in_dim=cfg["unet_in_dim"], dim=cfg["unet_dim"], y_dim=cfg["unet_y_dim"], context_dim=cfg["unet_context_dim"],
             out_dim=cfg["unet_out_dim"], dim_mult=cfg["unet_dim_mult"], num_heads=cfg["unet_num_heads"],
             head_dim=cfg["unet_head_dim"], num_res_blocks=cfg["unet_res_blocks"], attn_scales=cfg["unet_attn_scales"],
             dropout=cfg["unet_dropout"], temporal_attention=True), seed=2)
         n = sum(p.numel() for p in model.parameters())
-        self.log(f"  vendored UNetSD: {n:,} parameters, built in {time.perf_counter() - t0:.0f} s")
+        self.log(f"  original UNetSD: {n:,} parameters, built in {time.perf_counter() - t0:.0f} s")
         x, t, ctx = unet_inputs(self.s, seed=1)
         t0 = time.perf_counter()
         with torch.no_grad():
@@ -304,7 +304,7 @@ class Runner:
         del c
         jax.clear_caches()  # compiled programs and traces hold the parameters otherwise
         gc.collect()
-        return {"unet from original layout (vendored UNetSD)": errors(out, ref)}
+        return {"unet from original layout (original UNetSD)": errors(out, ref)}
 
     def vae(self):
         from diffusers import AutoencoderKL

@@ -1,7 +1,8 @@
 """Original ModelScope layout -> converted directory, checked against the ORIGINAL PyTorch classes.
 
-The references are ModelScope's own `UNetSD` and LDM `AutoencoderKL` (vendored,
-unmodified, under tests/vendor/modelscope_ref/) and a PyTorch twin of OpenCLIP's text
+The references are ModelScope's own `UNetSD` and LDM `AutoencoderKL` (the files of the
+`modelscope` package, installed with `--no-deps` and loaded by path, as the README's third
+install line does; the tests skip without it) and a PyTorch twin of OpenCLIP's text
 tower with open_clip's parameter names (open_clip itself cannot be imported here).
 Tiny random instances, every parameter perturbed, saved in the release's file layout,
 converted by `convert_modelscope`, loaded by `ti2v_jax.loading`, compared in fp32.
@@ -31,14 +32,19 @@ from ti2v_jax.weights.convert import (
     detect_format,
 )
 
-VENDOR = Path(__file__).parent / "vendor" / "modelscope_ref"
 TOL = 1e-4
 
 
-def _vendored(name):
-    spec = importlib.util.spec_from_file_location(f"modelscope_ref_{name}", VENDOR / f"{name}.py")
-    module = importlib.util.module_from_spec(spec)
-    spec.loader.exec_module(module)
+def _original(name):
+    """modelscope/models/multi_modal/video_synthesis/<name>.py loaded by path: importing the
+    `modelscope` package would pull its heavy dependencies, these two files need only torch and einops."""
+    spec = importlib.util.find_spec("modelscope")
+    if spec is None or not spec.submodule_search_locations:
+        pytest.skip("modelscope is not installed (the README's reference line: pip install --no-deps modelscope)")
+    path = Path(next(iter(spec.submodule_search_locations))) / "models" / "multi_modal" / "video_synthesis" / f"{name}.py"
+    module_spec = importlib.util.spec_from_file_location(f"_modelscope_{name}_by_path", path)
+    module = importlib.util.module_from_spec(module_spec)
+    module_spec.loader.exec_module(module)
     return module
 
 
@@ -139,10 +145,10 @@ def write_release(d: Path, unet, ae, clip, model_cfg=MODEL_CFG):
 @pytest.fixture(scope="module")
 def release(tmp_path_factory):
     torch.manual_seed(0)
-    unet = _perturb(_vendored("unet_sd").UNetSD(
+    unet = _perturb(_original("unet_sd").UNetSD(
         in_dim=4, dim=32, y_dim=16, context_dim=1024, out_dim=4, dim_mult=[1, 2, 2], num_heads=8, head_dim=16,
         num_res_blocks=1, attn_scales=[1, 0.5], dropout=0.1, temporal_attention=True), 1)
-    ae = _perturb(_vendored("autoencoder").AutoencoderKL(DDCONFIG, 4), 2)
+    ae = _perturb(_original("autoencoder").AutoencoderKL(DDCONFIG, 4), 2)
     clip = _perturb(OpenCLIPTwin(**CLIP), 3)
     d = write_release(tmp_path_factory.mktemp("ms") / "release", unet, ae, clip)
     return d, unet, ae, clip
@@ -343,10 +349,10 @@ def test_release_sized_maps():
 
     plain = lambda c: {k: v for k, v in c.items() if not k.startswith("_")}
     with torch.device("meta"):
-        unet = _vendored("unet_sd").UNetSD(
+        unet = _original("unet_sd").UNetSD(
             in_dim=4, dim=320, y_dim=768, context_dim=1024, out_dim=4, dim_mult=[1, 2, 4, 4], num_heads=8,
             head_dim=64, num_res_blocks=2, attn_scales=[1, 0.5, 0.25], dropout=0.1, temporal_attention=True)
-        ae = _vendored("autoencoder").AutoencoderKL(
+        ae = _original("autoencoder").AutoencoderKL(
             dict(double_z=True, z_channels=4, resolution=256, in_channels=3, out_ch=3, ch=128, ch_mult=[1, 2, 4, 4],
                  num_res_blocks=2, attn_resolutions=[], dropout=0.0), 4)
         clip = OpenCLIPTwin(vocab=49408, width=1024, heads=16, layers=24, context=77)
@@ -372,10 +378,10 @@ def runnable_release(tmp_path_factory):
     """A tiny release whose parts fit together: UNetSD's cross-attention is 1024 wide
     whatever the config says, so the text tower is 1024 wide too (one block used)."""
     torch.manual_seed(1)
-    unet = _perturb(_vendored("unet_sd").UNetSD(
+    unet = _perturb(_original("unet_sd").UNetSD(
         in_dim=4, dim=32, y_dim=16, context_dim=1024, out_dim=4, dim_mult=[1, 2, 2], num_heads=8, head_dim=16,
         num_res_blocks=1, attn_scales=[1, 0.5], dropout=0.1, temporal_attention=True), 4)
-    ae = _perturb(_vendored("autoencoder").AutoencoderKL(DDCONFIG, 4), 5)
+    ae = _perturb(_original("autoencoder").AutoencoderKL(DDCONFIG, 4), 5)
     clip = _perturb(OpenCLIPTwin(vocab=49408, width=1024, heads=16, layers=2, context=77), 6)
     return write_release(tmp_path_factory.mktemp("ms") / "runnable", unet, ae, clip)
 

@@ -30,3 +30,30 @@ def test_readme_snippet_runs(index, tmp_path, monkeypatch):
     monkeypatch.chdir(tmp_path)
     code = _snippets()[index]
     exec(compile(code, f"README.md python snippet {index + 1}", "exec"), {"__name__": "__readme__"})
+
+
+def _block(heading, lang="bash"):
+    """The first ```lang block after the README's `heading` line."""
+    text = (ROOT / "README.md").read_text()
+    section = text[text.index(heading):]
+    return re.search(rf"```{lang}\n(.*?)```", section, flags=re.S).group(1)
+
+
+def test_ci_runs_exactly_the_readme_commands():
+    """.ci/run is the README's install block, then its test command, and nothing else."""
+    ci = [line for line in (ROOT / ".ci" / "run").read_text().splitlines()
+          if line.strip() and not line.lstrip().startswith("#")]
+    ci = [line for line in ci if not line.startswith(("set -", "cd "))]
+    install = [line for line in _block("## Install").splitlines() if line.strip()]
+    test_command = _block("## Tests").splitlines()[0].split("#")[0].rstrip()
+    assert ci == install + [test_command]
+
+
+def test_default_model_size_as_stated():
+    from ti2v_jax import DEFAULT_MODEL
+
+    size = sum(f.stat().st_size for f in Path(DEFAULT_MODEL).rglob("*") if f.is_file())
+    stated = re.search(r"`--model default` \(([\d.]+) MB\)", (ROOT / "README.md").read_text())
+    assert stated, "the README no longer states the default model's size"
+    assert float(stated.group(1)) == round(size / 1e6, 1), size
+
