@@ -23,7 +23,9 @@ import numpy as np
 from ti2v_jax.errors import CheckpointError
 
 # Flax leaf name -> PyTorch leaf name.
-LEAF_NAMES = {"kernel": "weight", "scale": "weight", "embedding": "weight", "bias": "bias"}
+# BatchNorm's statistics ("mean", "var"; the I3D of ti2v_jax.metrics) are PyTorch buffers.
+LEAF_NAMES = {"kernel": "weight", "scale": "weight", "embedding": "weight", "bias": "bias",
+              "mean": "running_mean", "var": "running_var"}
 
 
 class ConversionError(CheckpointError):
