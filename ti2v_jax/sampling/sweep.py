@@ -58,13 +58,12 @@ def sweep(key, guided, encode, decode, frames, *, rows, keys=None, max_resample=
     (a seed axis). sample_kw: `ti2v_zero_sample`'s other keyword arguments. Returns its outputs,
     one item per point.
     """
+    # rows stay as given: `grid`'s NumPy rows are concrete even under jax.jit, so
+    # ti2v_zero_sample reads max_resample from them; traced rows need max_resample=.
     p = len(next(iter(rows.values())))
-    rows = {n: jnp.asarray(v) for n, v in rows.items()}
     if keys is None:
         one = item_keys(key, 1)
         keys = jnp.broadcast_to(one, (p,) + one.shape[1:])
-    if max_resample is None and "resample" in rows:
-        max_resample = int(np.max(np.asarray(rows["resample"])))
     tile = lambda a: None if a is None else jnp.broadcast_to(a, (p,) + a.shape[1:])  # noqa: E731
     latents = sample_kw.pop("latents", None)
     return ti2v_zero_sample(keys, guided, encode, decode, tile(frames), latents=tile(latents),
