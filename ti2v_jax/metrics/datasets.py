@@ -1,7 +1,7 @@
 """TI2V-Zero's evaluation protocol on UCF101 and MUG as manifests: make the videos, then evaluate.
 
     ti2v-jax manifest ucf101 UCF-101-frames/ --out ucf.jsonl    # ucf.jsonl + ucf.real.jsonl
-    ti2v-jax batch ucf.jsonl --model CKPT --out-dir gen/
+    ti2v-jax batch --model CKPT --manifest ucf.jsonl --out-dir gen/
     ti2v-jax evaluate --real ucf.real.jsonl --fake gen/ --i3d i3d_pretrained_400.pt --group-by prompt
 
 The paper's scripts (`gen_video_ucf.py`, `gen_video_mug.py` with the loaders of
