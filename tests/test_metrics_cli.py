@@ -138,6 +138,10 @@ def test_frame_metrics_and_reading(tmp_path, capsys):
     assert len(out["psnr"]) == len(out["ssim"]) == 8 and "fvd" not in out
     np.testing.assert_allclose(out["psnr"], want_p, rtol=1e-12)
     assert all(0 < s < 1 for s in out["ssim"])
+    assert cli.main(["evaluate", "--real", str(real_dir), "--fake", str(fake_dir), "--no-fvd", "--frame-metrics",
+                     "--frames", "8", "--no-progress"]) == 0
+    text = capsys.readouterr().out
+    assert "3 clips" in text and "PSNR per frame (dB): " + " ".join(f"{x:.2f}" for x in want_p) in text
 
 
 def _err(capsys, argv) -> str:

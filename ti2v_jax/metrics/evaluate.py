@@ -37,18 +37,22 @@ def _features_fn(graphdef, state, batch):
 class FeatureExtractor:
     """I3D features of uint8 clips, in batches over the devices (one compiled program per shape)."""
 
-    def __init__(self, model, *, mode: str = "mesh", devices=None):
+    def __init__(self, model, *, mode: str = "mesh", devices=None, batch_size: int | None = None):
         from flax import nnx
 
         self.graphdef, self.state = nnx.split(model)
         self.fn = functools.partial(_features_fn, self.graphdef)
-        self.mode, self.devices = mode, devices
+        self.mode, self.devices, self.batch_size = mode, devices, batch_size
 
     def __call__(self, batch: np.ndarray) -> np.ndarray:
         from ti2v_jax.parallel import run_batched
 
-        return np.asarray(run_batched(self.fn, (batch,), replicated=self.state, mode=self.mode,
-                                      devices=self.devices), np.float32)
+        n = len(batch)
+        if self.batch_size and n < self.batch_size:
+            # A short last batch repeats its last clip: the full-size program, not a new compile.
+            batch = np.concatenate([batch, np.repeat(batch[-1:], self.batch_size - n, axis=0)])
+        out = run_batched(self.fn, (batch,), replicated=self.state, mode=self.mode, devices=self.devices)
+        return np.asarray(out, np.float32)[:n]
 
 
 def _batches(clips, size, read):
@@ -124,7 +128,7 @@ def evaluate(real, fake, *, i3d=None, group_by: str | None = None, num_frames: i
     extractor = None
     if fvd:
         model = i3d if isinstance(i3d, i3d_lib.InceptionI3d) else i3d_lib.load_i3d(i3d)
-        extractor = FeatureExtractor(model, mode=mode, devices=devices)
+        extractor = FeatureExtractor(model, mode=mode, devices=devices, batch_size=batch_size)
         feats = {}
         with _progress(len(real_clips), "real clips", progress) as bar:
             rows = []
@@ -167,7 +171,7 @@ def summary(result: dict) -> str:
         lines.append(f"FVD: {result['fvd']:.3f}")
     g = result.get("grouped")
     if g:
-        name = {"prompt": "tFVD"}.get(g["by"], f"FVD per {g['by']}")
+        name = {"prompt": "tFVD", "image": "sFVD", "subject": "sFVD"}.get(g["by"], f"FVD per {g['by']}")
         lines.append(f"{name}: {g['mean']:.3f} (mean over {len(g['groups'])} groups)")
         for k, v in g["groups"].items():
             lines.append(f"  {v['fvd']:10.3f}  {v['real']:4d} real {v['fake']:4d} generated  {k}")
