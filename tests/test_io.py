@@ -1,12 +1,15 @@
 """ti2v_jax.io: start-image loading and video writing/reading."""
 
 import os
+from pathlib import Path
 
 import numpy as np
 import pytest
 from PIL import Image
 
 from ti2v_jax import io
+
+ROOT = Path(__file__).resolve().parents[1]
 
 
 def _rgb(h, w, seed=0):
@@ -280,7 +283,7 @@ def test_gif_one_level_difference_stays_small(tmp_path):
           f"8x8-area mean max {area:.2f} levels; GIF vs source 8x8-area error "
           f"{np.abs(_blocks(ga) - _blocks(a)).mean():.2f}")
     assert changed < 0.1
-    assert np.abs(d).max() <= 51  # one step of the 6x7x6 palette
+    assert np.abs(d).max() <= 51  # one step of the 6x6x6 cube
     assert area <= 8
     assert np.abs(_blocks(ga) - _blocks(a)).mean() < 4  # and the GIF looks like the video
     # Identical frames give identical GIF frames (one fixed palette, no per-frame state).
@@ -292,16 +295,41 @@ def test_gif_one_level_difference_stays_small(tmp_path):
 
 def test_gif_palette_and_indices():
     pal = io.gif_palette()
-    assert pal.shape == (252, 3) and len(np.unique(pal, axis=0)) == 252
+    assert pal.shape == (256, 3) and len(np.unique(pal[40:], axis=0)) == 216
     for v in (0, 51, 102, 255):
-        f = np.zeros((1, 16, 16, 3), np.uint8)
-        f[..., 0] = f[..., 2] = v  # red and blue have 6 levels: v is a level
-        np.testing.assert_array_equal(pal[io.gif_indices(f)][..., [0, 2]], f[..., [0, 2]])
-    # A mid-grey is dithered between its two neighbouring levels, with the right mean.
+        f = np.full((1, 16, 16, 3), v, np.uint8)  # a cube level in every channel
+        np.testing.assert_array_equal(pal[io.gif_indices(f)], f)
+    # Without flat colours, a mid-grey is dithered between its two neighbouring levels, with the right mean.
     g = np.full((1, 16, 16, 3), 128, np.uint8)
     out = pal[io.gif_indices(g)].astype(float)
     assert set(np.unique(out[..., 0])) == {102.0, 153.0}
     assert abs(out.mean() - 128) < 2
+
+
+def test_gif_flat_colours_come_back_undithered(tmp_path):
+    """A flat background (the examples' (30, 30, 30)) and a flat shape come back within a few
+    levels as one colour each, also under mild noise; the rest of the frame stays dithered."""
+    rng = np.random.default_rng(3)
+    f = np.full((2, 48, 48, 3), 30, np.uint8)
+    f[:, 10:30, 10:30] = (200, 40, 70)
+    noisy = np.clip(f.astype(int) + rng.integers(-2, 3, f.shape), 0, 255).astype(np.uint8)
+    grad = _smooth(2, 48, 48)
+    grad[:, :, :8] = 30  # a flat strip beside a smooth gradient
+    for name, video in (("flat", f), ("noisy", noisy), ("gradient", grad)):
+        io.save_video(video, tmp_path / f"{name}.gif")
+        g = io.read_video(tmp_path / f"{name}.gif").astype(int)
+        bg = g[:, 40:, 40:] if name != "gradient" else g[:, :, :8]
+        err = np.abs(bg - 30).max()
+        print(f"{name}: background error {err} levels, {len(np.unique(bg.reshape(-1, 3), axis=0))} colour(s)")
+        assert err <= 3 and len(np.unique(bg.reshape(-1, 3), axis=0)) == 1  # no dither pattern
+    np.testing.assert_array_equal(io.read_video(tmp_path / "flat.gif")[0], f[0])  # (equal frames merge)
+    g = io.read_video(tmp_path / "gradient.gif").astype(int)
+    assert np.abs(_blocks(g[:, :, 8:]) - _blocks(grad[:, :, 8:])).mean() < 4  # dithered, close on average
+    # The examples' start images (flat shapes on a flat background) round-trip as they are.
+    for png in sorted((ROOT / "examples").glob("start_*.png")):
+        img = np.asarray(Image.open(png).convert("RGB"))[None]
+        io.save_video(img, tmp_path / "start.gif")
+        assert np.abs(io.read_video(tmp_path / "start.gif").astype(int) - img).max() <= 3, png.name
 
 
 @pytest.mark.filterwarnings("ignore:os.fork")

@@ -23,13 +23,16 @@ Decisions:
   directory and renamed into place, so a failure leaves nothing behind.
 - GIF: Pillow merges consecutive identical frames into one (adding their
   durations), so reading such a GIF back gives fewer frames; timing is kept.
-- GIF colours: every frame is mapped onto one fixed 6x7x6 colour cube (252
-  colours) with 8x8 ordered (Bayer) dithering. Each pixel's colour depends on that
-  pixel alone, so videos that differ by one uint8 level give GIFs that differ in
-  a few percent of pixels, each by one palette step (at most 51 levels), and 8x8
-  areas by a few levels on average. Pillow's default (an adaptive palette per
-  frame with error diffusion) turned a one-level difference into changes of up to
-  ~60 levels across most of the frame, and flickered between frames.
+- GIF colours: one palette for the whole video (no per-frame state, so no flicker):
+  up to 40 "flat" colours of the video itself (the means of its most common colour
+  bins, e.g. a plain background), then a fixed 6x6x6 colour cube. A pixel within
+  4 levels (every channel) of a flat colour takes it as it is: flat areas come back
+  within a few levels and undithered. Other pixels are mapped onto the cube with
+  8x8 ordered (Bayer) dithering, which depends on that pixel alone, so videos one
+  uint8 level apart give GIFs that differ in a few percent of pixels and in 8x8
+  areas by a few levels on average. Pillow's default (an adaptive palette per frame
+  with error diffusion) turned a one-level difference into changes of up to ~60
+  levels across most of the frame, and flickered between frames.
 """
 
 from __future__ import annotations
@@ -293,7 +296,11 @@ def _replace_dir(new: Path, target: Path) -> None:
     shutil.rmtree(old, ignore_errors=True)
 
 
-_GIF_LEVELS = np.array([6, 7, 6])  # levels of red, green, blue in the GIF palette (252 colours)
+_GIF_LEVELS = np.array([6, 6, 6])  # levels of red, green, blue in the palette's fixed cube (216 colours)
+_GIF_FLAT = 256 - 216  # palette entries for the video's own flat colours
+_GIF_BIN = 4  # flat colours are found among bins of 4x4x4 uint8 levels ...
+_GIF_TOL = 4  # ... and taken by the pixels within 4 levels of them in every channel
+_GIF_MIN_SHARE = 1 / 500  # a flat colour covers at least this share of the video's pixels
 
 
 def _bayer(n: int) -> np.ndarray:
@@ -304,37 +311,72 @@ def _bayer(n: int) -> np.ndarray:
     return (m + 0.5) / m.size
 
 
-def gif_palette() -> np.ndarray:
-    """The fixed GIF palette, uint8 (252, 3): the 6x7x6 cube, index (r * 7 + g) * 6 + b."""
+def _cube() -> np.ndarray:
     axes = [np.rint(np.arange(n) * 255.0 / (n - 1)) for n in _GIF_LEVELS]
     return np.stack(np.meshgrid(*axes, indexing="ij"), -1).reshape(-1, 3).astype(np.uint8)
 
 
-def gif_indices(frames: np.ndarray) -> np.ndarray:
-    """Palette indices uint8 (T, H, W) of uint8 frames: ordered dithering onto `gif_palette`.
+def gif_flat_colours(frames: np.ndarray) -> np.ndarray:
+    """The video's flat colours, uint8 (E, 3), E <= 40: the mean colours of its most common
+    4x4x4-level bins, each covering at least 1/500 of the pixels, more than 4 levels apart."""
+    px = frames.reshape(-1, 3)
+    q = px.astype(np.int64) // _GIF_BIN
+    n = 256 // _GIF_BIN
+    bins = (q[:, 0] * n + q[:, 1]) * n + q[:, 2]
+    counts = np.bincount(bins, minlength=n ** 3)
+    order = [b for b in np.argsort(-counts, kind="stable") if counts[b] >= max(1, _GIF_MIN_SHARE * len(px))]
+    kept: list[np.ndarray] = []
+    for b in order[:4 * _GIF_FLAT]:
+        mean = np.rint(px[bins == b].mean(axis=0))
+        if all(np.abs(mean - k).max() > _GIF_TOL for k in kept):
+            kept.append(mean)
+            if len(kept) == _GIF_FLAT:
+                break
+    return np.asarray(kept, np.uint8).reshape(-1, 3)
 
-    Channel value v with n levels becomes level floor(v * (n - 1) / 255 + threshold(y, x)),
-    the threshold from an 8x8 Bayer matrix tiled over the frame: a pixel's colour depends
-    on that pixel's value and position alone.
+
+def gif_palette(flat: np.ndarray | None = None) -> np.ndarray:
+    """The palette, uint8 (256, 3): the flat colours (`gif_flat_colours`, padded with black),
+    then the 6x6x6 cube, index 40 + (r * 6 + g) * 6 + b."""
+    flat = np.zeros((0, 3), np.uint8) if flat is None else flat
+    pad = np.zeros((_GIF_FLAT - len(flat), 3), np.uint8)
+    return np.concatenate([flat, pad, _cube()])
+
+
+def gif_indices(frames: np.ndarray, flat: np.ndarray | None = None) -> np.ndarray:
+    """Palette indices uint8 (T, H, W) of uint8 frames into `gif_palette(flat)`.
+
+    A pixel within 4 levels (every channel) of a flat colour takes the nearest one. Any other
+    channel value v with n levels becomes cube level floor(v * (n - 1) / 255 + threshold(y, x)),
+    the threshold from an 8x8 Bayer matrix tiled over the frame: a pixel's colour depends on
+    that pixel's value and position alone.
     """
     _, h, w, _ = frames.shape
     th = np.tile(_bayer(8), (-(-h // 8), -(-w // 8)))[:h, :w, None]
     levels = _GIF_LEVELS
-    q = np.empty(frames.shape, np.int64)
-    for t, f in enumerate(frames):  # frame by frame: float temporaries stay one frame large
-        q[t] = np.clip(np.floor(f * ((levels - 1) / 255.0) + th), 0, levels - 1)
-    return ((q[..., 0] * levels[1] + q[..., 1]) * levels[2] + q[..., 2]).astype(np.uint8)
+    flat = np.zeros((0, 3), np.uint8) if flat is None else flat.astype(np.int64)
+    out = np.empty(frames.shape[:3], np.uint8)
+    for t, f in enumerate(frames):  # frame by frame: temporaries stay one frame large
+        q = np.clip(np.floor(f * ((levels - 1) / 255.0) + th), 0, levels - 1).astype(np.int64)
+        idx = _GIF_FLAT + (q[..., 0] * levels[1] + q[..., 1]) * levels[2] + q[..., 2]
+        if len(flat):
+            dist = np.abs(f[:, :, None, :].astype(np.int64) - flat).max(-1)  # (H, W, E)
+            nearest = dist.argmin(-1)
+            idx = np.where(np.take_along_axis(dist, nearest[..., None], -1)[..., 0] <= _GIF_TOL, nearest, idx)
+        out[t] = idx
+    return out
 
 
 def _write_gif(frames: np.ndarray, path: Path, fps: float) -> None:
-    palette = gif_palette().ravel().tolist()
+    flat = gif_flat_colours(frames)
+    palette = gif_palette(flat).ravel().tolist()
     images = []
-    for idx in gif_indices(frames):
+    for idx in gif_indices(frames, flat):
         im = Image.fromarray(idx, "P")
         im.putpalette(palette)
         images.append(im)
     images[0].save(path, format="GIF", save_all=True, append_images=images[1:],
-                   duration=1000.0 / fps, loop=0)
+                   duration=1000.0 / fps, loop=0, optimize=False)
 
 
 def _write_mp4(frames: np.ndarray, path: Path, fps: float, crf: int = 18) -> None:
