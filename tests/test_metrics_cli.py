@@ -170,6 +170,9 @@ def test_evaluate_errors(tmp_path, capsys):
     (fake_dir / "bad.json").write_text(json.dumps({"id": "bad", "output": "bad.gif"}))
     assert "cannot read clip 'bad'" in _err(capsys, ["evaluate", "--real", str(real_dir), "--fake", str(real_dir),
                                                      "--no-fvd", "--frame-metrics", "--no-progress"])
+    _batch_folder(tmp_path / "fake2", {"g0": (_video(7), {}), "g1": (_video(8), {})})
+    assert "3 real clips but 2 generated ones" in _err(capsys, ["evaluate", "--real", str(real_dir), "--fake",
+                                                              str(tmp_path / "fake2"), "--i3d", "x.pt"])
     assert "no such folder" in _err(capsys, ["evaluate", "--real", str(tmp_path / "nope"), "--fake",
                                              str(fake_dir), "--no-fvd", "--frame-metrics"])
     assert "no 'subject' field" in _err(capsys, base + ["--i3d", "x.pt", "--group-by", "subject"])

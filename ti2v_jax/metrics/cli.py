@@ -24,6 +24,8 @@ def add_evaluate(sub, number) -> None:
     e.add_argument("--frame-metrics", action="store_true",
                    help="PSNR and SSIM per frame index between the clips of the same id")
     e.add_argument("--no-fvd", action="store_true", help="skip FVD (frame metrics only; no I3D needed)")
+    e.add_argument("--unequal", action="store_true",
+                   help="allow different numbers of real and generated clips (refused by default)")
     e.add_argument("--batch-size", type=number("--batch-size", int, 1), default=4,
                    help="clips per I3D call, split over the devices (default 4)")
     e.add_argument("--parallel", choices=("none", "mesh", "pmap"), default="mesh",
@@ -57,7 +59,7 @@ def run_evaluate(a) -> int:
 
     result = evaluate(a.real, a.fake, i3d=a.i3d, group_by=a.group_by, num_frames=a.frames,
                       batch_size=a.batch_size, frame_metrics=a.frame_metrics, fvd=not a.no_fvd,
-                      mode=a.parallel, progress=not a.no_progress)
+                      unequal=a.unequal, mode=a.parallel, progress=not a.no_progress)
     print(json.dumps(result, indent=1) if a.json else summary(result))
     return 0
 

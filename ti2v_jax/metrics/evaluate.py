@@ -92,9 +92,12 @@ def group_keys(key: str, own, other) -> list:
 
 
 def evaluate(real, fake, *, i3d=None, group_by: str | None = None, num_frames: int = 16, batch_size: int = 4,
-             frame_metrics: bool = False, fvd: bool = True, mode: str = "mesh", devices=None,
-             progress: bool = True) -> dict:
+             frame_metrics: bool = False, fvd: bool = True, unequal: bool = False, mode: str = "mesh",
+             devices=None, progress: bool = True) -> dict:
     """Compare generated clips (`fake`) with real ones; see the module docstring.
+
+    unequal: allow different numbers of real and generated clips (FVD's estimate depends on
+    the counts, so by default they must match, which also catches an unfinished batch).
 
     i3d: the I3D weights (a file path, or an `InceptionI3d`), needed when `fvd`.
     group_by: also the FVD within each group of this field (prompt: tFVD; image/subject: sFVD).
@@ -114,6 +117,9 @@ def evaluate(real, fake, *, i3d=None, group_by: str | None = None, num_frames: i
     real_clips, fake_clips = videos.collect(real), videos.collect(fake)
     result = {"real": {"source": os.fspath(real), "clips": len(real_clips)},
               "fake": {"source": os.fspath(fake), "clips": len(fake_clips)}, "frames": num_frames}
+    if len(real_clips) != len(fake_clips) and not unequal:
+        raise InputError(f"{len(real_clips)} real clips but {len(fake_clips)} generated ones: FVD compares equal "
+                         f"numbers (finish the batch, or pass --unequal to compare anyway)")
     real_by_id = {c.id: c for c in real_clips}
     if frame_metrics:
         unpaired = [c.id for c in fake_clips if c.id not in real_by_id]
