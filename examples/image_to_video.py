@@ -28,6 +28,6 @@ a = p.parse_args()
 
 pipe = TI2VZeroPipeline.from_pretrained(a.model, dtype=a.dtype)
 video = pipe(a.image, a.prompt, num_new_frames=a.frames, steps=a.steps,
-             resample=a.resample, seed=0, progress=True)
+             resample=a.resample, seed=0, progress=True).frames
 save_video(video, a.out, fps=8)
 print(f"{a.out}: {video.shape[0]} frames of {video.shape[1]}x{video.shape[2]}")

@@ -27,6 +27,6 @@ a = p.parse_args()
 
 pipe = TI2VZeroPipeline.from_pretrained(a.model)
 video = pipe(a.image, a.prompt, num_new_frames=a.frames, steps=a.steps, resample=a.resample,
-             slide=a.slide, progress=True)
+             slide=a.slide, progress=True).frames
 save_video(video, a.out, fps=8)
 print(f"{a.out}: {video.shape[0]} frames (the model's window is {pipe.num_frames})")

@@ -29,9 +29,9 @@ if a.frames_dir:
     frames = list(read_video(a.frames_dir))
 else:
     frames = list(pipe(str(HERE / "start_red_circle.png"), a.prompt, num_new_frames=a.given - 1,
-                       steps=a.steps, progress=True))
+                       steps=a.steps, progress=True).frames)
 given = frames[:a.given]
 video = pipe(given, a.prompt, given_frames_as_video=True, num_new_frames=a.new, steps=a.steps, seed=1,
-             progress=True)
+             progress=True).frames
 save_video(video, a.out, fps=8)
 print(f"{a.out}: {len(given)} given + {a.new} predicted frames")

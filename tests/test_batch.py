@@ -191,7 +191,7 @@ def test_batch_equals_single_calls_and_stale(pipe, tmp_path):
     for i, seed in (("i0", batch.stable_seed("i0")), ("i1", 1234)):
         meta = json.loads((tmp_path / "out" / f"{i}.json").read_text())
         ref = pipe(str(tmp_path / "imgs" / f"{i}.png"), meta["prompt"], seed=seed, num_new_frames=2,
-                   num_inference_steps=2, resample_iters=1)
+                   num_inference_steps=2, resample_iters=1).frames
         np.testing.assert_array_equal(io.read_video(tmp_path / "out" / i), ref)
     r = _run(pipe, m, tmp_path / "out", defaults={**TINY, "guidance": 5})
     assert r.calls == 0 and sorted(r.stale) == ["i0", "i1"] and "WARNING 2" in r.summary()
@@ -232,7 +232,7 @@ def test_sweep_points_that_differ_in_schedule_values_share_batches(pipe, tmp_pat
         meta = json.loads((r.out_dir / "i0.json").read_text())
         s = meta["settings"]
         alone = pipe(img, "a thing number 0", seed=meta["seed"], **{**TINY, "guidance": s["guidance"],
-                                                                   "resample": s["resample"]})
+                                                                   "resample": s["resample"]}).frames
         got = io.read_video(r.out_dir / "i0")
         assert np.abs(got.astype(int) - alone.astype(int)).max() <= 1, name
 
@@ -282,7 +282,7 @@ def test_cli_mesh_on_4_devices(pipe, tiny_converted_dir, tmp_path):
     worst = 0
     for i in good:
         ref = pipe(str(m.parent / "imgs" / f"{i}.png"), metas[i]["prompt"], seed=metas[i]["seed"],
-                   num_new_frames=2, num_inference_steps=2, resample_iters=1)
+                   num_new_frames=2, num_inference_steps=2, resample_iters=1).frames
         got = io.read_video(out / i)
         assert got.shape == ref.shape == (3, 32, 32, 3)
         worst = max(worst, int(np.abs(got.astype(int) - ref).max()))

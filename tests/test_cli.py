@@ -22,9 +22,11 @@ FAST = ["--num-new-frames", "2", "--steps", "2", "--resample", "1", "--num-frame
 
 
 @pytest.fixture(scope="module")
-def converted(tiny_diffusers_dir, tmp_path_factory):
+def converted(tiny_diffusers_layout_dir, tmp_path_factory):
+    # The diffusers layout written by diffusers where torch is installed, else by numpy
+    # (conftest): the CLI's tests need no PyTorch.
     dst = tmp_path_factory.mktemp("cli") / "converted"
-    assert cli.main(["convert", str(tiny_diffusers_dir), str(dst)]) == 0
+    assert cli.main(["convert", str(tiny_diffusers_layout_dir), str(dst)]) == 0
     assert (dst / "model_index.json").is_file()
     return dst
 
@@ -122,8 +124,8 @@ def test_bad_input(converted, image, tmp_path, capsys):
     assert sorted(p.name for p in tmp_path.iterdir()) == ["notckpt", "trunc.png"]  # nothing half-written
 
 
-def test_convert_refuses_existing_destination(tiny_diffusers_dir, converted, capsys):
-    _fails(["convert", str(tiny_diffusers_dir), str(converted)], capsys, "exists")
+def test_convert_refuses_existing_destination(tiny_diffusers_layout_dir, converted, capsys):
+    _fails(["convert", str(tiny_diffusers_layout_dir), str(converted)], capsys, "exists")
 
 
 def test_make_tiny_then_generate(tmp_path, image):

@@ -413,8 +413,8 @@ def test_info_and_pipeline_end_to_end(runnable_release, tmp_path, capsys, caplog
     img = (np.random.default_rng(0).random((20, 28, 3)) * 255).astype(np.uint8)
     kw = dict(num_new_frames=2, num_inference_steps=2, resample_iters=1, height=16, width=16)
     with caplog.at_level(logging.INFO, logger="ti2v_jax.loading"):
-        from_release = TI2VZeroPipeline.from_pretrained(src, num_frames=4)(img, "a cat", **kw)
+        from_release = TI2VZeroPipeline.from_pretrained(src, num_frames=4)(img, "a cat", **kw).frames
     assert any("modelscope checkpoint: converting it in memory" in r.getMessage() for r in caplog.records)
-    from_converted = TI2VZeroPipeline.from_pretrained(dst, num_frames=4)(img, "a cat", **kw)
+    from_converted = TI2VZeroPipeline.from_pretrained(dst, num_frames=4)(img, "a cat", **kw).frames
     assert from_release.shape == (3, 16, 16, 3)
     np.testing.assert_array_equal(from_release, from_converted)

@@ -2,7 +2,7 @@
 
     from ti2v_jax import TI2VZeroPipeline, SamplerSettings, load, sampling
     pipe = TI2VZeroPipeline.from_pretrained()          # the shipped default model
-    video = pipe("start.png", "a red circle moving right")
+    video = pipe("start.png", "a red circle moving right").frames
 
 The names below are imported on first use, so `import ti2v_jax` stays light.
 """
@@ -17,6 +17,7 @@ MS17B_CONFIGS = _Path(__file__).resolve().parent / "assets" / "configs" / "text-
 
 _EXPORTS = {
     "TI2VZeroPipeline": ("ti2v_jax.pipeline", "TI2VZeroPipeline"),
+    "TI2VZeroPipelineOutput": ("ti2v_jax.pipeline", "TI2VZeroPipelineOutput"),
     "DEFAULT_MODEL": ("ti2v_jax.pipeline", "DEFAULT_MODEL"),
     "SamplerSettings": ("ti2v_jax.settings", "SamplerSettings"),
     "load": ("ti2v_jax.loading", "load"),

@@ -532,7 +532,7 @@ def _run(pipe, manifest, points, *, defaults, base_seed, batch_size, parallel, f
                 t0 = time.perf_counter()
                 calls += 1
                 try:
-                    videos = pipe(images, prompts, item_settings, seed=seeds, parallel=parallel)
+                    videos = pipe(images, prompts, item_settings, seed=seeds, parallel=parallel).frames
                 except Exception as e:
                     for it in batch:
                         it.folder.log.add(it, "generate", f"{type(e).__name__}: {e}")

@@ -238,7 +238,7 @@ def _cmd_generate(a):
     t0 = time.perf_counter()
     images = a.image if len(a.image) > 1 else a.image[0]
     video = pipe(images, a.prompt, seed=a.seed, parallel=a.parallel, given_frames_as_video=len(a.image) > 1,
-                 progress=True, **st.from_args(a))
+                 progress=True, **st.from_args(a)).frames
     save_video(video, a.out, fps=a.fps)
     print(f"wrote {a.out}: {video.shape[0]} frames of {video.shape[1]}x{video.shape[2]} "
           f"in {time.perf_counter() - t0:.1f} s")
@@ -251,7 +251,7 @@ def _cmd_t2v(a):
     check_output_path(a.out)
     pipe = _load_pipeline(a)
     video = pipe.text_to_video(a.prompt, seed=a.seed, parallel=a.parallel, progress=True,
-                               **st.from_args(a, T2V_SETTINGS))
+                               **st.from_args(a, T2V_SETTINGS)).frames
     save_video(video, a.out, fps=a.fps)
     print(f"wrote {a.out}: {video.shape[0]} frames of {video.shape[1]}x{video.shape[2]}")
 

@@ -180,7 +180,7 @@ def run_variant(model, images, prompts, *, kind="ti2v", num_frames=synthetic.NUM
     return pipe(list(np.asarray(images)), list(prompts), num_new_frames=num_new_frames or num_frames - 1,
                 num_inference_steps=num_steps, resample_iters=resample_iters, guidance_scale=guidance_scale,
                 ddpm_inversion=ddpm_inversion, slide=slide, baseline=kind == "replacing",
-                key=jax.random.key(seed))
+                key=jax.random.key(seed)).frames
 
 
 def evaluate(model, n_cases=32, *, seed=0, variants=VARIANTS, batch=None, **kw):

@@ -2,15 +2,18 @@
 
     pipe = TI2VZeroPipeline.from_pretrained()                   # the shipped default model
     pipe = TI2VZeroPipeline.from_pretrained("ckpt/")            # converted, diffusers or ModelScope layout
-    video = pipe("cat.png", "a cat running")                    # uint8 (1 + N, H, W, 3)
-    videos = pipe(["a.png", "b.png"], ["a dog", "a car"])       # uint8 (2, 1 + N, H, W, 3)
-    clip = pipe.text_to_video("a panda surfing")                # uint8 (K, H, W, 3)
+    video = pipe("cat.png", "a cat running").frames             # uint8 (1 + N, H, W, 3)
+    videos = pipe(["a.png", "b.png"], ["a dog", "a car"]).frames  # uint8 (2, 1 + N, H, W, 3)
+    clip = pipe.text_to_video("a panda surfing").frames         # uint8 (K, H, W, 3)
 
 Sampler settings are `ti2v_jax.settings.SamplerSettings` (give one as `settings=` or its
 fields as keyword arguments). All heavy work is one jitted program per shape and static
 setting: text encoding, then the sampler (`lax.scan` over new frames and DDIM steps)
 with the VAE inside it. Guidance, eta and resampling schedules are arguments of that
-program, so changing them does not recompile.
+program, so changing their values does not recompile, except where a value changes one
+of three static facts of the program (`SamplerSettings.static_key`): whether any
+guidance differs from 1, whether any eta differs from 0, and the largest resample count.
+The weights are an argument too: `params=` swaps them without recompiling.
 
 Precision: parameters and U-Net compute in `dtype`; the VAE and the text encoder in
 float32 unless `vae_text_dtype` says otherwise; everything the sampler does between
@@ -20,6 +23,7 @@ network calls in float32.
 from __future__ import annotations
 
 import contextlib
+import dataclasses
 import functools
 import json
 import logging
@@ -43,7 +47,14 @@ log = logging.getLogger(__name__)
 
 DEFAULT_MODEL = Path(__file__).resolve().parent / "assets" / "default_model"
 DEFAULT_NUM_FRAMES = 16  # ModelScope's K
-OUTPUT_TYPES = ("uint8", "float", "jax", "latent")
+OUTPUT_TYPES = ("uint8", "np", "pil", "jax", "latent")
+
+
+@dataclasses.dataclass(frozen=True)
+class TI2VZeroPipelineOutput:
+    """A pipeline call's result, as diffusers' pipelines return theirs: the video(s) in `.frames`
+    (see `TI2VZeroPipeline.__call__`'s output_type); `return_dict=False` gives `(frames,)` instead."""
+    frames: object
 
 
 def resolve_model(path_or_repo_id=None) -> Path:
@@ -62,21 +73,49 @@ def resolve_model(path_or_repo_id=None) -> Path:
     looks_like_repo = s.count("/") == 1 and not s.startswith((".", "/", "~")) and " " not in s
     if not looks_like_repo:
         raise CheckpointNotFoundError(f"model directory {p} does not exist")
+    # A mistyped local path looks like a repo id: say first that there is no such folder.
+    missing = f"no such folder {s!r} (from {Path.cwd()})"
     how = ("download or copy the checkpoint elsewhere, then run `ti2v-jax convert LOCAL_DIR OUT_DIR` "
            "and pass --model OUT_DIR")
     if os.environ.get("HF_HUB_OFFLINE", "0") not in ("0", "", "false", "False"):
-        raise CheckpointNotFoundError(f"{s!r} is not a local directory and the hub is offline (HF_HUB_OFFLINE); "
+        raise CheckpointNotFoundError(f"{missing}, and the hub is offline (HF_HUB_OFFLINE) for the repo id {s!r}; "
                                       f"{how}")
     try:
-        from huggingface_hub import snapshot_download
+        import huggingface_hub
     except ImportError as e:  # pragma: no cover - depends on the install
-        raise CheckpointNotFoundError(f"{s!r} is not a local directory and huggingface_hub is not installed; "
-                                      f"{how}") from e
+        raise CheckpointNotFoundError(f"{missing}, and huggingface_hub is not installed to fetch the repo id "
+                                      f"{s!r}; {how}") from e
+    log.info("%s; downloading the hub repo %s", missing, s)
     try:
-        return Path(snapshot_download(s, etag_timeout=10))
+        files = huggingface_hub.list_repo_files(s)
+        return Path(huggingface_hub.snapshot_download(s, allow_patterns=hub_files(files), etag_timeout=10))
     except Exception as e:  # network errors come in many types
-        raise CheckpointNotFoundError(f"{s!r} is not a local directory and could not be downloaded from the hub "
+        raise CheckpointNotFoundError(f"{missing}, and the hub repo {s!r} could not be downloaded "
                                       f"({type(e).__name__}); {how}") from e
+
+
+_WEIGHTS = (".safetensors", ".bin")
+
+
+def hub_files(files) -> list[str]:
+    """The files of a hub repo a checkpoint needs: every config and tokenizer file, a converted
+    checkpoint's `<component>/params/` folders, the original ModelScope release's `.pth` files,
+    and per folder one copy of the diffusers/transformers
+    weights (safetensors before .bin; the full-precision files, not the `.fp16.` variants, when
+    both are there), so a repo's duplicate formats are not downloaded."""
+    keep = [f for f in files if f.endswith((".json", ".txt", ".model", ".pth")) or "/params/" in f]
+    folders: dict[str, list[str]] = {}
+    for f in files:
+        if f.endswith(_WEIGHTS):
+            folders.setdefault(os.path.dirname(f), []).append(f)
+    for names in folders.values():
+        plain = [f for f in names if ".fp16." not in f] or names
+        for ext in _WEIGHTS:
+            chosen = [f for f in plain if f.endswith(ext)]
+            if chosen:
+                keep += chosen
+                break
+    return sorted(set(keep))
 
 
 def _check_output_type(output_type) -> None:
@@ -175,10 +214,11 @@ class TI2VZeroPipeline:
             raise SettingsError(f"height and width must be multiples of {self.vae_scale}, got {s.height}x{s.width}")
         return s
 
-    def contexts(self, prompts):
+    def contexts(self, prompts, params=None):
         """(text, empty-text) contexts for a list of prompts, each (B, 77, D) float32."""
         ids = tokenize(self.components.tokenizer, list(prompts) + [""])
-        ctx = self._encode_text(self.params["text_encoder"], jnp.asarray(ids)).astype(jnp.float32)
+        params = self.params if params is None else params
+        ctx = self._encode_text(params["text_encoder"], jnp.asarray(ids)).astype(jnp.float32)
         text, empty = ctx[:-1], ctx[-1:]
         return text, jnp.broadcast_to(empty, text.shape)
 
@@ -204,6 +244,18 @@ class TI2VZeroPipeline:
                                 "(with the same largest resample); run other settings in separate calls")
         return items
 
+    def _check_params(self, params) -> None:
+        """`params=` must be a drop-in for `self.params` (same tree, shapes, dtypes): then the
+        compiled programs take it as they are."""
+        if params is None:
+            return
+        if jax.tree.structure(params) != jax.tree.structure(self.params):
+            raise InputError("params= must have the same structure as the pipeline's params (the checkpoint's)")
+        for (path, w), g in zip(jax.tree_util.tree_leaves_with_path(self.params), jax.tree.leaves(params)):
+            if jnp.shape(g) != w.shape or jnp.result_type(g) != w.dtype:
+                raise InputError(f"params= differs from the pipeline's params at {jax.tree_util.keystr(path)}: "
+                                 f"{jnp.shape(g)} {jnp.result_type(g)} instead of {w.shape} {w.dtype}")
+
     def _check_memory(self, s: SamplerSettings, batch: int) -> None:
         from ti2v_jax import resources
 
@@ -212,8 +264,10 @@ class TI2VZeroPipeline:
                                        num_new_frames=s.num_new_frames, dtype=self.dtype)
         resources.check_fits(est, (self.devices or jax.local_devices())[0])
 
-    def _run(self, program, static: dict, args, parallel_mode, total: int, unit: str, progress):
-        """Run `program` over the batch. `progress`: None/False, True (a bar) or callback(done, total)."""
+    def _run(self, program, static: dict, args, parallel_mode, total: int, unit: str, progress, params=None):
+        """Run `program` over the batch. `progress`: None/False, True (a bar) or callback(done, total).
+        Without progress reporting the outputs come back as soon as the work is queued (JAX's
+        asynchronous dispatch); with it, once done (the reports belong to this call)."""
         # A partial of (program, spec, hashable static settings): `parallel` keys its compiled
         # programs on exactly that, and equal pipelines share one spec.
         fn = functools.partial(program, self._spec, **static)
@@ -224,31 +278,37 @@ class TI2VZeroPipeline:
         try:
             with scope as ticket:
                 ticket_arr = jnp.full((args[0].shape[0],), ticket, jnp.int32)
-                out = par.run_batched(fn, args + (ticket_arr,), replicated=self.params, mode=parallel_mode,
-                                      devices=self.devices)
-                return jax.block_until_ready(out)
+                out = par.run_batched(fn, args + (ticket_arr,), replicated=self.params if params is None else params,
+                                      mode=parallel_mode, devices=self.devices)
+                return jax.block_until_ready(out) if progress else out
         finally:
             if bar is not None:
                 bar.close()
 
     @staticmethod
-    def _output(latents, frames, output_type, single, given=None):
+    def _output(latents, frames, output_type, single, return_dict, given=None):
         """The call's result in `output_type` (see __call__), the `given` frames first."""
         if output_type == "latent":
             out = latents
-        elif output_type == "uint8":
+        elif output_type in ("uint8", "pil"):
             parts = ([] if given is None else [given]) + [np.asarray(frames, np.float32)]
             out = io.to_uint8(np.concatenate(parts, axis=1))
         else:
             video = frames if given is None else jnp.concatenate([jnp.asarray(given, jnp.float32), frames], axis=1)
             video = jnp.clip((video + 1) / 2, 0, 1)
             out = video if output_type == "jax" else np.asarray(video)
-        return out[0] if single else out
+        if output_type == "pil":
+            from PIL import Image
+
+            out = [[Image.fromarray(frame) for frame in video] for video in out]
+        out = out[0] if single else out
+        return TI2VZeroPipelineOutput(frames=out) if return_dict else (out,)
 
     # ------------------------------------------------------------------ public API
 
     def __call__(self, image, prompt, settings=None, *, seed=0, key=None, parallel: str = "none", progress=False,
-                 given_frames_as_video: bool = False, output_type: str = "uint8", **setting_kwargs):
+                 given_frames_as_video: bool = False, output_type: str = "uint8", return_dict: bool = True,
+                 params=None, **setting_kwargs):
         """Animate `image` following `prompt`.
 
         image: a path, PIL image or array; a list of them is a batch (with a list of
@@ -265,11 +325,20 @@ class TI2VZeroPipeline:
         for the batch, item i getting `fold_in(key, i)` (the samplers' own convention).
         progress: True for a progress bar, or a callback `f(done, total)` over new frames.
         output_type: "uint8" (host array, (1 + N, H, W, 3) with the given image first, M + N
-        for prediction; the baseline gives num_frames frames), "float" (the same as float32 in
-        [0, 1] on the host), "jax" (the same on the device, no host round trip) or "latent"
-        (the new frames' latents (N, h, w, C) float32 on the device). A batch adds a leading axis.
+        for prediction; the baseline gives num_frames frames), "np" (the same as float32 in
+        [0, 1] on the host), "pil" (the same as a list of PIL images), "jax" (as "np", on the
+        device) or "latent" (the new frames' latents (N, h, w, C) float32 on the device).
+        "jax" and "latent" return at once, before the device is done (JAX's asynchronous
+        dispatch), unless `progress` is given.
+        Batch axis: a list of images (or of prompts) is a batch and adds a leading axis (a list
+        level for "pil"), whatever its length; one image and one prompt give one video without it.
+        Returns a `TI2VZeroPipelineOutput` whose `.frames` is that, or `(frames,)` with
+        `return_dict=False`.
+        params: a parameter pytree of the same structure, shapes and dtypes as `self.params`
+        (e.g. fine-tuned weights) used for this call instead; nothing is reloaded or recompiled.
         """
         _check_output_type(output_type)
+        self._check_params(params)
         if given_frames_as_video:
             if not isinstance(image, (list, tuple)):
                 raise InputError("given_frames_as_video takes a list of frames")
@@ -277,14 +346,16 @@ class TI2VZeroPipeline:
             if not isinstance(prompt, str):
                 raise InputError("video prediction takes one prompt")
         else:
-            single = not isinstance(image, (list, tuple))
-            images = [image] if single else list(image)
+            single = not isinstance(image, (list, tuple)) and isinstance(prompt, str)
+            images = list(image) if isinstance(image, (list, tuple)) else [image]
             if not images:
                 raise InputError("no image given")
             if isinstance(prompt, str):
                 prompts = [prompt] * len(images)
             else:
                 prompts = list(prompt)
+                if len(images) == 1 and not isinstance(image, (list, tuple)):
+                    images = images * len(prompts)  # one image, several prompts
                 if len(prompts) != len(images):
                     raise InputError(f"got {len(images)} images but {len(prompts)} prompts")
             n_items = len(images)
@@ -300,7 +371,7 @@ class TI2VZeroPipeline:
             frames = np.stack([io.load_image(f, size) for f in image])[None]
         else:
             frames = np.stack([io.load_image(f, size) for f in images])[:, None]
-        ctx, uncond = self.contexts(prompts)
+        ctx, uncond = self.contexts(prompts, params)
         timesteps = np.broadcast_to(schedule.ddim_timesteps(s.steps), (n_items, s.steps))
         sched = {k: np.stack([it.per_step(k) for it in items]) for k in ("guidance", "eta", "resample")}
         static = dict(num_new_frames=s.num_new_frames, max_resample=s.max_resample,
@@ -310,16 +381,19 @@ class TI2VZeroPipeline:
                 jnp.asarray(sched["guidance"]), jnp.asarray(sched["eta"]), jnp.asarray(sched["resample"]))
         total = s.steps if s.baseline else s.num_new_frames
         unit = "DDIM steps" if s.baseline else "new frames"
-        latents, new = self._run(programs.ti2v_program, static, args, parallel, total, unit, progress)
-        return self._output(latents, new, output_type, single, given=frames)
+        latents, new = self._run(programs.ti2v_program, static, args, parallel, total, unit, progress, params)
+        return self._output(latents, new, output_type, single, return_dict, given=frames)
 
     def text_to_video(self, prompt, settings=None, *, seed=0, key=None, num_frames: int | None = None,
-                      parallel: str = "none", progress=False, output_type: str = "uint8", **setting_kwargs):
+                      parallel: str = "none", progress=False, output_type: str = "uint8", return_dict: bool = True,
+                      params=None, **setting_kwargs):
         """Plain text-to-video DDIM sampling (uses steps, guidance, eta, height, width).
 
-        Returns uint8 (F, H, W, 3), or (B, F, ...) for a list of prompts; `output_type` and
-        `progress` (over DDIM steps) as in `__call__` ("latent": (F, h, w, C))."""
+        `.frames`: uint8 (F, H, W, 3), or (B, F, ...) for a list of prompts; `output_type`,
+        `return_dict`, `params` and `progress` (over DDIM steps) as in `__call__` ("latent":
+        (F, h, w, C))."""
         _check_output_type(output_type)
+        self._check_params(params)
         single = isinstance(prompt, str)
         prompts = [prompt] if single else list(prompt)
         if not prompts:
@@ -328,12 +402,13 @@ class TI2VZeroPipeline:
         s = items[0]
         f = int(num_frames or self.num_frames)
         self._check_memory(s.replace(num_new_frames=1), len(prompts))
-        ctx, uncond = self.contexts(prompts)
+        ctx, uncond = self.contexts(prompts, params)
         keys = self._keys(seed, key, len(prompts))
         timesteps = np.broadcast_to(schedule.ddim_timesteps(s.steps), (len(prompts), s.steps))
         sched = {k: np.stack([it.per_step(k) for it in items]) for k in ("guidance", "eta")}
         static = dict(latent_shape=(f, s.height // self.vae_scale, s.width // self.vae_scale, self.latent_channels),
                       guided=any(it.guided for it in items), stochastic=any(it.stochastic for it in items))
         args = (keys, ctx, uncond, jnp.asarray(timesteps), jnp.asarray(sched["guidance"]), jnp.asarray(sched["eta"]))
-        latents, frames = self._run(programs.t2v_program, static, args, parallel, s.steps, "DDIM steps", progress)
-        return self._output(latents, frames, output_type, single)
+        latents, frames = self._run(programs.t2v_program, static, args, parallel, s.steps, "DDIM steps", progress,
+                                    params)
+        return self._output(latents, frames, output_type, single, return_dict)

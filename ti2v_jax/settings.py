@@ -11,8 +11,10 @@ diffusers-style keyword names in `ALIASES` (`num_inference_steps=10` is `steps=1
 
 `guidance`, `eta` and `resample` may be one value or one value per DDIM step; those
 values enter the compiled program as arrays (`schedules`), so changing them does not
-recompile. Everything else is static: `static_key` is the settings' part of the key
-under which compiled programs are kept.
+recompile unless it changes `guided` (any guidance != 1), `stochastic` (any eta != 0) or
+`max_resample` (the largest resample count), which shape the program. Those three and
+everything else are static: `static_key` is the settings' part of the key under which
+compiled programs are kept.
 """
 
 from __future__ import annotations

@@ -41,7 +41,7 @@ def main():
         paths.append(str(path))
         prompts.append(synthetic.caption(color, shape, direction))
     pipe = TI2VZeroPipeline.from_pretrained()
-    videos = pipe(paths, prompts, num_new_frames=synthetic.NUM_FRAMES - 1, seed=0)
+    videos = pipe(paths, prompts, num_new_frames=synthetic.NUM_FRAMES - 1, seed=0).frames
     for (shape, color, _, direction), video in zip(CASES, np.asarray(videos)):
         big = video.repeat(4, axis=1).repeat(4, axis=2)
         out = ROOT / "docs" / "samples" / f"{color}_{shape}_{direction}.gif"
