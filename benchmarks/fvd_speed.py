@@ -5,7 +5,9 @@ Both sides run the whole feature step of FVD on the same uint8 clips: preprocess
 random weights (the PyTorch I3D that `cd-fvd` ships, loaded by path, converted by
 `i3d.convert_state_dict`). Rounds alternate between the two so both see the same machine
 load; the median per side is reported, with JAX's compile time apart and the largest
-feature difference as a check.
+feature difference as a check. The JAX side is what `ti2v-jax evaluate` runs
+(`metrics.evaluate.FeatureExtractor`: `parallel.run_batched` with the platform's
+compiler options).
 
     python3 benchmarks/fvd_speed.py --batch 4 --rounds 3
 """
@@ -44,16 +46,18 @@ def main():
     ap.add_argument("--frames", type=int, default=16)
     ap.add_argument("--size", type=int, default=224, help="input frame size (resized to 224 inside)")
     ap.add_argument("--rounds", type=int, default=3)
+    ap.add_argument("--parallel", choices=("none", "mesh"), default="none",
+                    help="run_batched mode (mesh: split the batch over the devices)")
     ap.add_argument("--json", action="store_true")
     a = ap.parse_args()
 
     import jax
     import torch
     from cdfvd.third_party.i3d.utils import preprocess_i3d
-    from flax import nnx
 
     from bench import machine
     from ti2v_jax.metrics import i3d
+    from ti2v_jax.metrics.evaluate import FeatureExtractor
 
     torch.set_num_threads(os.cpu_count() or 1)
     torch.manual_seed(0)
@@ -64,16 +68,16 @@ def main():
     model = i3d.convert_state_dict({k: v.numpy() for k, v in net.state_dict().items()})
     clips = np.random.default_rng(0).integers(0, 256, (a.batch, a.frames, a.size, a.size, 3), dtype=np.uint8)
 
-    features = nnx.jit(i3d.fvd_features)
+    # What `ti2v-jax evaluate` runs: run_batched with the platform's compiler options.
+    features = FeatureExtractor(model, mode=a.parallel)
     t0 = time.perf_counter()
-    ours = np.asarray(features(model, clips))
+    ours = features(clips)
     first_call = time.perf_counter() - t0
 
     def run_jax():
         t = time.perf_counter()
-        out = features(model, clips)
-        jax.block_until_ready(out)
-        return time.perf_counter() - t, np.asarray(out)
+        out = features(clips)  # host numpy: waits for the device
+        return time.perf_counter() - t, out
 
     def run_torch():
         t = time.perf_counter()
@@ -89,7 +93,7 @@ def main():
         dt, ref = run_torch()
         times["torch"].append(dt)
     err = float(np.abs(ours - ref).max() / np.abs(ref).max())
-    res = {"machine": machine(), "jax_backend": jax.default_backend(), "torch": torch.__version__,
+    res = {"machine": machine(), "jax_backend": jax.default_backend(), "jax_devices": jax.device_count(), "torch": torch.__version__,
            "torch_threads": torch.get_num_threads(), "clip": f"{a.frames}x{a.size}x{a.size}", "batch": a.batch,
            "rounds": a.rounds, "jax_first_call_s": round(first_call, 2),
            "jax_clips_per_s": round(a.batch / statistics.median(times["jax"]), 3),

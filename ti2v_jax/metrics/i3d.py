@@ -66,6 +66,28 @@ def max_pool_same(x, kernel, stride):
     return jax.lax.reduce_window(x, -jnp.inf, jax.lax.max, (1, *kernel, 1), (1, *stride, 1), "VALID")
 
 
+def conv3d_same(x, kernel, stride):
+    """A 'SAME' 3-D convolution (B,T,H,W,C) x (kt,kh,kw,C,O), as kt 2-D convolutions summed.
+
+    XLA:CPU runs the I3D's 3-D convolutions 1.5-2.9x slower than the same sums of 2-D
+    convolutions over the frames (benchmarks/RESULTS.md, "FVD features"); the results are
+    the same up to float32 rounding. Time is padded as pytorch_i3d pads it, space by XLA's
+    'SAME', which is the same rule.
+    """
+    kt, st = kernel.shape[0], stride[0]
+    b, t = x.shape[:2]
+    out_t = -(-t // st)
+    x = jnp.pad(x, ((0, 0), _same_pads(t, kt, st), (0, 0), (0, 0), (0, 0)))
+    out = None
+    for dt in range(kt):
+        frames = x[:, dt:dt + (out_t - 1) * st + 1:st]
+        y = jax.lax.conv_general_dilated(frames.reshape((b * out_t,) + frames.shape[2:]), kernel[dt], stride[1:],
+                                         "SAME", dimension_numbers=("NHWC", "HWIO", "NHWC"))
+        y = y.reshape((b, out_t) + y.shape[1:])
+        out = y if out is None else out + y
+    return out
+
+
 class Unit3D(nnx.Module):
     """Conv3d ('SAME' padding, which equals pytorch_i3d's dynamic padding) + BatchNorm + ReLU."""
 
@@ -77,9 +99,13 @@ class Unit3D(nnx.Module):
         self.bn = nnx.BatchNorm(out_ch, epsilon=1e-5, use_running_average=True, dtype=jnp.float32,
                                 param_dtype=param_dtype, rngs=rngs) if bn else None
         self.relu = relu
+        self.stride, self.dtype = tuple(stride), dtype
 
     def __call__(self, x):
-        x = self.conv3d(x)
+        c = self.conv3d  # its parameters, in nnx.Conv's layout; the computation is conv3d_same's
+        x = conv3d_same(x.astype(self.dtype), c.kernel[...].astype(self.dtype), self.stride)
+        if c.bias is not None:
+            x = x + c.bias[...].astype(self.dtype)
         if self.bn is not None:
             x = self.bn(x.astype(jnp.float32)).astype(x.dtype)
         return jax.nn.relu(x) if self.relu else x
