@@ -29,7 +29,7 @@ TINY = {
                           ["optimize_before.gif", "optimize_after.gif"]),
     "sweep_schedules.py": (["--steps", "2", "--frames", "1", "--guidance", "3", "--resample", "1",
                             "--out", "{out}/sheet.png"], ["sheet.png"]),
-    "evaluate_sampler.py": (["--cases", "1", "--frames", "2", "--a", "steps=1,resample=0",
+    "evaluate_sampler.py": (["--cases", "1", "--frames", "3", "--a", "steps=1,resample=0",
                              "--b", "steps=1,resample=1"], []),
 }
 

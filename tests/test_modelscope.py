@@ -40,7 +40,8 @@ def _original(name):
     `modelscope` package would pull its heavy dependencies, these two files need only torch and einops."""
     spec = importlib.util.find_spec("modelscope")
     if spec is None or not spec.submodule_search_locations:
-        pytest.skip("modelscope is not installed (the README's reference line: pip install --no-deps modelscope)")
+        pytest.skip("modelscope is not installed (the README's reference line: pip install --no-deps ... "
+                    "modelscope==1.40.2)")
     path = Path(next(iter(spec.submodule_search_locations))) / "models" / "multi_modal" / "video_synthesis" / f"{name}.py"
     module_spec = importlib.util.spec_from_file_location(f"_modelscope_{name}_by_path", path)
     module = importlib.util.module_from_spec(module_spec)

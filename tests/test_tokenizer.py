@@ -58,7 +58,8 @@ def openclip():
     """open_clip/tokenizer.py loaded by path (skips when open_clip_torch is not installed)."""
     spec = importlib.util.find_spec("open_clip")
     if spec is None or not spec.submodule_search_locations:
-        pytest.skip("open_clip_torch is not installed (pip install --no-deps open_clip_torch)")
+        pytest.skip("open_clip_torch is not installed (the README's reference line: pip install --no-deps "
+                    "open_clip_torch==3.3.0 ...)")
     pytest.importorskip("torch", reason="open_clip's tokenizer.py imports torch")
     pytest.importorskip("ftfy", reason="open_clip's tokenizer.py imports ftfy")
     path = Path(next(iter(spec.submodule_search_locations))) / "tokenizer.py"
