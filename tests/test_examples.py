@@ -1,8 +1,8 @@
-"""Every examples/*.py runs, as a user would start it, with tiny settings (the quick tier).
+"""Every examples/*.py runs, as a user would start it, with tiny settings.
 
 Each runs in its own process on the shipped default model, with its own flags shrunk to
 one or two DDIM steps and new frames, writing into a scratch folder; the test checks the
-exit code and that the files it announces were written.
+exit code and that the files it announces were written. Two are in the slow tier (SLOW).
 """
 
 from __future__ import annotations
@@ -19,7 +19,7 @@ EXAMPLES = sorted(p.name for p in (ROOT / "examples").glob("*.py"))
 
 # example -> (tiny flags, the files it must write); "{out}" is the scratch folder.
 TINY = {
-    "image_to_video.py": (["--frames", "1", "--steps", "2", "--resample", "0", "--out", "{out}/v.gif"], ["v.gif"]),
+    "image_to_video.py": (["--frames", "1", "--steps", "1", "--resample", "0", "--out", "{out}/v.gif"], ["v.gif"]),
     "long_video.py": (["--frames", "2", "--steps", "1", "--resample", "0", "--slide", "latent",
                        "--out", "{out}/v.gif"], ["v.gif"]),
     "video_prediction.py": (["--given", "2", "--new", "1", "--steps", "1", "--out", "{out}/v.gif"], ["v.gif"]),
@@ -27,18 +27,23 @@ TINY = {
                         ["md_0_0.gif"]),
     "optimize_noise.py": (["--frames", "1", "--steps", "1", "--resample", "0", "--iters", "1", "--out", "{out}"],
                           ["optimize_before.gif", "optimize_after.gif"]),
-    "sweep_schedules.py": (["--steps", "2", "--frames", "1", "--guidance", "3", "--resample", "1",
+    "sweep_schedules.py": (["--steps", "1", "--frames", "1", "--guidance", "3", "--resample", "1",
                             "--out", "{out}/sheet.png"], ["sheet.png"]),
     "evaluate_sampler.py": (["--cases", "1", "--frames", "3", "--a", "steps=1,resample=0",
                              "--b", "steps=1,resample=1"], []),
 }
 
 
+# The two that compile most even when tiny (a gradient through the whole sampler; the batch
+# program twice, over a mesh and on one device) run in the slow tier.
+SLOW = {"optimize_noise.py", "many_devices.py"}
+
+
 def test_every_example_has_tiny_settings():
     assert sorted(TINY) == EXAMPLES
 
 
-@pytest.mark.parametrize("name", EXAMPLES)
+@pytest.mark.parametrize("name", [pytest.param(n, marks=pytest.mark.slow) if n in SLOW else n for n in EXAMPLES])
 def test_example_runs(name, tmp_path):
     flags, outputs = TINY[name]
     env = {**os.environ, "JAX_PLATFORMS": "cpu", "PYTHONPATH": str(ROOT)}
