@@ -7,6 +7,8 @@ to a central difference along a random direction; vmap: equal to the calls one b
 
 from __future__ import annotations
 
+import functools
+
 import jax
 import jax.numpy as jnp
 import numpy as np
@@ -87,11 +89,17 @@ def sweep(frames, ctx, uctx):
 SAMPLERS = [ti2v_zero_sample, ti2v_zero_frame, slide_frame, replacing_baseline_sample, t2v_sample, sweep]
 
 
+@functools.cache
+def _jitted(fn):
+    """One jitted function per sampler, shared by the tests below (one compile per input shape)."""
+    return jax.jit(fn)
+
+
 @pytest.mark.parametrize("fn", SAMPLERS, ids=lambda f: f.__name__)
 def test_jit(fn):
     args = _inputs()
     eager = fn(*args)
-    jitted = jax.jit(fn)(*args)
+    jitted = _jitted(fn)(*args)
     assert bool(jnp.isfinite(jitted).all())
     np.testing.assert_allclose(np.asarray(jitted), np.asarray(eager), atol=1e-5)
 
@@ -121,7 +129,7 @@ def test_vmap(fn):
     # vmap over a leading axis of batch-1 calls: 2 starts with their own contexts.
     mapped = jax.jit(jax.vmap(fn))(frames[:, None], ctx[:, None], uctx[:, None])
     for i in range(2):
-        one = jax.jit(fn)(frames[i:i + 1], ctx[i:i + 1], uctx[i:i + 1])
+        one = _jitted(fn)(frames[i:i + 1], ctx[i:i + 1], uctx[i:i + 1])
         np.testing.assert_allclose(np.asarray(mapped[i]), np.asarray(one), atol=1e-5)
 
 
@@ -133,4 +141,4 @@ def test_sweep_traced_rows_need_max_resample():
     with pytest.raises(ValueError, match="max_resample"):
         jax.jit(run)(ROWS)
     traced = jax.jit(lambda rows: run(rows, max_resample=1))(ROWS)
-    np.testing.assert_allclose(np.asarray(traced), np.asarray(sweep(frames, ctx, uctx)), atol=1e-5)
+    np.testing.assert_allclose(np.asarray(traced), np.asarray(_jitted(sweep)(frames, ctx, uctx)), atol=1e-5)
