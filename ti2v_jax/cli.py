@@ -18,6 +18,7 @@ import threading
 import time
 
 from ti2v_jax import settings as st
+from ti2v_jax.metrics import cli as metrics_cli
 
 DTYPES = ("float32", "bfloat16", "float16")
 # The settings plain text-to-video sampling uses.
@@ -181,6 +182,8 @@ def build_parser() -> argparse.ArgumentParser:
                    help="a setting and its values, e.g. resample=0,2,4 or inversion=on,off (repeatable)")
     s.add_argument("--grid-json", default=None, metavar="JSON",
                    help='the grid as JSON text or a .json file: {"resample": [0, 2], "guidance": [7.5, 9]}')
+    metrics_cli.add_evaluate(sub, _number)
+    metrics_cli.add_manifest(sub, _number)
     return parser
 
 
@@ -275,7 +278,8 @@ def _cmd_batch(a):
 
 
 COMMANDS = {"generate": _cmd_generate, "t2v": _cmd_t2v, "convert": _cmd_convert, "info": _cmd_info,
-            "verify": _cmd_verify, "make-tiny": _cmd_make_tiny, "batch": _cmd_batch, "sweep": _cmd_batch}
+            "verify": _cmd_verify, "make-tiny": _cmd_make_tiny, "batch": _cmd_batch, "sweep": _cmd_batch,
+            "evaluate": metrics_cli.run_evaluate, "manifest": metrics_cli.run_manifest}
 
 
 def _user_error(e: BaseException) -> bool:
