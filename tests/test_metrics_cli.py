@@ -129,6 +129,8 @@ def test_frame_metrics_and_reading(tmp_path, capsys):
     noisy = {cid: np.clip(v.astype(int) + 5, 0, 255).astype(np.uint8) for cid, v in vids.items()}
     _batch_folder(fake_dir, {cid: (v, {"prompt": "p"}) for cid, v in noisy.items()}, fmt="png")
     assert [c.id for c in videos.collect(fake_dir)] == ["v0", "v1", "v2"]
+    (real_dir / "notes.json").write_text("{}")  # not an item's metadata: still a folder of clips
+    assert [c.id for c in videos.collect(real_dir)] == ["v0", "v1", "v2"]
     assert cli.main(["evaluate", "--real", str(real_dir), "--fake", str(fake_dir), "--no-fvd", "--frame-metrics",
                      "--frames", "8", "--json", "--no-progress"]) == 0
     out = json.loads(capsys.readouterr().out)

@@ -46,8 +46,8 @@ def collect(src) -> list[Clip]:
     if p.is_file():
         clips = _from_manifest(p)
     else:
-        metas = sorted(p.glob("*.json"))
-        clips = _from_batch(p, metas) if metas else _from_folder(p)
+        # Batch output if any .json there is an item's metadata, else a folder of clips.
+        clips = _from_batch(p, sorted(p.glob("*.json"))) or _from_folder(p)
     if not clips:
         raise InputError(f"{p}: no clips found (expected .mp4/.gif files, frame folders, or batch output)")
     return sorted(clips, key=lambda c: c.id)
