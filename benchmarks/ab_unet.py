@@ -4,7 +4,7 @@
                                  [--xla-options package|none|both]
 
 `--xla-options`: a comma list of compiler option sets (`OPTION_SETS`), each a separate setting:
-`package` ti2v-jax's options (`ti2v_jax.xla_options`, the default), `none` XLA's defaults,
+`package` ti2v-jax's options (`ti2v_jax.platforms`, the default), `none` XLA's defaults,
 `ynn_conv` (CPU) YNNPACK for the convolutions too (ti2v-jax keeps them on XLA's own kernels,
 faster on the AMD EPYCs measured; an Intel Xeon is where this is worth timing); `both` is
 `package,none`.
@@ -29,7 +29,7 @@ sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 sys.path.insert(0, str(Path(__file__).resolve().parent))
 import configs  # noqa: E402
 from ti2v_jax.models.unet3d import UNet3DConditionModel  # noqa: E402
-from ti2v_jax.xla_options import compiler_options  # noqa: E402
+from ti2v_jax.platforms import compiler_options  # noqa: E402
 
 
 def unet_with(cfg: dict, dt, attention, like=None, **kw):
@@ -45,7 +45,7 @@ def unet_with(cfg: dict, dt, attention, like=None, **kw):
 
 _YNN = "xla_cpu_experimental_ynn_fusion_type"
 OPTION_SETS = {
-    "package": None,  # ti2v_jax.xla_options.compiler_options(), resolved by option_set
+    "package": None,  # ti2v_jax.platforms.compiler_options(), resolved by option_set
     "none": {},
     "ynn_conv": {_YNN: "LIBRARY_FUSION_TYPE_INDIVIDUAL_DOT,LIBRARY_FUSION_TYPE_REDUCE,"
                        "LIBRARY_FUSION_TYPE_INDIVIDUAL_CONVOLUTION"},

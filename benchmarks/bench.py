@@ -137,7 +137,7 @@ def count_flops(cfg_name: str) -> float:
 
 def attention_arg(name: str) -> str | None:
     """`--attention` as the models' `attention=`: "auto" is None (the platform's automatic
-    choice, `ti2v_jax.models.layers.AUTO_ATTENTION`: cuDNN on GPU, blocked on CPU)."""
+    choice, `ti2v_jax.platforms.PLATFORMS`: cuDNN on GPU, blocked on CPU)."""
     from ti2v_jax.models import layers
 
     return layers.check_attention(None if name in ("auto", "none", None) else name)
@@ -177,14 +177,14 @@ def jax_setup(args):
     from ti2v_jax.models import layers
     from ti2v_jax.sampling import schedule
     from ti2v_jax.sampling.ti2v_zero import pad_queue
-    from ti2v_jax.xla_options import compiler_options, jit
+    from ti2v_jax.platforms import attention_for, compiler_options, jit
 
     dev = jax.devices()[0]
     gpu = dev.platform == "gpu"
     dt = jnp.dtype(args.dtype)
     attn = attention_arg(args.attention)
     info = dict(impl="ti2v-jax", jax=jax.__version__, device=f"{dev.platform}: {dev.device_kind}",
-                dtype=dt.name, attention=f"{attn or 'automatic'} ({layers.platform_attention(attn, dev.platform)})",
+                dtype=dt.name, attention=f"{attn or 'automatic'} ({attention_for(attn, dev.platform)})",
                 compiler_options=compiler_options(dev.platform))
     sync = jax.block_until_ready
     t0 = time.perf_counter()
@@ -207,7 +207,7 @@ def jax_setup(args):
     fns = program_fns(comps, k, abar)  # the pipeline's (denoise, encode, decode) for params pp
     img = jax.random.uniform(jax.random.key(2), (1, 1, lat * scale, lat * scale, 3), jnp.float32, -1, 1)
     return types.SimpleNamespace(
-        jax=jax, jnp=jnp, sync=sync, jit=jit, layers=layers, schedule=schedule, dev=dev, gpu=gpu, dt=dt,
+        jax=jax, jnp=jnp, sync=sync, jit=jit, layers=layers, attention_for=attention_for, schedule=schedule, dev=dev, gpu=gpu, dt=dt,
         attn=attn, info=info, comps=comps, p=p, ucfg=ucfg, k=k, lat=lat, abar=abar, fns=fns, img=img,
         text=ctx_all[:1].astype(dt), empty=ctx_all[1:].astype(dt),
         # the start queue as the pipeline builds it: the image encoded once, then padded to K-1
@@ -263,7 +263,7 @@ def run_jax(args, out: dict, save):
     try:
         pair, out["pair_compile_s"] = jax_pair(s)
     except Exception as e:  # e.g. cuDNN rejecting a shape: rebuild with XLA attention, say so
-        if s.layers.platform_attention(s.attn, s.dev.platform) != "cudnn":
+        if s.attention_for(s.attn, s.dev.platform) != "cudnn":
             raise
         out["attention_fallback"] = f"{type(e).__name__}: {str(e)[:300]}"
         args.attention = "xla"

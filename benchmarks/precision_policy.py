@@ -41,7 +41,7 @@ def run_new(dtype):
         if hasattr(comps, "dtypes"):  # Components.dtypes: the compute dtype of each network
             comps = dataclasses.replace(comps, dtypes={**comps.dtypes, "unet": jnp.dtype(dtype)})
     abar = schedule.alphas_cumprod()
-    spec = programs.ProgramSpec.get(comps, K, abar)
+    spec = programs.ProgramSpec(comps, K, abar)
     frames = jnp.asarray(io.load_image(IMAGE, (32, 32))[None, None], jnp.float32)
     from ti2v_jax.tokenizer import tokenize
     ids = jnp.asarray(tokenize(comps.tokenizer, [PROMPT, ""]))

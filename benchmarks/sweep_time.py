@@ -40,7 +40,7 @@ a = ap.parse_args()
 
 comps = loading.load(DEFAULT_MODEL)
 K = 8
-spec = programs.ProgramSpec.get(comps, K, S.alphas_cumprod())
+spec = programs.ProgramSpec(comps, K, S.alphas_cumprod())
 ids = jnp.asarray(tokenize(comps.tokenizer, ["a red circle moving right", ""]))
 ctx = comps.text_encode(comps.params["text_encoder"], ids)
 half = a.steps // 2

@@ -44,7 +44,7 @@ a = p.parse_args()
 
 comps = loading.load(DEFAULT_MODEL)
 K, size = 8, 32
-spec = programs.ProgramSpec.get(comps, K, S.alphas_cumprod())
+spec = programs.ProgramSpec(comps, K, S.alphas_cumprod())
 ids = jnp.asarray(tokenize(comps.tokenizer, [a.prompt, ""]))
 ctx = comps.text_encode(comps.params["text_encoder"], ids)
 half = a.steps // 2

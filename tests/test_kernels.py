@@ -7,7 +7,7 @@ import numpy as np
 import pytest
 from flax import nnx
 
-from ti2v_jax import xla_options
+from ti2v_jax import platforms
 from ti2v_jax.models import layers, unet3d
 
 _REDUCTIONS = {"reduce_sum", "reduce_max", "reduce_min", "argmax", "cumsum", "cumlogsumexp", "cummax", "reduce_prod"}
@@ -150,10 +150,10 @@ def test_unet_with_pallas_attention_matches_xla():
 
 def test_platform_tables_name_every_platform():
     for platform in ("cpu", "gpu", "tpu"):
-        spec = xla_options.platform_defaults(platform)
-        assert spec["attention"] == layers.AUTO_ATTENTION[platform]
+        spec = platforms.platform_defaults(platform)
+        assert spec["attention"] == platforms.attention_for(None, platform)
         assert jnp.dtype(spec["dtype"]) in (jnp.float32, jnp.bfloat16)
-        assert xla_options.default_batch_size(platform) >= 1
-    assert xla_options.default_batch_size("cpu") == 1
-    assert xla_options.default_batch_size("gpu", device_memory_gib=80) <= xla_options.default_batch_size(
+        assert platforms.default_batch_size(platform) >= 1
+    assert platforms.default_batch_size("cpu") == 1
+    assert platforms.default_batch_size("gpu", device_memory_gib=80) <= platforms.default_batch_size(
         "gpu", device_memory_gib=141)

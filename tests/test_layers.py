@@ -5,7 +5,7 @@ import jax.numpy as jnp
 import numpy as np
 import pytest
 
-from ti2v_jax.models import layers
+from ti2v_jax.models import attention, layers
 
 
 def _reference(q, k, v, heads):
@@ -24,7 +24,7 @@ def _reference(q, k, v, heads):
 def test_cudnn_falls_back_where_it_cannot_run(heads, width, dtype):
     ks = jax.random.split(jax.random.key(0), 3)
     q, k, v = (jax.random.normal(kk, (2, n, width), jnp.float32) for kk, n in zip(ks, (7, 5, 5)))
-    assert layers.attention_kernel("cudnn", dtype=dtype, head_dim=width // heads, q_len=7, kv_len=5) == "xla"
+    assert attention.attention_kernel("cudnn", dtype=dtype, head_dim=width // heads, q_len=7, kv_len=5) == "xla"
     out = layers.attention(q.astype(dtype), k.astype(dtype), v.astype(dtype), heads, implementation="cudnn")
     ref = _reference(q.astype(dtype).astype(jnp.float32), k.astype(dtype).astype(jnp.float32),
                      v.astype(dtype).astype(jnp.float32), heads)
@@ -63,7 +63,7 @@ def test_map_in_blocks(items, per_item, budget, blocks):
 
 def test_cpu_attention_in_blocks_matches_reference(monkeypatch):
     """The blocked CPU attention, forced into several (padded) blocks, is the same attention."""
-    monkeypatch.setattr(layers, "_CPU_BLOCK_BYTES", 3 * 7 * 5 * 4 * 2)  # two items of 3 heads x 7 x 5 scores
+    monkeypatch.setattr(attention, "_CPU_BLOCK_BYTES", 3 * 7 * 5 * 4 * 2)  # two items of 3 heads x 7 x 5 scores
     ks = jax.random.split(jax.random.key(0), 3)
     q, k, v = (jax.random.normal(kk, (5, n, 12), jnp.float32) for kk, n in zip(ks, (7, 5, 5)))
     out = layers.attention(q, k, v, 3, implementation="blocked")
@@ -75,24 +75,29 @@ def test_cpu_attention_in_blocks_matches_reference(monkeypatch):
 
 
 def test_attention_choice_is_explicit():
-    """None is the platform's kernel (the blocked one on CPU); the blocked transformer layers follow
-    the attention choice; a causal call or a shape a kernel cannot take falls back to XLA; a
-    kernel for another platform, or an unknown name, is a one-line SettingsError."""
+    """None is the platform's kernel, resolved when a model is built for that platform (the
+    blocked one on CPU); the blocked transformer layers follow the attention choice; a causal
+    call or a shape a kernel cannot take falls back to XLA (recorded with the reason); a kernel
+    for another platform, or an unknown name, is a one-line SettingsError."""
+    from ti2v_jax import platforms
     from ti2v_jax.errors import SettingsError
 
     backend = jax.default_backend()
-    assert layers.platform_attention(None) == layers.AUTO_ATTENTION.get(backend, "xla")
-    assert layers.platform_attention(None, "gpu") == "cudnn" and layers.platform_attention(None, "tpu") == "pallas"
+    assert attention.resolve_attention(None) == platforms.PLATFORMS.get(backend, {"attention": "xla"})["attention"]
+    assert platforms.attention_for(None, "gpu") == "cudnn" and platforms.attention_for(None, "tpu") == "pallas"
+    assert platforms.attention_for("pallas", "tpu") == "pallas"
     assert layers.blocked_layers("blocked") and not layers.blocked_layers("xla")
     assert layers.blocked_layers(None) == (backend == "cpu")
     kw = dict(dtype=jnp.bfloat16, head_dim=64, q_len=1024, kv_len=1024)
-    assert layers.attention_kernel("blocked", **kw, is_causal=True) == "xla"
-    assert layers.attention_kernel("pallas_interpret", **{**kw, "kv_len": 77}) == "xla"
-    assert layers.attention_kernel("pallas_interpret", **kw) == "pallas_interpret"
-    if backend == "cpu":
-        for name in ("cudnn", "pallas"):
-            with pytest.raises(SettingsError, match=f"attention='{name}' needs"):
-                layers.attention_kernel(name, **kw)
+    with attention.record_kernels() as calls:
+        assert attention.attention_kernel("blocked", **kw, is_causal=True) == "xla"
+        assert attention.attention_kernel("pallas_interpret", **{**kw, "kv_len": 77}) == "xla"
+        assert attention.attention_kernel("pallas", **kw) == "pallas"  # no backend check: built for a TPU
+    assert [c["kernel"] for c in calls] == ["xla", "xla", "pallas"]
+    assert "causal" in calls[0]["fallback"] and "multiples of 128" in calls[1]["fallback"] and not calls[2]["fallback"]
+    for name, platform in (("cudnn", "cpu"), ("pallas", "cpu"), ("pallas", "gpu"), ("cudnn", "tpu")):
+        with pytest.raises(SettingsError, match=f"attention='{name}' needs a"):
+            platforms.attention_for(name, platform)
     with pytest.raises(SettingsError, match="'flash' is not an attention implementation"):
         layers.check_attention("flash")
 

@@ -361,7 +361,7 @@ def _default_model():
     from ti2v_jax.tokenizer import tokenize
 
     c = loading.load(DEFAULT_MODEL)
-    spec = programs.ProgramSpec.get(c, 8, S.alphas_cumprod())
+    spec = programs.ProgramSpec(c, 8, S.alphas_cumprod())
     ids = jnp.asarray(tokenize(c.tokenizer, ["a red circle moving right", ""]))
     ctx = c.text_encode(c.params["text_encoder"], ids)
     frames = jnp.asarray(io.load_image(ROOT / "examples" / "start_red_circle.png", (32, 32))[None, None])
@@ -479,7 +479,7 @@ def test_program_state_float32_with_bf16_unet():
     comps = dataclasses.replace(c32, unet=c16.unet, unet_apply=c16.unet_apply)
     if hasattr(comps, "dtypes"):  # Components.dtypes: the compute dtype of each network
         comps = dataclasses.replace(comps, dtypes={**comps.dtypes, "unet": jnp.dtype(jnp.bfloat16)})
-    spec = programs.ProgramSpec.get(comps, 8, S.alphas_cumprod())
+    spec = programs.ProgramSpec(comps, 8, S.alphas_cumprod())
     assert spec.dtypes["unet"] == jnp.bfloat16 and spec.dtypes["vae"] == jnp.float32
     b, steps = 1, 2
     fn = functools.partial(programs.ti2v_program, spec, num_new_frames=2, max_resample=1, guided=True,
@@ -513,6 +513,7 @@ def _toy_spec():
     spec.num_frames, spec.abar = K, S.alphas_cumprod()
     spec.dtypes = {"unet": jnp.dtype(jnp.float32), "vae": jnp.dtype(jnp.float32),
                    "text_encoder": jnp.dtype(jnp.float32)}
+    spec._key = id(spec)
     return spec
 
 

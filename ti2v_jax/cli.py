@@ -8,53 +8,17 @@ left behind. `--debug` (or TI2V_DEBUG=1) shows the traceback instead.
 
 from __future__ import annotations
 
+import argparse
+import json
+import logging
 import os
 import signal
 import sys
 import threading
+import time
 
-
-def _watch_interrupts() -> None:
-    """End the command on Ctrl-C at any moment with one line and status 130, never with a
-    KeyboardInterrupt: raised into the main thread it can land inside an import (jaxlib's
-    start-up then fails as an ImportError), a garbage-collector callback (printed as
-    "Exception ignored") or a teardown racing XLA's threads (SIGABRT). Python's handler
-    does nothing but wake, through `signal.set_wakeup_fd`, a thread that removes the
-    temporaries being written (`cleanup`), says so and ends the process with `os._exit`.
-    Outputs appear only by a rename once complete, so none is half-written."""
-    r, w = os.pipe()
-    os.set_blocking(w, False)
-    signal.signal(signal.SIGINT, lambda signum, frame: None)
-    signal.set_wakeup_fd(w, warn_on_full_buffer=False)
-
-    def watch():
-        while signal.SIGINT not in os.read(r, 64):
-            pass
-        try:  # ti2v_jax.cleanup not imported yet: nothing is being written
-            getattr(sys.modules.get("ti2v_jax.cleanup"), "remove_all", lambda: None)()
-        except Exception:  # noqa: BLE001 - best effort; the exit below must happen
-            pass
-        commands = globals().get("COMMANDS", {})  # not yet defined while the imports below run
-        prog = " ".join(["ti2v-jax"] + [c for c in sys.argv[1:] if c in commands][:1])
-        os.write(2, f"\n{prog}: interrupted; nothing was written for the unfinished output\n".encode())
-        os._exit(130)
-
-    threading.Thread(target=watch, daemon=True, name="ti2v-jax-interrupt").start()
-
-
-_COMMAND_LINE = __name__ == "__main__" or os.path.basename(sys.argv[0]) == "ti2v-jax"
-if _COMMAND_LINE:  # the command itself (console script or -m): Ctrl-C is honoured from here on, imports included
-    _watch_interrupts()
-
-import argparse  # noqa: E402
-import errno  # noqa: E402
-import json  # noqa: E402
-import logging  # noqa: E402
-import time  # noqa: E402
-import warnings  # noqa: E402
-
-from ti2v_jax import settings as st  # noqa: E402
-from ti2v_jax.metrics import cli as metrics_cli  # noqa: E402
+from ti2v_jax import settings as st
+from ti2v_jax.metrics import cli as metrics_cli
 
 DTYPES = ("float32", "bfloat16", "float16")
 # The settings plain text-to-video sampling uses.
@@ -104,6 +68,9 @@ def _add_model(p):
                         "model_index.json 'num_frames', else 16 as ModelScope)")
     p.add_argument("--no-verify", action="store_true",
                    help="skip checking the checkpoint's recorded file hashes")
+    p.add_argument("--executables", default=None, metavar="DIR",
+                   help="programs compiled ahead by `ti2v-jax plan --save-executables DIR`: used for the calls "
+                        "they were compiled for (else compiled, saying why)")
 
 
 def _add_output(p):
@@ -220,14 +187,81 @@ def build_parser() -> argparse.ArgumentParser:
                    help='the grid as JSON text or a .json file: {"resample": [0, 2], "guidance": [7.5, 9]}')
     metrics_cli.add_evaluate(sub, _number)
     metrics_cli.add_manifest(sub, _number)
+    _add_plan(sub)
     return parser
 
 
+def _add_plan(sub):
+    p = sub.add_parser("plan", help="compile ahead for a TPU topology, GPU or this CPU: memory per chip, the "
+                                    "largest batch that fits, FLOPs and a roofline bound per new frame",
+                       description="Compile the pipeline's program for a target from any host (nothing is "
+                                   "materialised; TPU topologies compile with libtpu on a CPU-only host) and "
+                                   "report per chip: memory, fit, FLOPs and bytes per new frame, and bounds (not "
+                                   "measurements) on time per new frame and videos per hour.")
+    p.add_argument("--target", required=True, metavar="NAME",
+                   help="a TPU topology (v5e:2x2, v5e:16x16, v6e:4x4, v5p:2x2x1, v4:2x2x1, ...), h100, h200 "
+                        "(need jax's CUDA plugin), or cpu")
+    g = p.add_mutually_exclusive_group()
+    g.add_argument("--model", default=None, metavar="DIR",
+                   help="a converted or diffusers-layout checkpoint whose configs give the shapes "
+                        "(default: the shipped default model)")
+    g.add_argument("--config", choices=("ms-1.7b",), default=None,
+                   help="the shipped configs of ModelScope text-to-video-ms-1.7b instead of a checkpoint")
+    p.add_argument("--dtype", choices=DTYPES, default=None,
+                   help="U-Net dtype (default: the target platform's, bfloat16 on TPU/GPU)")
+    p.add_argument("--vae-text-dtype", choices=DTYPES + ("same",), default="float32",
+                   help="VAE and text encoder (default float32)")
+    p.add_argument("--batch-per-chip", default="1", metavar="N|auto",
+                   help="videos per chip and call, or 'auto': the largest that fits, found by compiling")
+    p.add_argument("--num-frames", type=_number("--num-frames", int, 2), default=None, metavar="K",
+                   help="frames K the video model denoises at once (default: the checkpoint's, else 16)")
+    p.add_argument("--t2v", action="store_true", help="plan the text-to-video program instead of TI2V")
+    p.add_argument("--save-executables", default=None, metavar="DIR",
+                   help="serialise the compiled program into DIR for `ti2v-jax batch --executables DIR`")
+    p.add_argument("--json", action="store_true", help="print the report as JSON")
+    st.add_arguments(p.add_argument_group("sampler settings"))
+
+
+def _cmd_plan(a):
+    # Planning runs nothing on this host's accelerators: only its CPU is started (libtpu, where
+    # installed, is loaded by the topology description alone, and says nothing on a host without a TPU).
+    os.environ.setdefault("JAX_PLATFORMS", "cpu")
+    from ti2v_jax import plan, platforms
+    from ti2v_jax.errors import SettingsError
+
+    b = a.batch_per_chip
+    if b != "auto":
+        try:
+            b = int(b)
+        except ValueError:
+            raise SettingsError(f"--batch-per-chip must be a whole number or 'auto', got {b!r}") from None
+    target = plan.resolve_target(a.target)
+    if a.config == "ms-1.7b":
+        configs = plan.ms17b_configs()
+    else:
+        from ti2v_jax.pipeline import resolve_model
+        configs = plan.checkpoint_configs(resolve_model(a.model))
+    say = (lambda line: None) if a.json else (lambda line: print(f"ti2v-jax plan: {line}", file=sys.stderr))
+    report = plan.plan(target, configs=configs, dtype=a.dtype or platforms.platform_defaults(target.platform)["dtype"],
+                       vae_text_dtype=a.vae_text_dtype, batch_per_chip=b, num_frames=a.num_frames, t2v=a.t2v,
+                       settings=st.SamplerSettings(**st.from_args(a)), save_executables=a.save_executables,
+                       log=say)
+    print(json.dumps(report.as_dict(), indent=1, default=str) if a.json else report.text())
+    if report.fits is False:
+        raise SettingsError(f"{report.batch_per_chip} video(s) per chip do not fit a {report.chip}: "
+                            f"{report.resident_gib:.2f} GiB of {report.hbm_gib:g} GiB")
+
+
 def _load_pipeline(a):
+    import jax
+
     from ti2v_jax.pipeline import TI2VZeroPipeline
     aux = None if a.vae_text_dtype == "same" else a.vae_text_dtype
+    parallel = getattr(a, "parallel", "none")
+    # The weights go where the programs run, once: all devices for a mesh, the local ones for pmap.
+    devices = {"mesh": jax.devices, "pmap": jax.local_devices}.get(parallel, lambda: None)()
     return TI2VZeroPipeline.from_pretrained(a.model, dtype=a.dtype, vae_text_dtype=aux, num_frames=a.num_frames,
-                                            verify=not a.no_verify)
+                                            verify=not a.no_verify, devices=devices, executables=a.executables)
 
 
 def _cmd_convert(a):
@@ -315,24 +349,13 @@ def _cmd_batch(a):
 
 COMMANDS = {"generate": _cmd_generate, "t2v": _cmd_t2v, "convert": _cmd_convert, "info": _cmd_info,
             "verify": _cmd_verify, "make-tiny": _cmd_make_tiny, "batch": _cmd_batch, "sweep": _cmd_batch,
-            "evaluate": metrics_cli.run_evaluate, "manifest": metrics_cli.run_manifest}
-
-
-# Errors of the machine rather than of the code: a full disk, a missing or unwritable path.
-_ENVIRONMENT_ERRNOS = {errno.ENOSPC, errno.EDQUOT, errno.EACCES, errno.EPERM, errno.EROFS, errno.ENOENT,
-                       errno.ENOTDIR, errno.EISDIR, errno.EEXIST, errno.ENOTEMPTY, errno.ENAMETOOLONG,
-                       errno.EMFILE, errno.ENFILE, errno.EIO, errno.EBUSY, errno.ELOOP}
+            "evaluate": metrics_cli.run_evaluate, "manifest": metrics_cli.run_manifest, "plan": _cmd_plan}
 
 
 def _user_error(e: BaseException) -> bool:
-    """True for failures caused by the input or the environment, not by a bug: the
-    `ti2v_jax.errors` classes (what the code raises for what it was given), running out of
-    memory, and the operating system's refusals (disk full, permissions, missing paths).
-    Any other ValueError, TypeError, KeyError or OSError, ours or a library's, is a bug."""
+    """True for failures caused by the input or the environment, not by a bug."""
     from ti2v_jax.errors import TI2VError
-    if isinstance(e, (TI2VError, MemoryError)):
-        return True
-    if isinstance(e, OSError) and e.errno in _ENVIRONMENT_ERRNOS:
+    if isinstance(e, (TI2VError, OSError, ValueError, OverflowError, UnicodeError, MemoryError)):
         return True
     # XLA's out-of-memory error is a RuntimeError subclass with RESOURCE_EXHAUSTED in its text.
     return type(e).__name__ == "XlaRuntimeError" and "RESOURCE_EXHAUSTED" in str(e)
@@ -347,13 +370,35 @@ def _one_line(e: BaseException) -> str:
     return text if len(text) <= 500 else text[:497] + "..."
 
 
+_INTERRUPT_HANDLED = threading.Event()
 _INTERRUPTED = "interrupted; nothing was written for the unfinished output"
+
+
+def _watch_interrupts() -> None:
+    """Honour Ctrl-C while the main thread waits inside XLA (compiling or sampling), where
+    Python's own handler would run only once the whole program is done: a thread woken by
+    the signal gives the main thread a moment to handle it (it does whenever it runs Python,
+    e.g. while writing a file, and cleans up), else ends the process with status 130. No
+    output exists yet at that point: videos are written after sampling, atomically."""
+    r, w = os.pipe()
+    os.set_blocking(w, False)
+    signal.set_wakeup_fd(w, warn_on_full_buffer=False)
+
+    def watch():
+        while signal.SIGINT not in os.read(r, 64):
+            pass
+        if not _INTERRUPT_HANDLED.wait(2.0):
+            prog = " ".join(["ti2v-jax"] + [c for c in sys.argv[1:] if c in COMMANDS][:1])
+            sys.stderr.write(f"{prog}: {_INTERRUPTED}\n")
+            sys.stderr.flush()
+            os._exit(130)
+
+    threading.Thread(target=watch, daemon=True, name="ti2v-jax-interrupt").start()
 
 
 def console() -> int:
     """The `ti2v-jax` console entry point: `main()` with Ctrl-C honoured at any time."""
-    if not _COMMAND_LINE:  # called from elsewhere: install it now
-        _watch_interrupts()
+    _watch_interrupts()
     rc = main()
     if rc == 130:  # leave at once: XLA threads may still be compiling
         sys.stdout.flush()
@@ -362,31 +407,19 @@ def console() -> int:
     return rc
 
 
-def _warning_line(message, category, filename, lineno, file=None, line=None):
-    """Python warnings (ours, PIL's, ...) as one log line each, without the source location."""
-    logging.getLogger("ti2v_jax").warning("%s: %s", category.__name__, " ".join(str(message).split()))
-
-
 def main(argv=None) -> int:
     args = build_parser().parse_args(argv)
-    from ti2v_jax import env
-    from ti2v_jax.errors import SettingsError
-    try:  # every switch is read here first, so a misspelt value stops the command before any work
-        debug = [env.flag(name) for name in env.SWITCHES][env.SWITCHES.index(env.DEBUG)] or args.debug
-    except SettingsError as e:
-        print(f"ti2v-jax {args.command}: error: {e}", file=sys.stderr)
-        return 2
+    debug = args.debug or os.environ.get("TI2V_DEBUG", "0") not in ("", "0", "false", "False")
     logging.basicConfig(level=logging.WARNING, format="ti2v-jax: %(message)s")
     logging.getLogger("ti2v_jax").setLevel(logging.INFO)  # our notices; other libraries' warnings only
     prefix = f"ti2v-jax {args.command}"
     try:
-        with warnings.catch_warnings():
-            warnings.showwarning = _warning_line
-            return COMMANDS[args.command](args) or 0  # None: success
+        return COMMANDS[args.command](args) or 0  # None: success
     except BrokenPipeError:  # the reader went away (e.g. `| head`): nothing left to say
         os.dup2(os.open(os.devnull, os.O_WRONLY), sys.stdout.fileno())
         return 0
     except KeyboardInterrupt:
+        _INTERRUPT_HANDLED.set()
         if debug:
             raise
         print(f"{prefix}: {_INTERRUPTED}", file=sys.stderr)

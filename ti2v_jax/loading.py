@@ -29,9 +29,8 @@ import jax.numpy as jnp
 import numpy as np
 from flax import nnx
 
-from ti2v_jax import parallel
+from ti2v_jax import parallel, platforms
 from ti2v_jax.errors import CheckpointError, CheckpointNotFoundError, SettingsError
-from ti2v_jax.sampling import schedule
 from ti2v_jax.weights import checkpoint as ckpt
 from ti2v_jax.weights import convert
 from ti2v_jax.weights.checkpoint import (  # noqa: F401  (re-exported)
@@ -179,8 +178,9 @@ def load(directory, *, dtype=None, component_dtypes: dict | None = None, compone
     CheckpointNotFoundError). devices: where the parameters go, once: one device, or
     several (replicated over the "data" axis of `parallel.data_mesh(devices)`, the
     placement `parallel.run_batched` uses as is); default: the first device. attention:
-    the attention implementation the networks are built with (None: automatic per
-    platform). verify: check a converted checkpoint's files against its checksums.json
+    the attention implementation the networks are built with (None: the one
+    `platforms.PLATFORMS` names for the devices' platform; a kernel those devices cannot
+    run is a SettingsError). verify: check a converted checkpoint's files against its checksums.json
     first (also skipped with TI2V_NO_VERIFY=1); one without that record loads with a
     logged warning. diffusers and ModelScope directories are converted in memory (logged;
     `ti2v-jax convert` once to skip that).
@@ -190,11 +190,11 @@ def load(directory, *, dtype=None, component_dtypes: dict | None = None, compone
     """
     directory = Path(directory)
     fmt = detect_format(directory)
-    ckpt.check_index_fields(directory)
     components = tuple(components)
     unknown = sorted(set(components) - set(MODEL_COMPONENTS))
     if unknown:
         raise SettingsError(f"components names {unknown}; the networks are {', '.join(MODEL_COMPONENTS)}")
+    attention = platforms.attention_for(attention, platforms.platform_of(devices))
     sharding = parallel.replicated(devices)
     if fmt == "converted":
         ckpt.verify_for_loading(directory, components, verify=verify)
@@ -225,8 +225,6 @@ def load(directory, *, dtype=None, component_dtypes: dict | None = None, compone
             del c
         tok = convert.source_tokenizer(directory, fmt) if tokenizer else None
         sched = convert.source_scheduler_config(directory, fmt)
-    sched_file = "configuration.json" if fmt == "modelscope" else f"{SCHEDULER}/{SCHEDULER_CONFIG}"
-    schedule.scheduler_values(sched, where=str(directory / sched_file))
     return from_splits(splits, configs, tokenizer=tok, scheduler_config=sched, dtypes=dtypes)
 
 
@@ -274,10 +272,9 @@ def describe(directory) -> dict:
             path = (directory / name / ckpt.PARAMS).absolute()
             ckptr = ocp.StandardCheckpointer()
             try:
-                with ckpt.quiet_logger("absl"):  # orbax logs what the error below says
-                    item = ckptr.metadata(path).item_metadata
+                item = ckptr.metadata(path).item_metadata
                 if item is None:
-                    raise CheckpointError("orbax found no readable array metadata (_METADATA)")
+                    raise ValueError("orbax found no readable array metadata (_METADATA)")
                 meta = item.tree
             except MemoryError:
                 raise
@@ -307,3 +304,24 @@ def _summary(name, config, shapes_dtypes) -> dict:
     return {"class": COMPONENTS[name].class_name, "config": config,
             "num_params": int(sum(math.prod(s) for s, _ in shapes_dtypes)),
             "num_tensors": len(shapes_dtypes), "dtype": ",".join(dtypes)}
+
+
+def abstract_components(configs: dict, *, dtype="float32", component_dtypes: dict | None = None,
+                        attention: str | None = None, platform: str | None = None,
+                        scheduler_config: dict | None = None) -> Components:
+    """Components whose parameters are `jax.ShapeDtypeStruct`s: nothing is materialised.
+
+    configs: {name: config} of the networks (a converted checkpoint's or `MS17B_CONFIGS`'s);
+    dtypes as in `load`; the networks are built for `platform` (default: JAX's default
+    backend): its attention kernel unless `attention` says otherwise. For lowering and
+    compiling programs ahead of time (`ti2v_jax.plan`), never for running them.
+    """
+    attention = platforms.attention_for(attention, platform)
+    names = tuple(n for n in MODEL_COMPONENTS if n in configs)
+    dtypes = resolve_dtypes(dtype, component_dtypes, components=names)
+    splits = {}
+    for n in names:
+        model = ckpt.abstract_model(COMPONENTS[n], configs[n], dtype=dtypes[n], param_dtype=dtypes[n],
+                                    attention=attention, where=f"{n} config")
+        splits[n] = nnx.split(model, nnx.Param, ...)
+    return from_splits(splits, dict(configs), scheduler_config=scheduler_config, dtypes=dtypes)

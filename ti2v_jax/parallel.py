@@ -10,7 +10,7 @@
 - "pmap": `jax.pmap` over a (devices, per_device, ...) reshape of the batch.
 
 All three compile with ti2v-jax's compiler options for the devices' platform
-(`ti2v_jax.xla_options`), so they run the same kernels.
+(`ti2v_jax.platforms`), so they run the same kernels.
 
 The contract with `fn`: it takes batched arrays (leading axis = items) and
 every output item depends only on the same input item. In particular all
@@ -60,7 +60,7 @@ import numpy as np
 from jax.sharding import Mesh, NamedSharding
 from jax.sharding import PartitionSpec as P
 
-from ti2v_jax.xla_options import compiler_options, jit
+from ti2v_jax.platforms import compiler_options, jit
 
 MODES = ("none", "mesh", "pmap")
 _CACHE_SIZE = 32
@@ -132,6 +132,14 @@ def _place_leaves(tree, shardings, put):
     return jax.tree.unflatten(treedef, [x if _fits(x, s) else put(x, s) for x, s in zip(leaves, shardings)])
 
 
+def place(tree, sharding):
+    """`tree` laid out as `sharding` (leaves that already are stay as they are); across
+    processes each fills its own devices from its host copy."""
+    if sharding.is_fully_addressable:
+        return _place_leaves(tree, sharding, jax.device_put)
+    return _place_leaves(tree, sharding, lambda x, s: jax.make_array_from_process_local_data(s, _host(x)))
+
+
 def per_item_keys(seeds: Sequence[int], *, typed: bool = True, impl: str | None = None):
     """One PRNG key per seed: (B,) typed keys, or raw uint32 (B, 2) with typed=False.
 
@@ -146,7 +154,7 @@ def per_item_keys(seeds: Sequence[int], *, typed: bool = True, impl: str | None 
 
 
 def run_batched(fn: Callable, args, *, replicated: Any = None, mode: str = "none",
-                devices: Sequence[jax.Device] | None = None):
+                devices: Sequence[jax.Device] | None = None, saved=None):
     """`fn(*args)` (or `fn(replicated, *args)`) over a batch split across devices.
 
     args: a tuple of positional arguments (a single non-tuple is one argument),
@@ -170,27 +178,35 @@ def run_batched(fn: Callable, args, *, replicated: Any = None, mode: str = "none
     Returns `fn`'s outputs as jax arrays, batch axis first. "mesh" outputs are
     sharded along "data" when the batch divides the device count; trimming a
     padded batch gathers it (fine for videos, which go to the host anyway).
+
+    saved: an `executables.Executables` folder; a program saved there for exactly this call
+    (`fn`, shapes, devices, versions) runs instead of compiling ("none" and "mesh" modes).
     """
     return batched(fn, mode=mode, devices=devices, replicated=replicated is not None)(
-        *_as_tuple(args), replicated=replicated)
+        *_as_tuple(args), replicated=replicated, saved=saved)
 
 
-def batched(fn: Callable, *, mode: str = "none", devices=None, replicated: bool = False):
-    """The cached callable behind `run_batched`: `b(*args, replicated=...)`."""
+def batched(fn: Callable, *, mode: str = "none", devices=None, replicated: bool = False,
+            cache: OrderedDict | None = None, cache_size: int = _CACHE_SIZE):
+    """The cached callable behind `run_batched`: `b(*args, replicated=..., saved=...)`.
+
+    cache: the LRU to keep it in (default this module's, for `run_batched`; a pipeline passes
+    its own, so its programs live and die with it), at most `cache_size` entries."""
+    cache = _cache if cache is None else cache
     if mode not in MODES:
         raise ValueError(f"mode must be one of {MODES}, got {mode!r}")
     devs = None if devices is None else tuple(devices)
     if devs is not None and not devs:
         raise ValueError("devices is empty")
     key = (_fn_key(fn), mode, devs, replicated)
-    hit = _cache.get(key)
+    hit = cache.get(key)
     if hit is None:
         hit = _Batched(fn, mode, devs, replicated)
-        _cache[key] = hit
-        if len(_cache) > _CACHE_SIZE:
-            _cache.popitem(last=False)
+        cache[key] = hit
+        if len(cache) > cache_size:
+            cache.popitem(last=False)
     else:
-        _cache.move_to_end(key)
+        cache.move_to_end(key)
     return hit
 
 
@@ -230,6 +246,7 @@ class _Batched:
         self.pmap_options = compiler_options(platform) if mode == "pmap" else {}
         self.aot = OrderedDict()
         self.rep = _PlacedOnce()
+        self.saved = None
         if mode == "none":
             self.n = 1
             self.compiled = jit(body, platform=platform)
@@ -258,11 +275,14 @@ class _Batched:
             # partitioning the global program instead (GSPMD) let XLA pick other fusions and
             # moved results by a uint8 level on some CPUs), and trace-time choices that depend
             # on the batch size (e.g. `layers.map_in_blocks`) see the per-device size.
-            body = jax.shard_map(body, mesh=self.mesh, out_specs=P("data"),
+            # check_vma=False: Pallas kernels (the TPU flash attention) declare outputs without
+            # the mesh-varying type shard_map would check; each device's items stay its own.
+            body = jax.shard_map(body, mesh=self.mesh, out_specs=P("data"), check_vma=False,
                                  in_specs=(P(), P("data")) if replicated else (P("data"),))
             self.compiled = jit(body, platform=platform, out_shardings=self.data)
 
-    def __call__(self, *args, replicated=None):
+    def __call__(self, *args, replicated=None, saved=None):
+        self.saved = saved
         if self.has_rep != (replicated is not None):
             raise ValueError("this callable was built with" + ("" if self.has_rep else "out")
                              + " a replicated argument")
@@ -282,10 +302,22 @@ class _Batched:
             return jax.tree.map(lambda y: y.reshape((-1,) + tuple(y.shape[2:]))[:b], out)
         return self._call_mesh(replicated, args, b)
 
+    def program_devices(self) -> tuple:
+        """The devices the compiled program runs on, in its order."""
+        if self.mode == "mesh":
+            return tuple(self.mesh.devices.flat)
+        return (self.devices[0] if self.devices else jax.local_devices()[0],)
+
     def _call(self, replicated, args):
         a = (replicated, args) if self.has_rep else (args,)
         if self.mode != "pmap":
-            return self.compiled(*a)
+            program = None
+            if self.saved is not None:
+                from ti2v_jax.executables import program_key
+
+                devs = self.program_devices()
+                program = self.saved.get(program_key(fn=self.fn, params=replicated, args=args, devices=devs), devs)
+            return (program or self.compiled)(*a)
         # One ahead-of-time compilation of the pmap per input signature (as its own cache would).
         leaves, tree = jax.tree.flatten(a)
         key = (tree, tuple(jax.typeof(x) for x in leaves))

@@ -29,6 +29,7 @@ import json
 import logging
 import os
 import time
+from collections import OrderedDict
 from pathlib import Path
 
 import jax
@@ -38,15 +39,18 @@ import numpy as np
 from ti2v_jax import io, loading, programs
 from ti2v_jax import parallel as par
 from ti2v_jax.errors import CheckpointError, CheckpointNotFoundError, InputError, SettingsError
+from ti2v_jax.executables import Executables
 from ti2v_jax.sampling import schedule
 from ti2v_jax.settings import DEFAULT_NUM_NEW_FRAMES, SamplerSettings, parse_seed
+from ti2v_jax.platforms import jit
 from ti2v_jax.tokenizer import tokenize
-from ti2v_jax.xla_options import jit
 
 log = logging.getLogger(__name__)
 
 DEFAULT_MODEL = Path(__file__).resolve().parent / "assets" / "default_model"
 DEFAULT_NUM_FRAMES = 16  # ModelScope's K
+PROGRAM_CACHE_SIZE = 16  # compiled programs a pipeline keeps (one per static settings, mode and devices)
+# "np" and "pil" as in diffusers ("np": float32 in [0, 1] on the host); "jax": the same on the device.
 OUTPUT_TYPES = ("uint8", "np", "pil", "jax", "latent")
 
 
@@ -147,8 +151,13 @@ class TI2VZeroPipeline:
     """TI2V-Zero over loaded components (see `ti2v_jax.loading.Components`)."""
 
     def __init__(self, components: loading.Components, *, num_frames: int = DEFAULT_NUM_FRAMES, name: str = "",
-                 default_num_new_frames: int = DEFAULT_NUM_NEW_FRAMES, devices=None):
+                 default_num_new_frames: int = DEFAULT_NUM_NEW_FRAMES, devices=None, executables=None):
         self.components = components
+        # Compiled programs (at most PROGRAM_CACHE_SIZE, least recently used dropped) and the
+        # weights' placements, both owned by this pipeline and gone with it.
+        self._programs: OrderedDict = OrderedDict()
+        self._placements: dict = {}
+        self.executables = None if executables is None else Executables(executables)
         self.num_frames = int(num_frames)
         if self.num_frames < 2:
             raise SettingsError(f"num_frames must be >= 2, got {num_frames}")
@@ -174,12 +183,12 @@ class TI2VZeroPipeline:
             float(sched.get("beta_start", schedule.BETA_START)),
             float(sched.get("beta_end", schedule.BETA_END)))
         self._encode_text = jit(components.text_encode)
-        self._spec = programs.ProgramSpec.get(components, self.num_frames, self.abar)
+        self._spec = programs.ProgramSpec(components, self.num_frames, self.abar)
 
     @classmethod
     def from_pretrained(cls, path_or_repo_id=None, *, dtype="float32", vae_text_dtype="float32",
                         num_frames: int | None = None, devices=None, attention: str | None = None,
-                        verify: bool = True):
+                        verify: bool = True, executables=None):
         """Load a checkpoint: None (or "default") for the shipped default model, a converted,
         diffusers-layout or original ModelScope directory (the last two converted in memory),
         or a hub repo id (online only).
@@ -188,8 +197,10 @@ class TI2VZeroPipeline:
         VAE's and text encoder's (float32 by default; None: the same as `dtype`).
         devices: the devices to place the weights on once (default: the default device);
         give the devices you will run on with parallel="mesh"/"pmap".
-        attention: the attention kernel (None: chosen per platform). verify: check the
-        checkpoint's recorded file hashes.
+        attention: the attention kernel (None: the one `platforms.PLATFORMS` names for the
+        devices' platform). verify: check the checkpoint's recorded file hashes.
+        executables: a folder of programs compiled ahead (`ti2v-jax plan --save-executables`),
+        used for the calls they were compiled for; other calls compile (one logged line says why).
         """
         directory = resolve_model(path_or_repo_id)
         dtype = jnp.dtype(dtype)
@@ -201,7 +212,8 @@ class TI2VZeroPipeline:
         k = num_frames or int(index.get("num_frames", DEFAULT_NUM_FRAMES))
         n = int(index.get("num_new_frames", DEFAULT_NUM_NEW_FRAMES))  # a checkpoint may recommend its own N
         name = "default" if directory == DEFAULT_MODEL else str(path_or_repo_id)
-        return cls(comps, num_frames=k, name=name, default_num_new_frames=n, devices=devices)
+        return cls(comps, num_frames=k, name=name, default_num_new_frames=n, devices=devices,
+                   executables=executables)
 
     # ------------------------------------------------------------------ helpers
 
@@ -264,13 +276,29 @@ class TI2VZeroPipeline:
                                        num_new_frames=s.num_new_frames, dtype=self.dtype)
         resources.check_fits(est, (self.devices or jax.local_devices())[0])
 
+    def _placed(self, parallel_mode: str):
+        """The weights laid out as `parallel_mode`'s programs take them, placed once per pipeline
+        and layout (with `devices=` at load they already are: no copy is made)."""
+        if parallel_mode == "none":
+            return self.params
+        devices = self.devices or (jax.devices() if parallel_mode == "mesh" else jax.local_devices())
+        sharding = par.replicated(devices)
+        key = (parallel_mode, tuple(devices))
+        if key not in self._placements:
+            self._placements[key] = par.place(self.params, sharding)
+        return self._placements[key]
+
     def _run(self, program, static: dict, args, parallel_mode, total: int, unit: str, progress, params=None):
         """Run `program` over the batch. `progress`: None/False, True (a bar) or callback(done, total).
         Without progress reporting the outputs come back as soon as the work is queued (JAX's
         asynchronous dispatch); with it, once done (the reports belong to this call)."""
-        # A partial of (program, spec, hashable static settings): `parallel` keys its compiled
-        # programs on exactly that, and equal pipelines share one spec.
+        # A partial of (program, spec, hashable static settings): the pipeline's program cache
+        # is keyed on exactly that (and the parallel mode and devices).
+        if self.executables is not None:  # saved programs have no progress callback (`programs._reporter`)
+            static = dict(static, report=False)
         fn = functools.partial(program, self._spec, **static)
+        run = par.batched(fn, mode=parallel_mode, devices=self.devices, replicated=True, cache=self._programs,
+                          cache_size=PROGRAM_CACHE_SIZE)
         bar = None
         if progress is True:
             bar, progress = _bar_callback(total, unit)
@@ -278,8 +306,11 @@ class TI2VZeroPipeline:
         try:
             with scope as ticket:
                 ticket_arr = jnp.full((args[0].shape[0],), ticket, jnp.int32)
-                out = par.run_batched(fn, args + (ticket_arr,), replicated=self.params if params is None else params,
-                                      mode=parallel_mode, devices=self.devices)
+                weights = self._placed(parallel_mode) if params is None else params
+                out = run(*args, ticket_arr, replicated=weights, saved=self.executables)
+                if progress and self.executables is not None:  # the program reports nothing itself
+                    out = jax.block_until_ready(out)
+                    progress(total, total)
                 return jax.block_until_ready(out) if progress else out
         finally:
             if bar is not None:
@@ -374,9 +405,7 @@ class TI2VZeroPipeline:
         ctx, uncond = self.contexts(prompts, params)
         timesteps = np.broadcast_to(schedule.ddim_timesteps(s.steps), (n_items, s.steps))
         sched = {k: np.stack([it.per_step(k) for it in items]) for k in ("guidance", "eta", "resample")}
-        static = dict(num_new_frames=s.num_new_frames, max_resample=s.max_resample,
-                      guided=any(it.guided for it in items), stochastic=any(it.stochastic for it in items),
-                      inversion=s.inversion, slide=s.slide, baseline=s.baseline)
+        static = programs.ti2v_static(items)
         args = (keys, jnp.asarray(frames, jnp.float32), ctx, uncond, jnp.asarray(timesteps),
                 jnp.asarray(sched["guidance"]), jnp.asarray(sched["eta"]), jnp.asarray(sched["resample"]))
         total = s.steps if s.baseline else s.num_new_frames
@@ -406,8 +435,7 @@ class TI2VZeroPipeline:
         keys = self._keys(seed, key, len(prompts))
         timesteps = np.broadcast_to(schedule.ddim_timesteps(s.steps), (len(prompts), s.steps))
         sched = {k: np.stack([it.per_step(k) for it in items]) for k in ("guidance", "eta")}
-        static = dict(latent_shape=(f, s.height // self.vae_scale, s.width // self.vae_scale, self.latent_channels),
-                      guided=any(it.guided for it in items), stochastic=any(it.stochastic for it in items))
+        static = programs.t2v_static(items, f, self.vae_scale, self.latent_channels)
         args = (keys, ctx, uncond, jnp.asarray(timesteps), jnp.asarray(sched["guidance"]), jnp.asarray(sched["eta"]))
         latents, frames = self._run(programs.t2v_program, static, args, parallel, s.steps, "DDIM steps", progress,
                                     params)

@@ -27,7 +27,7 @@ Precision policy (one place): everything between network calls is float32 (the s
 state, both queues, q_sample, DDIM, push-back, replacement); each network gets its inputs
 cast to its own compute dtype at the call boundary and returns float32 (`ProgramSpec.fns`).
 
-Progress: `with progress(callback) as ticket:` registers `callback(done, total)` for the
+Progress (static `report=True`, the default): `with progress(callback) as ticket:` registers `callback(done, total)` for the
 duration of a call and yields an int ticket, which the caller puts in the `ticket` array
 (one value for every item). The programs call one fixed host function (`_report`, through
 `jax.debug.callback`) after each new frame (TI2V) or DDIM step (T2V, baseline); it
@@ -87,8 +87,13 @@ def _report(ticket, done, total, _after):
     callback(done, int(np.asarray(total)))
 
 
-def _reporter(ticket, total):
-    """on_frame/on_step hook: report `i + 1` of `total` once `out` is computed."""
+def _reporter(ticket, total, report=True):
+    """on_frame/on_step hook: report `i + 1` of `total` once `out` is computed. None where
+    `report` is False: a program without the host callback (which cannot be serialised:
+    `executables` saves such programs, and the pipeline then reports once per call)."""
+    if not report:
+        return None
+
     def hook(i, out):
         # One element of the output rides along so the report waits for it.
         after = jax.tree.leaves(out)[0].reshape(-1)[:1]
@@ -105,33 +110,34 @@ def component_dtypes(components) -> dict:
 
 
 class ProgramSpec:
-    """What a compiled program needs from a pipeline, without its weights.
+    """What a compiled program needs from a pipeline, without its weights: the pure network
+    functions, their dtypes, K and the noise schedule.
 
-    Weights enter the programs as arguments; this holds the pure network functions, their
-    dtypes and the static settings. Pipelines with equal networks, dtypes and settings share
-    one spec (see `get`), hence one set of compiled programs.
+    Weights enter the programs as arguments. A spec is hashable, and specs of equal networks
+    (graphs, so configs and kernels), dtypes, K and schedules are equal, so a compiled
+    program is keyed on what it computes, not on which pipeline asked (an unhashable graph
+    falls back to identity: no sharing, still correct).
     """
-
-    _cache: dict = {}
 
     def __init__(self, components, num_frames, abar):
         self.unet_apply, self.vae_encode, self.vae_decode = (components.unet_apply, components.vae_encode,
                                                              components.vae_decode)
         self.num_frames, self.abar = int(num_frames), abar
         self.dtypes = component_dtypes(components)
-
-    @classmethod
-    def get(cls, components, num_frames, abar):
-        dtypes = component_dtypes(components)
-        key = (components.unet[0], components.vae[0], components.configs["vae"].get("scaling_factor"),
-               int(num_frames), tuple(dtypes[n].name for n in NETWORKS), np.asarray(abar).tobytes())
+        self.graphdefs = {n: getattr(components, n)[0] for n in ("unet", "vae")}
+        key = (self.graphdefs["unet"], self.graphdefs["vae"], components.configs["vae"].get("scaling_factor"),
+               self.num_frames, tuple(self.dtypes[n].name for n in NETWORKS), np.asarray(abar).tobytes())
         try:
             hash(key)
-        except TypeError:  # an unhashable graph: no sharing, still correct
-            return cls(components, num_frames, abar)
-        if key not in cls._cache:
-            cls._cache[key] = cls(components, num_frames, abar)
-        return cls._cache[key]
+        except TypeError:
+            key = id(self)
+        self._key = key
+
+    def __eq__(self, other):
+        return isinstance(other, ProgramSpec) and self._key == other._key
+
+    def __hash__(self):
+        return hash(self._key)
 
     def fns(self, p):
         """(denoise, encode, decode) on the weights `p`, casting at the call boundary: inputs to
@@ -152,9 +158,24 @@ class ProgramSpec:
 
 # ------------------------------------------------------------------ the programs
 
+def ti2v_static(items) -> dict:
+    """`ti2v_program`'s static settings for a batch of `SamplerSettings` (equal `static_key`s)."""
+    s = items[0]
+    return dict(num_new_frames=s.num_new_frames, max_resample=s.max_resample,
+                guided=any(it.guided for it in items), stochastic=any(it.stochastic for it in items),
+                inversion=s.inversion, slide=s.slide, baseline=s.baseline)
+
+
+def t2v_static(items, num_frames: int, vae_scale: int, latent_channels: int) -> dict:
+    """`t2v_program`'s static settings for a batch of `SamplerSettings` making `num_frames` frames."""
+    s = items[0]
+    return dict(latent_shape=(int(num_frames), s.height // vae_scale, s.width // vae_scale, latent_channels),
+                guided=any(it.guided for it in items), stochastic=any(it.stochastic for it in items))
+
+
 def ti2v_program(spec, p, keys, frames, ctx, uncond, timesteps, guidance, eta, resample, ticket, *,
                  num_new_frames, max_resample, guided, stochastic, inversion, slide, baseline, remat=False,
-                 skip_passes=False):
+                 skip_passes=False, report=True):
     """TI2V-Zero (or the replacing baseline) on a batch; see the module docstring."""
     denoise, encode, decode = spec.fns(p)
     guided_fn = cfg_denoiser(denoise, ctx, uncond, guided=guided)
@@ -166,23 +187,23 @@ def ti2v_program(spec, p, keys, frames, ctx, uncond, timesteps, guidance, eta, r
         lat = encode(frames[:, -1:])[:, 0]
         x = replacing_baseline_sample(keys, guided_fn, lat, num_frames=spec.num_frames, timesteps=ts,
                                       guidance=g, eta=e, abar=spec.abar, remat=remat,
-                                      on_step=_reporter(ticket, ts.shape[0]))
+                                      on_step=_reporter(ticket, ts.shape[0], report))
         return x[:, 1:], decode(x)[:, 1:]
     r = resample if max_resample > 0 else 0
     return ti2v_zero_sample(keys, guided_fn, encode, decode, frames, num_frames=spec.num_frames,
                             num_new_frames=num_new_frames, timesteps=ts, guidance=g, resample=r,
                             max_resample=max_resample, eta=e, ddpm_inversion=inversion, slide=slide,
                             abar=spec.abar, remat=remat, skip_passes=skip_passes,
-                            on_frame=_reporter(ticket, num_new_frames))
+                            on_frame=_reporter(ticket, num_new_frames, report))
 
 
 def t2v_program(spec, p, keys, ctx, uncond, timesteps, guidance, eta, ticket, *, latent_shape, guided,
-                stochastic):
+                stochastic, report=True):
     """Plain text-to-video DDIM on a batch; see the module docstring."""
     denoise, _, decode = spec.fns(p)
     guided_fn = cfg_denoiser(denoise, ctx, uncond, guided=guided)
     ts = timesteps[0]
     x_t = schedule.normal(schedule.fold(keys, 0), latent_shape, jnp.float32)
     x = t2v_sample(keys, guided_fn, x_t, timesteps=ts, guidance=guidance if guided else 1.0,
-                   eta=eta if stochastic else 0.0, abar=spec.abar, on_step=_reporter(ticket, ts.shape[0]))
+                   eta=eta if stochastic else 0.0, abar=spec.abar, on_step=_reporter(ticket, ts.shape[0], report))
     return x, decode(x)

@@ -7,7 +7,7 @@ latent-slide frame program, interleaved.
 First run on an H200 (2026-11-27, benchmarks/RESULTS.md): command buffers over the scans'
 loops changed nothing, XLA's attention was 2% slower than cuDNN's, and turning Triton's
 matrix-product fusions off was 2.5% faster, now the package default on GPU
-(`ti2v_jax.xla_options`); `--profile` then sums the device kernels of the first set's program.
+(`ti2v_jax.platforms`); `--profile` then sums the device kernels of the first set's program.
 Each option set compiles the frame program once
 (`sampling.ti2v_zero_frame` on a random-weight U-Net built in JAX: no checkpoint, no VAE,
 no PyTorch) with `jax.jit(..., compiler_options=...)`; the rounds then time every set in
@@ -38,16 +38,16 @@ from profile_unet import kernel_profile  # noqa: E402  (this script's own folder
 
 from ti2v_jax.sampling import schedule  # noqa: E402
 from ti2v_jax.sampling.ti2v_zero import ti2v_zero_frame  # noqa: E402
-from ti2v_jax.xla_options import compiler_options  # noqa: E402
+from ti2v_jax.platforms import compiler_options  # noqa: E402
 
 _CMDBUF = "xla_gpu_enable_command_buffer"
-# name -> options added to ti2v-jax's own for the platform (`xla_options.compiler_options`)
+# name -> options added to ti2v-jax's own for the platform (`platforms.compiler_options`)
 SETS = {
     "default": {},
     # XLA's default command-buffer kinds plus the loops and conditionals of the scans
     "cmdbuf_loops": {_CMDBUF: "FUSION,CUBLAS,CUBLASLT,CUSTOM_CALL,CUDNN,WHILE,CONDITIONAL"},
     "no_cmdbuf": {_CMDBUF: ""},  # what command buffers bring at all
-    # ti2v-jax turns Triton's matrix-product fusions off on GPU (`xla_options`): this puts them back
+    # ti2v-jax turns Triton's matrix-product fusions off on GPU (`platforms`): this puts them back
     "triton_gemm": {"xla_gpu_enable_triton_gemm": True},
     "cublaslt": {"xla_gpu_enable_cublaslt": True},  # cuBLASLt, with its epilogue fusions
     "cudnn_gemm_fusion": {"xla_gpu_cudnn_gemm_fusion_level": 2},  # cuDNN for fused products

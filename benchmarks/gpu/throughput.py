@@ -7,7 +7,7 @@
 One program per B, the same program for every B (`sampling.slide_frame`: S(R+1) guided
 U-Net pairs at batch B, then for the pixel slide one decode and one encode per video), on
 random weights built in JAX (timing only: no checkpoint, no PyTorch), with the platform's
-automatic attention (`layers.AUTO_ATTENTION`) unless --attention says otherwise. Per B:
+automatic attention (`platforms.PLATFORMS`) unless --attention says otherwise. Per B:
 compile time, first run (reported apart), the median of --runs timed runs, and from it
 seconds per new frame of each video (the call), new frames per second per chip (B / call),
 model FLOPs utilisation (B x S(R+1) x 2 passes x FLOPs per pass / call / chip peak; peak
@@ -42,12 +42,11 @@ from ab_options import SETS  # noqa: E402
 from bench import Report, attention_arg, count_flops, machine, sampler_call  # noqa: E402
 from profile_unet import kernel_profile  # noqa: E402
 
-from ti2v_jax.models import layers  # noqa: E402
 from ti2v_jax.models.unet3d import UNet3DConditionModel  # noqa: E402
 from ti2v_jax.models.vae import AutoencoderKL  # noqa: E402
 from ti2v_jax.sampling import schedule  # noqa: E402
 from ti2v_jax.sampling.ti2v_zero import slide_frame  # noqa: E402
-from ti2v_jax.xla_options import compiler_options  # noqa: E402
+from ti2v_jax.platforms import attention_for, compiler_options  # noqa: E402
 
 PEAK_TFLOPS = {"H100": 989.0, "H200": 989.0}  # dense bf16, SXM datasheets
 
@@ -151,7 +150,7 @@ def main():
     say(f"throughput: config {a.config}, U-Net {dt.name}, VAE {vae_dt.name}, K={a.frames}, S={a.steps}, "
         f"R={a.resample} ({pairs} guidance pairs per new frame), {a.slide} slide; device {dev.device_kind} "
         f"({dev.platform}), attention {attention or 'automatic'} "
-        f"({layers.platform_attention(attention, dev.platform)}), jax {jax.__version__}, options {opts}")
+        f"({attention_for(attention, dev.platform)}), jax {jax.__version__}, options {opts}")
     say(f"machine: {machine()}; date {time.strftime('%Y-%m-%dT%H:%M:%S')}; command: python {' '.join(sys.argv)}")
     say(f"U-Net model FLOPs per pass (batch 1, K=16): {flops / 1e12:.3f} TFLOP; chip peak: {peak or '-'} TFLOP/s")
 
@@ -295,7 +294,7 @@ def main():
         say.write(a.out, f"throughput_{tag}.txt")
         (Path(a.out) / f"throughput_{tag}.json").write_text(json.dumps(dict(
             config=a.config, dtype=dt.name, vae_dtype=vae_dt.name, device=dev.device_kind, platform=dev.platform,
-            attention=layers.platform_attention(attention, dev.platform), steps=a.steps, resample=a.resample,
+            attention=attention_for(attention, dev.platform), steps=a.steps, resample=a.resample,
             pairs_per_frame=pairs, slide=a.slide, flops_per_pass=flops, peak_tflops=peak, options=opts,
             rows=rows, ab=ab, machine=machine(), command="python " + " ".join(sys.argv)), indent=1, default=str))
 

@@ -12,7 +12,7 @@ import jax
 import jax.numpy as jnp
 from flax import nnx
 
-from .layers import LayerNorm, attention, check_attention, gelu, linear
+from .layers import LayerNorm, attention, resolve_attention, gelu, linear
 
 # transformers >= 5 saves CLIPTextModel without the `text_model.` prefix; older
 # checkpoints (ModelScope's, transformers 4.27) have it. Our module keeps it.
@@ -45,7 +45,7 @@ class CLIPAttention(nnx.Module):
             raise ValueError(f"hidden_size={dim} is not divisible by num_attention_heads={heads}")
         kw = dict(dtype=dtype, param_dtype=param_dtype, rngs=rngs)
         self.heads = heads
-        self.attention = check_attention(attention)
+        attention = self.attention = resolve_attention(attention)
         self.k_proj = linear(dim, dim, **kw)
         self.v_proj = linear(dim, dim, **kw)
         self.q_proj = linear(dim, dim, **kw)
@@ -146,7 +146,7 @@ class CLIPTextModel(nnx.Module):
         rngs = rngs if rngs is not None else nnx.Rngs(0)
         cfg = _text_config(config)
         self.hidden_size = cfg["hidden_size"]
-        self.attention = check_attention(attention)
+        attention = self.attention = resolve_attention(attention)
         self.text_model = CLIPTextTransformer(cfg, attention=attention, dtype=dtype, param_dtype=param_dtype,
                                               rngs=rngs)
 

@@ -25,7 +25,7 @@ import jax.numpy as jnp
 import numpy as np
 from flax import nnx
 
-from ti2v_jax.models.layers import GroupNorm, check_attention, check_group_norm, conv, linear
+from ti2v_jax.models.layers import GroupNorm, resolve_attention, check_group_norm, conv, linear
 from ti2v_jax.models.unet3d_blocks import DownBlock3D, TransformerTemporalModel, UNetMidBlock3DCrossAttn, UpBlock3D
 
 # For the converter: diffusers' UNet3D checkpoints need no renaming and hold no buffers.
@@ -147,7 +147,7 @@ class UNet3DConditionModel(nnx.Module):
                  group_norm: str = "two_pass", rngs: nnx.Rngs = None):
         rngs = _building_rngs(rngs if rngs is not None else nnx.Rngs(0))
         c = parse_config(config)
-        self.attention = check_attention(attention)
+        attention = self.attention = resolve_attention(attention)
         self.group_norm = check_group_norm(group_norm)
         # Plain static attributes (a dict would make the graphdef unhashable for jit).
         self.in_channels, self.out_channels = c["in_channels"], c["out_channels"]

@@ -14,7 +14,7 @@ import jax.numpy as jnp
 from flax import nnx
 
 from ti2v_jax.models.layers import (Attention, Downsample2D, FeedForward, GroupNorm, LayerNorm, ResnetBlock2D,
-                                    Upsample2D, blocked_layers, check_attention, conv, linear,
+                                    Upsample2D, blocked_layers, resolve_attention, conv, linear,
                                     map_in_blocks)
 
 
@@ -132,7 +132,7 @@ class Transformer2DModel(nnx.Module):
                  dtype=jnp.float32, param_dtype=jnp.float32, rngs: nnx.Rngs):
         kw = dict(dtype=dtype, param_dtype=param_dtype, rngs=rngs)
         inner = num_attention_heads * attention_head_dim
-        self.attention = check_attention(attention)
+        attention = self.attention = resolve_attention(attention)
         self.norm = GroupNorm(norm_num_groups, in_channels, 1e-6, **kw)
         self.proj_in = linear(in_channels, inner, **kw)
         self.transformer_blocks = nnx.List([
@@ -177,7 +177,7 @@ class TransformerTemporalModel(nnx.Module):
                  param_dtype=jnp.float32, rngs: nnx.Rngs):
         kw = dict(dtype=dtype, param_dtype=param_dtype, rngs=rngs)
         inner = num_attention_heads * attention_head_dim
-        self.attention = check_attention(attention)
+        attention = self.attention = resolve_attention(attention)
         self.norm = GroupNorm(norm_num_groups, in_channels, 1e-6, **kw)
         self.proj_in = linear(in_channels, inner, **kw)
         self.transformer_blocks = nnx.List([

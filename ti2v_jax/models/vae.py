@@ -13,7 +13,7 @@ import jax
 import jax.numpy as jnp
 from flax import nnx
 
-from .layers import Attention, Downsample2D, GroupNorm, ResnetBlock2D, Upsample2D, check_attention, conv
+from .layers import Attention, Downsample2D, GroupNorm, ResnetBlock2D, Upsample2D, resolve_attention, conv
 
 # diffusers < 0.16 (the real ModelScope VAE was saved by 0.15) named the mid-block
 # attention's projections query/key/value/proj_attn; diffusers renames them on load
@@ -173,7 +173,7 @@ class AutoencoderKL(nnx.Module):
                  rngs: nnx.Rngs = None):
         rngs = rngs if rngs is not None else nnx.Rngs(0)
         cfg = _vae_config(config)
-        self.attention = check_attention(attention)
+        attention = self.attention = resolve_attention(attention)
         kw = dict(dtype=dtype, param_dtype=param_dtype, rngs=rngs)
         lc = cfg["latent_channels"]
         self.scaling_factor = float(cfg["scaling_factor"])

@@ -1,0 +1,231 @@
+"""Compiling ahead for a target that is not the host (`ti2v_jax.plan`, `ti2v-jax plan`), saved
+executables (`ti2v_jax.executables`), and weights placed once per pipeline.
+
+TPU targets compile with libtpu on this CPU-only host (`pip install 'jax[tpu]'`, the README's
+install block); without libtpu those tests skip, saying so."""
+
+import json
+import os
+import subprocess
+import sys
+import textwrap
+from pathlib import Path
+
+import jax
+import jax.numpy as jnp
+import numpy as np
+import pytest
+
+from ti2v_jax import plan, platforms
+from ti2v_jax.errors import SettingsError
+from ti2v_jax.models import attention
+from ti2v_jax.pipeline import DEFAULT_MODEL
+from ti2v_jax.settings import SamplerSettings
+
+ROOT = Path(__file__).resolve().parents[1]
+
+try:
+    import libtpu  # noqa: F401
+    HAVE_LIBTPU = True
+except ImportError:
+    HAVE_LIBTPU = False
+needs_libtpu = pytest.mark.skipif(not HAVE_LIBTPU, reason="libtpu is not installed (pip install 'jax[tpu]')")
+
+
+def _env(**extra):
+    return {**os.environ, "PYTHONPATH": str(ROOT), "JAX_PLATFORMS": "cpu", "TI2V_DEBUG": "0", **extra}
+
+
+def _cli(*args, env=None):
+    return subprocess.run([sys.executable, "-m", "ti2v_jax.cli", *args], capture_output=True, text=True,
+                          env=env or _env(), timeout=600)
+
+
+@needs_libtpu
+def test_pallas_attention_compiles_for_a_tpu_mesh_from_this_cpu():
+    """The Pallas TPU flash kernel lowered by Mosaic for a v5e mesh, inside the shard_map the
+    "mesh" mode runs (a plain jit cannot partition a Mosaic kernel); shapes it cannot take fall
+    back to XLA with the reason recorded."""
+    from jax.sharding import Mesh, NamedSharding
+    from jax.sharding import PartitionSpec as P
+
+    target = plan.resolve_target("v5e:2x2")
+    assert target.platform == "tpu" and target.chips == 4 and target.chip.hbm_gib == 16
+    mesh = Mesh(np.array(target.devices), ("data",))
+    data = NamedSharding(mesh, P("data"))
+
+    def f(q, kv):
+        return attention.attention(q, q, q, 2, implementation="pallas") + \
+            attention.attention(q, kv, kv, 2, implementation="pallas").sum()
+
+    body = jax.shard_map(f, mesh=mesh, in_specs=(P("data"), P("data")), out_specs=P("data"), check_vma=False)
+    q = jax.ShapeDtypeStruct((8, 256, 128), jnp.bfloat16, sharding=data)
+    kv = jax.ShapeDtypeStruct((8, 77, 128), jnp.bfloat16, sharding=data)
+    with attention.record_kernels() as calls:
+        compiled = jax.jit(body).lower(q, kv).compile()
+    assert [c["kernel"] for c in calls] == ["pallas", "xla"], calls
+    assert "multiples of 128" in calls[1]["fallback"]
+    assert "tpu_custom_call" in compiled.as_text()  # Mosaic's kernel is in the TPU program
+    assert compiled.memory_analysis().argument_size_in_bytes == 2 * 256 * 128 * 2 + 2 * 77 * 128 * 2
+
+
+@needs_libtpu
+@pytest.mark.slow
+def test_plan_the_default_model_for_a_tpu_topology():
+    """The pipeline's own TI2V program compiled for v5e:2x2 with TPU kernels: the memory report
+    holds the weights the program reads, the cost per new frame is counted from its units, and
+    every time figure is labelled a bound."""
+    s = SamplerSettings(steps=2, resample=1, num_new_frames=2)
+    r = plan.plan("v5e:2x2", configs=plan.checkpoint_configs(DEFAULT_MODEL), dtype="bfloat16", settings=s)
+    print(r.text())
+    from ti2v_jax import loading
+    comps = loading.load(DEFAULT_MODEL, dtype="bfloat16", component_dtypes={"vae": "float32",
+                                                                             "text_encoder": "float32"})
+    read = sum(x.nbytes for n in ("unet", "vae") for x in jax.tree.leaves(comps.params[n]))
+    assert r.platform == "tpu" and r.chips == 4 and r.fits is True
+    assert r.argument_gib * 2**30 >= read
+    assert r.flops_per_new_frame > 0 and r.bytes_per_new_frame > 0
+    assert all(a["kernel"] in ("xla", "pallas") for a in r.attention)  # TPU kernels, not the host's
+    assert {a["asked"] for a in r.attention} == {"pallas"}
+    text = r.text()
+    assert "bound from the compiled program, not a measurement" in text
+    d = r.as_dict()
+    assert d["bound"]["new_frames_per_s_per_chip"] > 0 and "not a measurement" in d["bound"]["what"]
+
+
+@pytest.mark.slow
+def test_saved_executables_give_the_same_video_in_a_fresh_process(tmp_path):
+    """`plan --save-executables` for this host's CPU, then a fresh process loads the program and
+    makes the video without compiling it: bit-equal to a fresh compile."""
+    exe = tmp_path / "exe"
+    r = _cli("plan", "--target", "cpu", "--steps", "2", "--resample", "1", "--num-new-frames", "1",
+             "--save-executables", str(exe), "--json")
+    assert r.returncode == 0, r.stderr
+    report = json.loads(r.stdout)
+    assert report["platform"] == "cpu" and report["fits"] is None
+    manifest = json.loads((exe / "manifest.json").read_text())
+    assert manifest["versions"]["jax"] == jax.__version__ and len(manifest["programs"]) == 1
+    script = textwrap.dedent(f"""
+        import sys, numpy as np
+        from ti2v_jax import TI2VZeroPipeline
+        from ti2v_jax.settings import SamplerSettings
+        exe = None if sys.argv[1] == "fresh" else {str(exe)!r}
+        pipe = TI2VZeroPipeline.from_pretrained(executables=exe)
+        out = pipe("examples/start_red_circle.png", "a red circle moving right",
+                   SamplerSettings(steps=2, resample=1, num_new_frames=1), seed=3, parallel="mesh")
+        frames = np.asarray(getattr(out, "frames", out))
+        compiled = sum(b.compiled._cache_size() for b in pipe._programs.values())
+        np.save(sys.argv[2], frames)
+        print("jit-compiled programs:", compiled)
+    """)
+    outs = {}
+    for how in ("fresh", "saved"):
+        p = subprocess.run([sys.executable, "-c", script, how, str(tmp_path / how)], capture_output=True,
+                           text=True, env=_env(), cwd=ROOT, timeout=600)
+        assert p.returncode == 0, p.stderr[-3000:]
+        outs[how] = (np.load(tmp_path / f"{how}.npy"), p.stdout)
+    assert "jit-compiled programs: 1" in outs["fresh"][1]
+    assert "jit-compiled programs: 0" in outs["saved"][1]  # the saved program ran: nothing traced
+    assert np.array_equal(outs["fresh"][0], outs["saved"][0])
+
+
+def test_a_saved_program_that_does_not_match_is_not_used(tmp_path, caplog):
+    """Another version of the compiler, or another call than the saved one: compile, saying why."""
+    from ti2v_jax import executables
+
+    (tmp_path / "manifest.json").write_text(json.dumps(
+        {"format": 1, "versions": {**executables.versions(), "jax": "0.0.1"}, "programs": []}))
+    ex = executables.Executables(tmp_path)
+    with caplog.at_level("INFO", logger="ti2v_jax.executables"):
+        assert ex.get({"program": "ti2v_program"}, jax.devices()) is None
+    assert "compiled by" in caplog.text and "0.0.1" in caplog.text
+    with pytest.raises(Exception, match="holds no saved programs"):
+        executables.Executables(tmp_path / "nothing")
+
+
+def test_plan_errors_are_one_line(capsys, monkeypatch):
+    from ti2v_jax import cli
+
+    cases = [
+        (("--target", "v9x:2x2"), "unknown target 'v9x:2x2'"),
+        (("--target", "v5e"), "needs a topology"),
+        (("--target", "h100"), "needs jax's CUDA plugin"),
+        (("--target", "cpu", "--batch-per-chip", "x"), "--batch-per-chip must be a whole number"),
+    ]
+    if HAVE_LIBTPU:
+        cases.append((("--target", "v5e:3x3"), "libtpu does not know the topology 'v5e:3x3'"))
+    for args, text in cases:
+        rc = cli.main(["plan", *args])
+        lines = capsys.readouterr().err.strip().splitlines()
+        assert rc == 2 and len(lines) == 1 and text in lines[0], (args, lines)
+        assert lines[0].startswith("ti2v-jax plan: error: ")
+    monkeypatch.setitem(sys.modules, "libtpu", None)  # as if not installed
+    assert cli.main(["plan", "--target", "v5e:2x2"]) == 2
+    lines = capsys.readouterr().err.strip().splitlines()
+    assert len(lines) == 1 and "needs libtpu" in lines[0] and "pip install 'jax[tpu]==" in lines[0], lines
+
+
+def test_a_batch_that_does_not_fit_is_one_line(monkeypatch, capsys):
+    from ti2v_jax import cli
+
+    def fake_plan(target, **kw):
+        return plan.Report(target="v5e:2x2", platform="tpu", chip="TPU v5e", chips=4, program="ti2v",
+                           batch_per_chip=64, settings=dict(steps=10, max_resample=4, num_new_frames=15, height=256,
+                                                            width=256, num_frames=16, slide="pixel", guided=True,
+                                                            dtype="bfloat16", vae_text_dtype="float32"),
+                           hbm_gib=16, argument_gib=3.0, temp_gib=30.0, output_gib=0.1, weights_gib=3.0,
+                           resident_gib=33.1, fits=False, flops_per_new_frame=1e15, bytes_per_new_frame=1e12,
+                           pallas_flops_per_new_frame=0.0, attention=[], compile_s=1.0, xla_optimal_seconds=None)
+
+    monkeypatch.setattr(plan, "plan", fake_plan)
+    monkeypatch.setattr(plan, "resolve_target", lambda name: plan.Target(name, "tpu", platforms.CHIPS["v5e"], ()))
+    assert cli.main(["plan", "--target", "v5e:2x2", "--batch-per-chip", "64"]) == 2
+    out, err = capsys.readouterr()
+    assert "DOES NOT FIT" in out
+    assert err.strip() == "ti2v-jax plan: error: 64 video(s) per chip do not fit a TPU v5e: 33.10 GiB of 16 GiB"
+
+
+def test_kernels_follow_the_target_not_the_host():
+    """Networks built for a TPU carry the Pallas kernel even on this CPU host; a kernel the target
+    cannot run is refused at load."""
+    from ti2v_jax import loading
+
+    configs = plan.checkpoint_configs(DEFAULT_MODEL)
+    nets = {n: configs[n] for n in loading.MODEL_COMPONENTS}
+    tpu = loading.abstract_components(nets, platform="tpu")
+    cpu = loading.abstract_components(nets, platform="cpu")
+    assert "'pallas'" in repr(tpu.unet[0]) and "'pallas'" not in repr(cpu.unet[0])
+    assert "'blocked'" in repr(cpu.unet[0])
+    with pytest.raises(SettingsError, match="attention='pallas' needs a TPU"):
+        loading.load(DEFAULT_MODEL, attention="pallas")
+    assert platforms.compiler_options("tpu") == {}  # no TPU here: the table's (empty) options, not refused
+
+
+@pytest.mark.slow
+def test_weights_are_placed_once_per_pipeline():
+    """On 4 CPU devices, a pipeline loaded without devices= runs three static-settings groups in
+    mesh mode: the live bytes do not grow with the number of programs (one placed copy)."""
+    code = textwrap.dedent("""
+        import jax
+        from ti2v_jax import TI2VZeroPipeline
+        live = lambda: sum(s.data.nbytes for a in jax.live_arrays() for s in a.addressable_shards)
+        pipe = TI2VZeroPipeline.from_pretrained()
+        sizes = [live()]
+        for n in (1, 2, 3):
+            out = pipe("examples/start_red_circle.png", "a red circle moving right", steps=1, resample=0,
+                       num_new_frames=n, parallel="mesh")
+            del out
+            sizes.append(live())
+        print("live MiB:", " ".join(f"{s / 2**20:.2f}" for s in sizes))
+        print("programs:", len(pipe._programs), "placements:", len(pipe._placements))
+    """)
+    r = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, cwd=ROOT, timeout=900,
+                       env=_env(XLA_FLAGS="--xla_force_host_platform_device_count=4"))
+    assert r.returncode == 0, r.stderr[-3000:]
+    print(r.stdout)
+    sizes = [float(x) for x in r.stdout.split("live MiB:")[1].split("\n")[0].split()]
+    assert "programs: 3 placements: 1" in r.stdout
+    # After load: one copy on the default device; after the first mesh call: that plus one
+    # replicated copy on the 4 devices; later groups add nothing.
+    assert sizes[2] == sizes[1] and sizes[3] == sizes[1], sizes
+    assert sizes[1] <= 5.2 * sizes[0], sizes

@@ -1,0 +1,176 @@
+"""What ti2v-jax chooses for each platform, in one table, and the chips it plans for.
+
+A program is compiled for the devices it will run on, never for whatever the host is:
+every choice below is taken from the *target's* platform (`platform_of(devices)`), which
+may be a TPU topology described on a CPU-only host (`jax.experimental.topologies`).
+
+`PLATFORMS[platform]`:
+  attention  the kernel a model built with `attention=None` gets (resolved when the model is
+             built for its devices, so it is part of the graph and of every program's key);
+             per-call fallbacks to XLA live in `models.attention.attention_kernel` (cuDNN needs
+             half precision and head dims <= 256; the Pallas TPU kernel sequences in multiples
+             of 128: the 16-frame temporal and 77-token cross-attentions run XLA's)
+  dtype      the U-Net dtype the benchmarks and `ti2v-jax plan` use by default
+  options    the XLA compiler options every program for that platform is compiled with
+
+On CPU, jaxlib 0.10's XLA hands matrix products, reductions and convolutions to the YNNPACK
+library; its convolutions are slower than XLA's own at the U-Net's shapes, while turning
+YNNPACK off altogether slows the attention's reductions, so CPU programs use YNNPACK for
+products and reductions only. On GPU, Triton's matrix-product fusions are off (cuBLAS does
+those products). On TPU: XLA's defaults. (Measurements: benchmarks/RESULTS.md.)
+
+The options are given per program (`jax.jit(..., compiler_options=...)`), so nothing else in
+the process changes. One is left out when `XLA_FLAGS` already sets it (the user's choice
+wins), and all are when a local device of that platform refuses them.
+
+`CHIPS`: datasheet figures of the accelerators `ti2v-jax plan` reports for (memory per chip,
+dense bf16 peak, memory bandwidth); `TOPOLOGY_KINDS` the TPU topology prefixes they go by.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import functools
+import os
+from collections.abc import Sequence
+
+import jax
+
+from ti2v_jax.errors import SettingsError
+
+_YNN_FLAG = "xla_cpu_experimental_ynn_fusion_type"
+
+PLATFORMS = {
+    "cpu": {"attention": "blocked", "dtype": "float32",
+            "options": {_YNN_FLAG: "LIBRARY_FUSION_TYPE_INDIVIDUAL_DOT,LIBRARY_FUSION_TYPE_REDUCE"}},
+    "gpu": {"attention": "cudnn", "dtype": "bfloat16", "options": {"xla_gpu_enable_triton_gemm": False}},
+    "tpu": {"attention": "pallas", "dtype": "bfloat16", "options": {}},
+}
+_OTHER = {"attention": "xla", "dtype": "float32", "options": {}}
+
+# Kernels that only lower for one platform (the others run anywhere).
+_KERNEL_PLATFORM = {"cudnn": "gpu", "pallas": "tpu"}
+
+
+def platform_defaults(platform: str | None = None) -> dict:
+    """`PLATFORMS[platform]` (default: JAX's default backend); XLA attention, float32 and no
+    options for a platform not in the table."""
+    return dict(PLATFORMS.get(platform or jax.default_backend(), _OTHER))
+
+
+def platform_of(devices: Sequence | None = None) -> str:
+    """The platform ("cpu", "gpu", "tpu") programs for `devices` compile for: their platform
+    (a topology description's devices included), else JAX's default backend. "cuda"/"rocm"
+    are "gpu"."""
+    if not devices:
+        return jax.default_backend()
+    platforms = {d.platform for d in devices}
+    if len(platforms) != 1:
+        raise SettingsError(f"devices of several platforms given ({', '.join(sorted(platforms))}); give one kind")
+    p = platforms.pop()
+    return "gpu" if p in ("cuda", "rocm") else p
+
+
+def attention_for(attention, platform: str | None = None) -> str:
+    """The attention kernel a model built for `platform` runs: `attention` itself if given
+    (refused in one line where it cannot lower, e.g. "pallas" for a CPU), else the table's."""
+    from ti2v_jax.models.attention import check_attention
+
+    check_attention(attention)
+    platform = platform or jax.default_backend()
+    if attention is None:
+        return platform_defaults(platform)["attention"]
+    need = _KERNEL_PLATFORM.get(attention)
+    if need is not None and need != platform:
+        hint = ", or 'pallas_interpret' to run the TPU kernel on CPU" if attention == "pallas" else ""
+        raise SettingsError(f"attention={attention!r} needs a {need.upper()} but programs compile for "
+                            f"{platform!r}; use attention=None (chosen per platform) or 'xla'{hint}")
+    return attention
+
+
+# ------------------------------------------------------------------ compiler options
+
+def compiler_options(platform: str | None = None) -> dict:
+    """The options for a program on `platform` (default: JAX's default backend). Empty where
+    ti2v-jax sets none. An option `XLA_FLAGS` already names is left out (the user's choice
+    wins), and all of them where a local device of this platform refuses them. A platform with
+    no local device (a topology compiled for ahead of time) gets the table's options as they are."""
+    platform = platform or jax.default_backend()
+    flags = os.environ.get("XLA_FLAGS", "")
+    wanted = tuple((k, v) for k, v in platform_defaults(platform)["options"].items() if k not in flags)
+    return dict(_accepted(platform, wanted)) if wanted else {}
+
+
+@functools.cache
+def _accepted(platform: str, options: tuple) -> tuple:
+    try:
+        local = jax.local_devices(backend=platform)
+    except RuntimeError:  # no such backend in this process: compiled ahead for a target
+        return options
+    try:  # a jaxlib that does not know an option (or its value) refuses it at compile time
+        one = jax.device_put(1.0, local[0])
+        jax.jit(lambda x: x + 1, compiler_options=dict(options)).lower(one).compile()
+    except Exception:  # noqa: BLE001 - any refusal means: compile without them
+        return ()
+    return options
+
+
+def jit(fn, *, platform: str | None = None, **kwargs):
+    """`jax.jit(fn, **kwargs)` with `compiler_options(platform)`."""
+    return jax.jit(fn, compiler_options=compiler_options(platform) or None, **kwargs)
+
+
+# ------------------------------------------------------------------ batch size
+
+# Provisional inputs of `default_batch_size` where no plan was made: one H200 run (config full,
+# bf16, 256x256, K=16) peaked at 5.5 GiB for one video, about 3.3 GiB of it weights; the rest,
+# ~2.2 GiB, is taken to grow with the batch (rounded up to 2.5 for the allocator's slack).
+_FIXED_GIB, _PER_VIDEO_GIB = 4.0, 2.5
+_MAX_BATCH = {"cpu": 1, "gpu": 8, "tpu": 8}
+
+
+def default_batch_size(platform: str | None = None, *, device_memory_gib: float | None = None) -> int:
+    """Videos per call and device that `ti2v-jax batch` uses when neither `--batch-size` nor
+    a plan (`ti2v-jax plan`, whose compiled memory gives the largest batch that fits) says.
+
+    CPU: 1, measured (benchmarks/RESULTS.md): batches of 2 and 4 made fewer new frames per
+    second than one at a time. GPU/TPU: the largest power of two up to 8 whose activations
+    (`_PER_VIDEO_GIB` each, the real model at 256x256) and weights fit in 60% of the device's
+    memory (default: the first device's `bytes_limit`, else 16 GiB, the smallest TPU's).
+    """
+    platform = platform or jax.default_backend()
+    cap = _MAX_BATCH.get(platform, 1)
+    if cap == 1:
+        return 1
+    if device_memory_gib is None:
+        try:
+            stats = jax.local_devices(backend=platform)[0].memory_stats() or {}
+            device_memory_gib = stats.get("bytes_limit", 16 << 30) / 2**30
+        except Exception:  # noqa: BLE001 - no such device here: the smallest memory in the table
+            device_memory_gib = 16.0
+    b = 1
+    while 2 * b <= cap and _FIXED_GIB + 2 * b * _PER_VIDEO_GIB <= 0.6 * device_memory_gib:
+        b *= 2
+    return b
+
+
+# ------------------------------------------------------------------ chips
+
+@dataclasses.dataclass(frozen=True)
+class Chip:
+    """Datasheet figures of one accelerator chip (per chip, dense)."""
+    name: str
+    platform: str
+    hbm_gib: float          # memory per chip
+    bf16_tflops: float      # dense bf16 peak
+    hbm_gbps: float         # memory bandwidth, GB/s
+
+
+CHIPS = {
+    "v4": Chip("TPU v4", "tpu", 32, 275, 1228),
+    "v5e": Chip("TPU v5e", "tpu", 16, 197, 819),
+    "v5p": Chip("TPU v5p", "tpu", 95, 459, 2765),
+    "v6e": Chip("TPU v6e (Trillium)", "tpu", 32, 918, 1640),
+    "h100": Chip("NVIDIA H100 SXM", "gpu", 80, 989, 3350),
+    "h200": Chip("NVIDIA H200 SXM", "gpu", 141, 989, 4800),
+}
