@@ -288,3 +288,36 @@ def test_cli_mesh_on_4_devices(pipe, tiny_converted_dir, tmp_path):
         worst = max(worst, int(np.abs(got.astype(int) - ref).max()))
     print("max uint8 difference, 4-device mesh batches vs single calls:", worst)
     assert worst <= 1  # float rounding across program shapes, at most one level
+
+
+def test_a_job_whose_first_call_fails_stops_and_says_so(pipe, tmp_path):
+    """A failure every item shares (here a bug in the call) stops the job at once instead of
+    being reported for each of N items; the call's item is logged first."""
+    class Broken:
+        def __getattr__(self, name):
+            return getattr(pipe, name)
+
+        def __call__(self, *args, **kwargs):
+            raise TypeError("a bug in the sampler")
+
+    out = tmp_path / "out"
+    with pytest.raises(TypeError, match="a bug"):
+        _run(Broken(), _write_manifest(tmp_path), out)
+    errors = [json.loads(line) for line in (out / "errors.jsonl").read_text().splitlines()]
+    assert [(e["id"], e["stage"]) for e in errors] == [("i0", "generate")]
+    assert not (out / ".claims").exists() and _complete(out) == []
+
+
+def test_summary_says_when_every_item_failed_the_same_way(tmp_path):
+    def entry(i, stage, reason):
+        return {"id": i, "line": 1, "stage": stage, "reason": reason}
+
+    same = batch.BatchResult(out_dir=tmp_path, process=(0, 1), errors=[
+        entry(f"i{n}", "image", f"InputError: imgs/i{n}.png: not a readable image") for n in range(3)])
+    print(same.summary())
+    assert "all 3 failed the same way (image: InputError: imgs/i0.png" in same.summary()
+    mixed = batch.BatchResult(out_dir=tmp_path, process=(0, 1), errors=[
+        entry("a", "image", "InputError: x"), entry("b", "save", "OSError: disk full")])
+    assert "same way" not in mixed.summary()
+    some_done = batch.BatchResult(out_dir=tmp_path, process=(0, 1), done=["c"], errors=same.errors)
+    assert "same way" not in some_done.summary()

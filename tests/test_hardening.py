@@ -11,6 +11,7 @@ from __future__ import annotations
 
 import io
 import json
+import logging
 import os
 import pickle
 import re
@@ -263,6 +264,19 @@ GENERATE_CASES = [
      "config.json"),
     ("model-index-missing", lambda t, img, out: ["--image", img, "--out", out, "--no-verify", "--model", _no_index_model(t)],
      None),
+    ("record-emptied", lambda t, img, out: ["--image", img, "--out", out, "--model", _record_model(t, "empty")],
+     "not covered"),
+    ("record-entry-removed", lambda t, img, out: ["--image", img, "--out", out, "--model",
+                                                  _record_model(t, "partial")], "not covered"),
+    ("index-num-frames-null", lambda t, img, out: ["--image", img, "--out", out, "--model",
+                                                   _edited_model(t, "model_index.json", num_frames=None)],
+     "model_index.json: num_frames"),
+    ("scheduler-timesteps-null", lambda t, img, out: ["--image", img, "--out", out, "--model", _edited_model(
+        t, "scheduler/scheduler_config.json", num_train_timesteps=None)], "scheduler_config.json: num_train_timesteps"),
+    ("scheduler-beta-start-negative", lambda t, img, out: ["--image", img, "--out", out, "--model", _edited_model(
+        t, "scheduler/scheduler_config.json", beta_start=-5)], "scheduler_config.json: beta_start"),
+    ("scheduler-betas-swapped", lambda t, img, out: ["--image", img, "--out", out, "--model", _edited_model(
+        t, "scheduler/scheduler_config.json", beta_start=0.5, beta_end=0.1)], "beta_start"),
     ("safetensors-impossible-header", lambda t, img, out: [
         "--image", img, "--out", out, "--model",
         _diffusers_dir(t, "diffusion_pytorch_model.safetensors", _impossible_safetensors())], None),
@@ -348,6 +362,32 @@ def _bad_config_model(t: Path) -> Path:
 def _broken_json_model(t: Path) -> Path:
     d = _model_copy(t)
     (d / "vae" / "config.json").write_text('{"block_out_channels": [16, 32')
+    return d
+
+
+def _record_model(t: Path, how: str) -> Path:
+    """Bit flips in the U-Net's data, and a checksum record emptied or without that file's entry."""
+    from ti2v_jax.weights import checkpoint as ckpt
+
+    d = _flipped_model(t)
+    record = json.loads((d / ckpt.CHECKSUMS).read_text())
+    if how == "empty":
+        record["files"] = {}
+    else:
+        del record["files"][_largest_file(d / "unet").relative_to(d).as_posix()]
+    (d / ckpt.CHECKSUMS).write_text(json.dumps(record))
+    return d
+
+
+def _edited_model(t: Path, name: str, **fields) -> Path:
+    """A JSON file of the model with `fields` set, its checksums recorded again (as if written so)."""
+    from ti2v_jax.weights import checkpoint as ckpt
+
+    d = _model_copy(t)
+    obj = json.loads((d / name).read_text())
+    obj.update(fields)
+    (d / name).write_text(json.dumps(obj))
+    ckpt.write_checksums(d)
     return d
 
 
@@ -493,6 +533,119 @@ def test_debug_shows_the_traceback(tmp_path, capsys, monkeypatch):
         cli.main(argv)
 
 
+@pytest.mark.parametrize("value,on", [("1", True), ("TRUE", True), ("yes", True), ("On", True), ("", False),
+                                      ("0", False), ("FALSE", False), ("no", False), ("off", False)])
+def test_switches_are_booleans(value, on, monkeypatch):
+    from ti2v_jax import env
+
+    monkeypatch.setenv(env.SKIP_RESOURCE_CHECK, value)
+    assert env.flag(env.SKIP_RESOURCE_CHECK) is on
+    need = {"unet_activations": 2 * GiB, "total": 2 * GiB}
+    if on:
+        resources.check_fits(need, available=GiB)
+    else:  # "false" and friends do not skip the memory check
+        with pytest.raises(ResourceError):
+            resources.check_fits(need, available=GiB)
+
+
+def test_no_verify_false_still_verifies_and_odd_switches_are_refused(start_image, tmp_path, capsys, monkeypatch):
+    model = _flipped_model(tmp_path)
+    argv = ["generate", "--prompt", "x", "--image", start_image, "--out", tmp_path / "v.gif", "--model", model, *TINY]
+    before = _listing(tmp_path)
+    monkeypatch.setenv("TI2V_NO_VERIFY", "FALSE")
+    msg = _cli(argv, capsys)
+    print("TI2V_NO_VERIFY=FALSE:", msg)
+    assert "sha256" in msg
+    for name in ("TI2V_NO_VERIFY", "TI2V_DEBUG", "TI2V_SKIP_RESOURCE_CHECK"):
+        monkeypatch.setenv(name, "maybe")
+        msg = _cli(argv, capsys)
+        print(f"{name}=maybe:", msg)
+        assert name in msg and "maybe" in msg
+        monkeypatch.delenv(name)
+    monkeypatch.setenv("TI2V_DEBUG", "no")  # off: one line, no traceback
+    assert "sha256" in _cli(argv, capsys)
+    assert _listing(tmp_path) == before
+
+
+def test_out_dash_is_refused(start_image, tmp_path, capsys, monkeypatch):
+    monkeypatch.chdir(tmp_path)
+    msg = _cli(["generate", "--prompt", "x", "--image", start_image, "--out", "-", *TINY], capsys)
+    print(msg)
+    assert "standard output" in msg
+    assert _listing(tmp_path) == []
+
+
+def test_library_warnings_are_one_line_each(tmp_path, capsys, caplog, monkeypatch):
+    """PIL's DecompressionBombWarning and the prompt-truncation warning, raised while a
+    command runs, come out as one log line each (no source path, no code line)."""
+    from ti2v_jax import io as tio
+    from ti2v_jax.tokenizer import load_tokenizer, tokenize, write_tiny_tokenizer
+
+    big = tmp_path / "big.png"
+    Image.new("RGB", (40, 40)).save(big)
+    monkeypatch.setattr(Image, "MAX_IMAGE_PIXELS", 1000)  # 1600 pixels: a warning, not yet an error
+
+    def command(_args):
+        tio.load_image(big, (8, 8))
+        tokenize(load_tokenizer(write_tiny_tokenizer(tmp_path / "tok")), ["the cat " * 60])
+
+    monkeypatch.setitem(cli.COMMANDS, "info", command)
+    with caplog.at_level(logging.WARNING):
+        assert cli.main(["info"]) == 0
+    assert capsys.readouterr().err == ""  # nothing printed around the log
+    lines = [r.getMessage() for r in caplog.records]
+    print("\n".join(lines))
+    assert len(lines) == 2, lines
+    assert "DecompressionBombWarning" in lines[0] and "truncated" in lines[1]
+    assert not any(".py" in line or "\n" in line for line in lines)
+
+
+def test_modelscope_configuration_missing_or_wrong_field():
+    from ti2v_jax.errors import CheckpointError
+    from ti2v_jax.weights import modelscope
+
+    cfg = {"unet_dim": 320, "unet_dim_mult": [1, 2, 4, 4], "unet_context_dim": 1024, "unet_in_dim": 4,
+           "unet_out_dim": 4, "unet_res_blocks": 2, "unet_head_dim": 64, "unet_num_heads": 8}
+    assert modelscope.unet_config(cfg)["block_out_channels"] == [320, 640, 1280, 1280]
+    for key, value in (("unet_dim_mult", None), ("unet_dim", None), ("unet_res_blocks", "2")):
+        bad = {k: v for k, v in cfg.items() if k != key}
+        if value is not None:
+            bad[key] = value
+        with pytest.raises(CheckpointError) as e:
+            modelscope.unet_config(bad)
+        print(e.value)
+        assert "configuration.json" in str(e.value) and key in str(e.value) and "\n" not in str(e.value)
+
+
+def test_killed_writers_leftovers_are_removed_and_concurrent_writers_do_not_replace(tmp_path):
+    import socket
+
+    from ti2v_jax.errors import OutputExistsError
+    from ti2v_jax.weights.checkpoint import atomic_directory
+
+    dst = tmp_path / "out"
+    host = socket.gethostname()
+    dead = subprocess.run([sys.executable, "-c", "import os; print(os.getpid())"], capture_output=True,
+                          text=True, check=True).stdout.strip()  # a pid that has just ended
+    killed = [tmp_path / f".out.tmp-{host}-{dead}-0123abcd", tmp_path / f".out.old-{host}-{dead}-4567abcd"]
+    alive = tmp_path / f".out.tmp-{host}-{os.getpid()}-89abcdef"  # a writer still at work
+    for d in killed + [alive]:
+        d.mkdir()
+        (d / "part").write_bytes(b"x" * 6000)
+    with pytest.raises(OutputExistsError):
+        with atomic_directory(dst) as first:
+            (first / "who").write_text("first")
+            with atomic_directory(dst) as second:  # a second writer to the same destination, at once
+                (second / "who").write_text("second")
+            assert not any(d.exists() for d in killed) and alive.exists()
+    # The first writer finished after the second had written dst: it fails instead of replacing it.
+    assert (dst / "who").read_text() == "second"
+    assert sorted(p.name for p in tmp_path.iterdir()) == sorted([dst.name, alive.name])
+    with pytest.raises(OutputExistsError, match="overwrite"):
+        with atomic_directory(dst):
+            pass
+
+
 # ----------------------------------------------------------------------------- subprocess cases
 
 
@@ -550,6 +703,68 @@ def test_ctrl_c(phase, start_image, tmp_path):
     print(last)
     assert "interrupted" in last
     assert _listing(out_dir) == []  # no partial output
+
+
+# `python -m ti2v_jax.cli`, with one byte on stdout once the interpreter has started (its site
+# module and the standard modules the handler needs imported): a signal before that meets Python's
+# own start-up, which no program can handle, and on a loaded machine that start-up alone takes
+# longer than the earliest moment tested.
+_STARTED_CLI = ("import os, runpy, signal, threading; os.write(1, b'R'); "
+                "runpy.run_module('ti2v_jax.cli', run_name='__main__', alter_sys=True)")
+
+
+@pytest.mark.parametrize("command", ["info", "generate"])
+def test_damaged_metadata_is_one_line_without_orbax_log(command, start_image, tmp_path):
+    """orbax logs "Failed to get item metadata" before our error says the same: one line only."""
+    model = _damaged_metadata_model(tmp_path)
+    argv = [model] if command == "info" else ["--model", model, "--no-verify", "--image", start_image,
+                                                "--prompt", "x", "--out", tmp_path / "v.gif", *TINY]
+    r = subprocess.run([sys.executable, "-m", "ti2v_jax.cli", command, *map(str, argv)], cwd=ROOT,
+                       env=_subprocess_env(), capture_output=True, text=True, timeout=600)
+    assert r.returncode == 2, r.stderr[-3000:]
+    msg = _one_line_error(r.stderr)
+    print(msg)
+    assert "_METADATA" in msg or "metadata" in msg
+
+
+def _interrupt_at(moments, start_image, tmp_path) -> list:
+    """Start `generate` (a long job), send SIGINT `t` seconds after the interpreter started,
+    for each t; return (t, exit status, stderr lines, what is left in the output folder)."""
+    results = []
+    for i, t in enumerate(moments):
+        out_dir = tmp_path / f"o{i}"
+        out_dir.mkdir()
+        p = subprocess.Popen([sys.executable, "-c", _STARTED_CLI, "generate", "--image", str(start_image),
+                              "--prompt", "a cat", "--out", str(out_dir / "v.gif"), "--num-new-frames", "300"],
+                             cwd=ROOT, env=_subprocess_env(), stdout=subprocess.PIPE, stderr=subprocess.PIPE)
+        assert p.stdout.read(1) == b"R"
+        time.sleep(t)  # the moment itself is what is tested: any moment must do
+        p.send_signal(signal.SIGINT)
+        try:
+            err = p.communicate(timeout=60)[1].decode(errors="replace")
+        except subprocess.TimeoutExpired:
+            p.kill()
+            err = p.communicate()[1].decode(errors="replace") + "\n(no exit within 60 s of SIGINT)"
+        lines = [line for line in err.replace("\r", "\n").splitlines() if line.strip()]
+        results.append((t, p.returncode, lines, _listing(out_dir)))
+        print(f"SIGINT at {t:.2f} s: exit {p.returncode}, {len(lines)} line(s): {lines[-1:]}")
+    return results
+
+
+def _assert_interrupted(results) -> None:
+    bad = [r for r in results if r[1] != 130 or len(r[2]) != 1 or "interrupted" not in r[2][0] or r[3]]
+    assert not bad, bad
+
+
+def test_ctrl_c_early(start_image, tmp_path):
+    """SIGINT while Python imports ti2v-jax, while JAX starts, while it loads: exit 130, one line."""
+    _assert_interrupted(_interrupt_at([0.2, 1.0, 3.0], start_image, tmp_path))
+
+
+@pytest.mark.slow  # 20 starts of the command
+def test_ctrl_c_at_twenty_moments(start_image, tmp_path):
+    """SIGINT at 20 moments from 0.1 s to 5 s after start: each exits 130 with one line, no output."""
+    _assert_interrupted(_interrupt_at(np.linspace(0.1, 5.0, 20).tolist(), start_image, tmp_path))
 
 
 @pytest.mark.slow  # runs a batch (compiles once)

@@ -139,6 +139,28 @@ def test_damaged_record(copy):
     _one_line(e, ckpt.CHECKSUMS)
 
 
+@pytest.mark.parametrize("how", ["emptied", "one entry removed"])
+def test_a_record_that_leaves_out_a_data_file_is_an_integrity_error(copy, how):
+    """An emptied or partial record must not turn the check off: the bit-flipped file it no
+    longer lists is refused on loading and by `verify`."""
+    data = _largest(copy / "unet")
+    rel = data.relative_to(copy).as_posix()
+    record = json.loads((copy / ckpt.CHECKSUMS).read_text())
+    if how == "emptied":
+        record["files"] = {}
+    else:
+        del record["files"][rel]
+    (copy / ckpt.CHECKSUMS).write_text(json.dumps(record))
+    _flip_bits(data)
+    named = "model_index.json" if how == "emptied" else rel  # the first uncovered file, in name order
+    with pytest.raises(IntegrityError) as e:
+        loading.load(copy, components=("unet",), tokenizer=False)
+    _one_line(e, named, "not covered")
+    with pytest.raises(IntegrityError) as e:
+        verify_checkpoint(copy)
+    _one_line(e, named, "not covered")
+
+
 def test_older_checkpoint_without_record_loads_with_a_warning(copy, caplog):
     (copy / ckpt.CHECKSUMS).unlink()
     with caplog.at_level(logging.WARNING):

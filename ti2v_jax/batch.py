@@ -21,7 +21,10 @@ Decisions:
 - Bad items (missing fields, invalid settings, unreadable image, a failed batch or save)
   go to OUT/errors.jsonl (errors-<process>.jsonl with several processes), which each run
   rewrites, and the job goes on; a rerun retries them. Manifest-level problems (bad
-  JSON, a missing, unsafe or duplicate id) are fatal before any compute.
+  JSON, a missing, unsafe or duplicate id) are fatal before any compute. A job whose
+  first pipeline call fails stops with that error (a cause every item shares: the model,
+  memory, a bug), after logging the call's items; the summary says when every failed
+  item failed the same way.
 - One compiled program per group of equal static settings: items are grouped by all
   settings, and every batch of a group, the last one included (padded by repeating an
   item), has the same size.
@@ -55,7 +58,7 @@ from pathlib import Path
 
 import numpy as np
 
-from ti2v_jax import settings
+from ti2v_jax import cleanup, env, settings
 from ti2v_jax.claims import CLAIM_TIMEOUT, Claims
 from ti2v_jax.errors import InputError, SettingsError
 
@@ -101,7 +104,7 @@ class Item:
 def read_manifest(path) -> list[tuple[int, dict]]:
     """(line number, object) per line of a JSONL manifest (or a JSON list); ids checked.
 
-    Raises ValueError listing every structural problem: bad JSON, a line that is not an
+    Raises InputError listing every structural problem: bad JSON, a line that is not an
     object, an id that is missing, not filesystem-safe, or not unique (case-insensitively,
     for case-insensitive filesystems).
     """
@@ -114,7 +117,7 @@ def read_manifest(path) -> list[tuple[int, dict]]:
         try:
             rows = list(enumerate(json.loads(text), 1))
         except json.JSONDecodeError as e:
-            raise ValueError(f"{path}: not valid JSON: {e}") from None
+            raise InputError(f"{path}: not valid JSON: {e}") from None
     else:
         for n, line in enumerate(text.splitlines(), 1):
             if line.strip():
@@ -139,9 +142,9 @@ def read_manifest(path) -> list[tuple[int, dict]]:
             seen[i.lower()] = n
     if problems:
         more = f" (and {len(problems) - 20} more)" if len(problems) > 20 else ""
-        raise ValueError(f"{path}: " + "; ".join(problems[:20]) + more)
+        raise InputError(f"{path}: " + "; ".join(problems[:20]) + more)
     if not rows:
-        raise ValueError(f"{path}: the manifest is empty")
+        raise InputError(f"{path}: the manifest is empty")
     return rows
 
 
@@ -158,9 +161,9 @@ def prepare_item(n: int, obj: dict, base_dir: Path, *, defaults=None, overrides=
             raise SettingsError(f"unknown field(s) {unknown}; known: {', '.join(ITEM_FIELDS)}")
         for key in ("image", "prompt"):
             if not isinstance(obj.get(key), str):
-                raise ValueError(f"field {key!r} is missing or not a string")
+                raise InputError(f"field {key!r} is missing or not a string")
         if not obj["image"]:
-            raise ValueError("field 'image' is empty")
+            raise InputError("field 'image' is empty")
         image = Path(os.path.expanduser(obj["image"]))
         item.image = str(image if image.is_absolute() else base_dir / image)
         item.prompt = obj["prompt"]
@@ -185,16 +188,14 @@ def share(ids, index: int, count: int) -> list:
 
 def process_share(index=None, count=None) -> tuple[int, int]:
     """(index, count): the arguments, else TI2V_PROCESS_INDEX/COUNT, else jax's processes."""
-    if index is None and "TI2V_PROCESS_INDEX" in os.environ:
-        index = int(os.environ["TI2V_PROCESS_INDEX"])
-    if count is None and "TI2V_PROCESS_COUNT" in os.environ:
-        count = int(os.environ["TI2V_PROCESS_COUNT"])
+    index = env.integer(env.PROCESS_INDEX) if index is None else index
+    count = env.integer(env.PROCESS_COUNT, low=1) if count is None else count
     if index is None or count is None:
         import jax
         index = jax.process_index() if index is None else index
         count = jax.process_count() if count is None else count
     if not (count >= 1 and 0 <= index < count):
-        raise ValueError(f"process index {index} / count {count}: need 0 <= index < count")
+        raise SettingsError(f"process index {index} / count {count}: need 0 <= index < count")
     return int(index), int(count)
 
 
@@ -202,11 +203,10 @@ def wants_distributed(flag: bool | None = None) -> bool:
     """True if `flag`; with None, when the environment names a multi-process launch."""
     if flag is not None:
         return flag
-    env = os.environ
-    return bool(env.get("JAX_COORDINATOR_ADDRESS")
-                or "," in env.get("TPU_WORKER_HOSTNAMES", "")
-                or int(env.get("SLURM_NTASKS", "1") or 1) > 1
-                or int(env.get("OMPI_COMM_WORLD_SIZE", "1") or 1) > 1)
+    return bool(os.environ.get("JAX_COORDINATOR_ADDRESS")
+                or "," in os.environ.get("TPU_WORKER_HOSTNAMES", "")
+                or (env.integer("SLURM_NTASKS") or 1) > 1
+                or (env.integer("OMPI_COMM_WORLD_SIZE") or 1) > 1)
 
 
 def initialize_distributed(flag: bool | None = None) -> bool:
@@ -229,11 +229,11 @@ def output_paths(out_dir: Path, item_id: str, fmt: str) -> tuple[Path, Path]:
 def write_json_atomic(obj, path: Path) -> None:
     tmp = path.with_name(f".{path.name}.{os.getpid()}.{uuid.uuid4().hex[:8]}.tmp")
     try:
-        with open(tmp, "w") as f:
+        with cleanup.temporary(tmp), open(tmp, "w") as f:
             json.dump(obj, f, indent=1)
             f.flush()
             os.fsync(f.fileno())
-        os.replace(tmp, path)
+            os.replace(tmp, path)
     except BaseException:
         tmp.unlink(missing_ok=True)
         raise
@@ -324,11 +324,23 @@ class BatchResult:
     calls: int = 0                                # pipeline calls (batches), dummies included
     claimed: list = field(default_factory=list)   # ids left to another worker that held their claim
 
+    def common_failure(self) -> str | None:
+        """"<stage>: <first reason>" when nothing was generated and every one of several failed
+        items failed at the same stage with the same kind of error (one cause, not N)."""
+        if self.done or len(self.errors) < 2:
+            return None
+        kinds = {(e["stage"], e["reason"] if e["stage"] == "manifest" else e["reason"].split(":")[0])
+                 for e in self.errors}
+        return f"{self.errors[0]['stage']}: {self.errors[0]['reason']}" if len(kinds) == 1 else None
+
     def summary(self) -> str:
         s = (f"{self.out_dir}: {len(self.done)} generated, {len(self.skipped)} already done, "
              f"{len(self.errors)} failed")
         if self.claimed:
             s += f", {len(self.claimed)} in progress in another worker"
+        same = self.common_failure()
+        if same:
+            s += f"; all {len(self.errors)} failed the same way ({same})"
         if self.stale:
             s += f"; WARNING {len(self.stale)} finished items were made with other settings (kept)"
         return s
@@ -463,13 +475,13 @@ def _run(pipe, manifest, points, *, defaults, base_seed, batch_size, parallel, f
     from ti2v_jax import io
 
     if fmt not in FORMATS:
-        raise ValueError(f"format must be one of {FORMATS}, got {fmt!r}")
+        raise SettingsError(f"format must be one of {FORMATS}, got {fmt!r}")
     if batch_size is None:
         from ti2v_jax.platforms import default_batch_size
         per_device = default_batch_size(jax.default_backend())
         batch_size = per_device * (1 if parallel == "none" else jax.local_device_count())
     if batch_size < 1:
-        raise ValueError(f"batch_size must be >= 1, got {batch_size}")
+        raise SettingsError(f"batch_size must be >= 1, got {batch_size}")
     index, count = process_share(process_index, process_count)
     if lockstep is None:
         lockstep = jax.process_count() > 1 and parallel != "none"
@@ -507,7 +519,7 @@ def _run(pipe, manifest, points, *, defaults, base_seed, batch_size, parallel, f
               "backend": jax.default_backend(), "devices": jax.device_count(), "parallel": parallel,
               "process": [index, count], "format": fmt, "fps": fps,
               "worker": {"host": socket.gethostname(), "pid": os.getpid()}}
-    calls = 0
+    calls = generated = 0
     try:
         for k, n_max in zip(keys, most):
             if not n_max:
@@ -538,7 +550,10 @@ def _run(pipe, manifest, points, *, defaults, base_seed, batch_size, parallel, f
                         it.folder.log.add(it, "generate", f"{type(e).__name__}: {e}")
                         it.folder.release(it)
                     bar.update(real)
+                    if not generated:  # the job's first call failed: a cause every item shares; stop
+                        raise
                     continue
+                generated += 1
                 dt = time.perf_counter() - t0
                 for it, video in zip(batch, videos):
                     f = it.folder
@@ -581,23 +596,23 @@ def parse_grid(specs=(), json_spec=None) -> dict[str, list]:
         try:
             obj = json.loads(text)
         except json.JSONDecodeError as e:
-            raise ValueError(f"grid JSON: {e}") from None
+            raise SettingsError(f"grid JSON: {e}") from None
         if not isinstance(obj, dict):
-            raise ValueError("grid JSON must be an object {setting: [values]}")
+            raise SettingsError("grid JSON must be an object {setting: [values]}")
         for key, values in obj.items():
             grid[key] = values if isinstance(values, list) else [values]
     for spec in specs:
         key, sep, values = spec.partition("=")
         if not sep or not values:
-            raise ValueError(f"--grid {spec!r}: expected KEY=V1,V2,...")
+            raise SettingsError(f"--grid {spec!r}: expected KEY=V1,V2,...")
         grid[key.strip()] = values.split(",")
     if not grid:
-        raise ValueError("empty grid: give --grid KEY=V1,V2 or --grid-json")
+        raise SettingsError("empty grid: give --grid KEY=V1,V2 or --grid-json")
     out = {}
     for key, values in grid.items():
         parsed = [parse_setting(key, v) for v in values]
         if not parsed or len(set(map(repr, parsed))) != len(parsed):
-            raise ValueError(f"grid {key}: values must be given and distinct, got {values}")
+            raise SettingsError(f"grid {key}: values must be given and distinct, got {values}")
         out[key] = parsed
     return out
 

@@ -12,6 +12,8 @@ import time
 import uuid
 from pathlib import Path
 
+from ti2v_jax.errors import SettingsError
+
 CLAIM_TIMEOUT = 600.0  # seconds without a refresh after which another worker may take a claim over
 
 
@@ -35,7 +37,7 @@ class Claims:
 
     def __init__(self, out_dir: Path, timeout: float = CLAIM_TIMEOUT):
         if not timeout > 0:
-            raise ValueError(f"claim_timeout must be > 0 seconds, got {timeout}")
+            raise SettingsError(f"claim_timeout must be > 0 seconds, got {timeout}")
         self.dir = out_dir / ".claims"
         self.dir.mkdir(exist_ok=True)
         self.timeout = float(timeout)

@@ -8,17 +8,53 @@ left behind. `--debug` (or TI2V_DEBUG=1) shows the traceback instead.
 
 from __future__ import annotations
 
-import argparse
-import json
-import logging
 import os
 import signal
 import sys
 import threading
-import time
 
-from ti2v_jax import settings as st
-from ti2v_jax.metrics import cli as metrics_cli
+
+def _watch_interrupts() -> None:
+    """End the command on Ctrl-C at any moment with one line and status 130, never with a
+    KeyboardInterrupt: raised into the main thread it can land inside an import (jaxlib's
+    start-up then fails as an ImportError), a garbage-collector callback (printed as
+    "Exception ignored") or a teardown racing XLA's threads (SIGABRT). Python's handler
+    does nothing but wake, through `signal.set_wakeup_fd`, a thread that removes the
+    temporaries being written (`cleanup`), says so and ends the process with `os._exit`.
+    Outputs appear only by a rename once complete, so none is half-written."""
+    r, w = os.pipe()
+    os.set_blocking(w, False)
+    signal.signal(signal.SIGINT, lambda signum, frame: None)
+    signal.set_wakeup_fd(w, warn_on_full_buffer=False)
+
+    def watch():
+        while signal.SIGINT not in os.read(r, 64):
+            pass
+        try:  # ti2v_jax.cleanup not imported yet: nothing is being written
+            getattr(sys.modules.get("ti2v_jax.cleanup"), "remove_all", lambda: None)()
+        except Exception:  # noqa: BLE001 - best effort; the exit below must happen
+            pass
+        commands = globals().get("COMMANDS", {})  # not yet defined while the imports below run
+        prog = " ".join(["ti2v-jax"] + [c for c in sys.argv[1:] if c in commands][:1])
+        os.write(2, f"\n{prog}: interrupted; nothing was written for the unfinished output\n".encode())
+        os._exit(130)
+
+    threading.Thread(target=watch, daemon=True, name="ti2v-jax-interrupt").start()
+
+
+_COMMAND_LINE = __name__ == "__main__" or os.path.basename(sys.argv[0]) == "ti2v-jax"
+if _COMMAND_LINE:  # the command itself (console script or -m): Ctrl-C is honoured from here on, imports included
+    _watch_interrupts()
+
+import argparse  # noqa: E402
+import errno  # noqa: E402
+import json  # noqa: E402
+import logging  # noqa: E402
+import time  # noqa: E402
+import warnings  # noqa: E402
+
+from ti2v_jax import settings as st  # noqa: E402
+from ti2v_jax.metrics import cli as metrics_cli  # noqa: E402
 
 DTYPES = ("float32", "bfloat16", "float16")
 # The settings plain text-to-video sampling uses.
@@ -352,10 +388,21 @@ COMMANDS = {"generate": _cmd_generate, "t2v": _cmd_t2v, "convert": _cmd_convert,
             "evaluate": metrics_cli.run_evaluate, "manifest": metrics_cli.run_manifest, "plan": _cmd_plan}
 
 
+# Errors of the machine rather than of the code: a full disk, a missing or unwritable path.
+_ENVIRONMENT_ERRNOS = {errno.ENOSPC, errno.EDQUOT, errno.EACCES, errno.EPERM, errno.EROFS, errno.ENOENT,
+                       errno.ENOTDIR, errno.EISDIR, errno.EEXIST, errno.ENOTEMPTY, errno.ENAMETOOLONG,
+                       errno.EMFILE, errno.ENFILE, errno.EIO, errno.EBUSY, errno.ELOOP}
+
+
 def _user_error(e: BaseException) -> bool:
-    """True for failures caused by the input or the environment, not by a bug."""
+    """True for failures caused by the input or the environment, not by a bug: the
+    `ti2v_jax.errors` classes (what the code raises for what it was given), running out of
+    memory, and the operating system's refusals (disk full, permissions, missing paths).
+    Any other ValueError, TypeError, KeyError or OSError, ours or a library's, is a bug."""
     from ti2v_jax.errors import TI2VError
-    if isinstance(e, (TI2VError, OSError, ValueError, OverflowError, UnicodeError, MemoryError)):
+    if isinstance(e, (TI2VError, MemoryError)):
+        return True
+    if isinstance(e, OSError) and e.errno in _ENVIRONMENT_ERRNOS:
         return True
     # XLA's out-of-memory error is a RuntimeError subclass with RESOURCE_EXHAUSTED in its text.
     return type(e).__name__ == "XlaRuntimeError" and "RESOURCE_EXHAUSTED" in str(e)
@@ -370,35 +417,13 @@ def _one_line(e: BaseException) -> str:
     return text if len(text) <= 500 else text[:497] + "..."
 
 
-_INTERRUPT_HANDLED = threading.Event()
 _INTERRUPTED = "interrupted; nothing was written for the unfinished output"
-
-
-def _watch_interrupts() -> None:
-    """Honour Ctrl-C while the main thread waits inside XLA (compiling or sampling), where
-    Python's own handler would run only once the whole program is done: a thread woken by
-    the signal gives the main thread a moment to handle it (it does whenever it runs Python,
-    e.g. while writing a file, and cleans up), else ends the process with status 130. No
-    output exists yet at that point: videos are written after sampling, atomically."""
-    r, w = os.pipe()
-    os.set_blocking(w, False)
-    signal.set_wakeup_fd(w, warn_on_full_buffer=False)
-
-    def watch():
-        while signal.SIGINT not in os.read(r, 64):
-            pass
-        if not _INTERRUPT_HANDLED.wait(2.0):
-            prog = " ".join(["ti2v-jax"] + [c for c in sys.argv[1:] if c in COMMANDS][:1])
-            sys.stderr.write(f"{prog}: {_INTERRUPTED}\n")
-            sys.stderr.flush()
-            os._exit(130)
-
-    threading.Thread(target=watch, daemon=True, name="ti2v-jax-interrupt").start()
 
 
 def console() -> int:
     """The `ti2v-jax` console entry point: `main()` with Ctrl-C honoured at any time."""
-    _watch_interrupts()
+    if not _COMMAND_LINE:  # called from elsewhere: install it now
+        _watch_interrupts()
     rc = main()
     if rc == 130:  # leave at once: XLA threads may still be compiling
         sys.stdout.flush()
@@ -407,19 +432,31 @@ def console() -> int:
     return rc
 
 
+def _warning_line(message, category, filename, lineno, file=None, line=None):
+    """Python warnings (ours, PIL's, ...) as one log line each, without the source location."""
+    logging.getLogger("ti2v_jax").warning("%s: %s", category.__name__, " ".join(str(message).split()))
+
+
 def main(argv=None) -> int:
     args = build_parser().parse_args(argv)
-    debug = args.debug or os.environ.get("TI2V_DEBUG", "0") not in ("", "0", "false", "False")
+    from ti2v_jax import env
+    from ti2v_jax.errors import SettingsError
+    try:  # every switch is read here first, so a misspelt value stops the command before any work
+        debug = [env.flag(name) for name in env.SWITCHES][env.SWITCHES.index(env.DEBUG)] or args.debug
+    except SettingsError as e:
+        print(f"ti2v-jax {args.command}: error: {e}", file=sys.stderr)
+        return 2
     logging.basicConfig(level=logging.WARNING, format="ti2v-jax: %(message)s")
     logging.getLogger("ti2v_jax").setLevel(logging.INFO)  # our notices; other libraries' warnings only
     prefix = f"ti2v-jax {args.command}"
     try:
-        return COMMANDS[args.command](args) or 0  # None: success
+        with warnings.catch_warnings():
+            warnings.showwarning = _warning_line
+            return COMMANDS[args.command](args) or 0  # None: success
     except BrokenPipeError:  # the reader went away (e.g. `| head`): nothing left to say
         os.dup2(os.open(os.devnull, os.O_WRONLY), sys.stdout.fileno())
         return 0
     except KeyboardInterrupt:
-        _INTERRUPT_HANDLED.set()
         if debug:
             raise
         print(f"{prefix}: {_INTERRUPTED}", file=sys.stderr)

@@ -23,6 +23,10 @@ class InputError(TI2VError, ValueError):
     """An image, prompt, manifest or output path cannot be used."""
 
 
+class OutputExistsError(InputError, FileExistsError):
+    """An output exists and would be replaced (pass overwrite / --overwrite to replace it)."""
+
+
 class CheckpointError(TI2VError, ValueError):
     """A checkpoint is not one ti2v-jax can read, or is corrupt, truncated or incomplete."""
 

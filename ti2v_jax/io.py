@@ -46,6 +46,9 @@ from pathlib import Path
 import numpy as np
 from PIL import Image, ImageOps, ImageSequence
 
+from ti2v_jax import cleanup
+from ti2v_jax.errors import InputError, SettingsError
+
 VIDEO_EXTENSIONS = (".gif", ".mp4")
 _FRAME_PATTERN = "frame_{:04d}.png"
 
@@ -74,9 +77,9 @@ def _check_size(size) -> tuple[int, int]:
     try:
         height, width = (int(s) for s in size)
     except (TypeError, ValueError):
-        raise ValueError(f"size must be (height, width), got {size!r}") from None
+        raise SettingsError(f"size must be (height, width), got {size!r}") from None
     if height <= 0 or width <= 0:
-        raise ValueError(f"size must be positive, got {size!r}")
+        raise SettingsError(f"size must be positive, got {size!r}")
     return height, width
 
 
@@ -105,7 +108,7 @@ def _open_image(path) -> Image.Image:
             img.load()  # PIL decodes lazily: force it, so truncation shows here
             return img.copy()
     except (OSError, SyntaxError, ValueError, Image.DecompressionBombError) as e:
-        raise ValueError(f"{path}: not a readable image ({type(e).__name__}: {e})") from e
+        raise InputError(f"{path}: not a readable image ({type(e).__name__}: {e})") from e
 
 
 def _pil_to_rgb(img: Image.Image) -> Image.Image:
@@ -127,11 +130,11 @@ def _array_to_uint8_rgb(a: np.ndarray) -> np.ndarray:
     if a.ndim == 3 and a.shape[-1] in (1, 3, 4):
         a = a[..., :3]
     elif a.ndim != 2:
-        raise ValueError(
+        raise InputError(
             f"image array must be (H, W), (H, W, 1), (H, W, 3) or (H, W, 4); got shape {a.shape}"
         )
     if a.shape[0] == 0 or a.shape[1] == 0:
-        raise ValueError(f"image array is empty: shape {a.shape}")
+        raise InputError(f"image array is empty: shape {a.shape}")
     if a.dtype == np.uint8:
         out = a
     elif a.dtype == np.uint16:
@@ -139,16 +142,16 @@ def _array_to_uint8_rgb(a: np.ndarray) -> np.ndarray:
     elif np.issubdtype(a.dtype, np.floating):
         a = a.astype(np.float64)
         if not np.isfinite(a).all():
-            raise ValueError("float image array contains NaN or inf")
+            raise InputError("float image array contains NaN or inf")
         lo, hi = a.min(), a.max()
         if lo < -1e-6 or hi > 1 + 1e-6:
-            raise ValueError(
+            raise InputError(
                 f"float image arrays must be in [0, 1], got values in [{lo:g}, {hi:g}]"
                 " (for [-1, 1] data pass (x + 1) / 2)"
             )
         out = np.rint(np.clip(a, 0.0, 1.0) * 255.0).astype(np.uint8)
     else:
-        raise ValueError(f"image array dtype must be uint8, uint16 or float, got {a.dtype}")
+        raise InputError(f"image array dtype must be uint8, uint16 or float, got {a.dtype}")
     if out.ndim == 2:
         out = out[..., None]
     if out.shape[-1] == 1:
@@ -197,7 +200,7 @@ def _output_kind(path) -> str:
         return "png"
     if ext in VIDEO_EXTENSIONS:
         return ext[1:]
-    raise ValueError(
+    raise InputError(
         f"{s}: unknown video extension {ext!r}; use .gif, .mp4, or a path without"
         " extension (or ending in '/') for a directory of PNG frames"
     )
@@ -206,12 +209,14 @@ def _output_kind(path) -> str:
 def check_output_path(path) -> str:
     """Check, before any compute, that `save_video(..., path)` can write; return its kind.
 
-    Returns "gif", "mp4" or "png" (a directory of frames). Raises ValueError for
-    an unknown extension, FileNotFoundError when the parent directory is missing,
+    Returns "gif", "mp4" or "png" (a directory of frames). Raises InputError for
+    an unknown extension or "-", FileNotFoundError when the parent directory is missing,
     NotADirectoryError / IsADirectoryError / FileExistsError when the path is the
     wrong kind of thing, PermissionError when the parent is not writable. An
     existing PNG directory is only replaced if it holds nothing but frame_*.png.
     """
+    if os.fspath(path) == "-":
+        raise InputError("output '-': writing a video to standard output is not supported; give a file name")
     kind = _output_kind(path)
     target = Path(os.fspath(path).rstrip("/" + os.sep) or "/")
     parent = target.parent
@@ -258,20 +263,22 @@ def save_video(frames, path, fps: float = 8) -> Path:
     """
     frames = _check_frames(frames)
     if not fps > 0:
-        raise ValueError(f"fps must be positive, got {fps}")
+        raise SettingsError(f"fps must be positive, got {fps}")
     kind = check_output_path(path)
     target = Path(os.fspath(path).rstrip("/" + os.sep) or "/")
     tmp = target.parent / f".{target.name}.{os.getpid()}.{uuid.uuid4().hex[:8]}.tmp"
+    if kind != "png":
+        tmp = tmp.with_name(tmp.name + "." + kind)  # ffmpeg picks the muxer by extension
     try:
-        if kind == "png":
-            tmp.mkdir()
-            for i, frame in enumerate(frames):
-                Image.fromarray(frame, "RGB").save(tmp / _FRAME_PATTERN.format(i), format="PNG")
-            _replace_dir(tmp, target)
-        else:
-            tmp = tmp.with_name(tmp.name + "." + kind)  # ffmpeg picks the muxer by extension
-            (_write_gif if kind == "gif" else _write_mp4)(frames, tmp, fps)
-            os.replace(tmp, target)
+        with cleanup.temporary(tmp):
+            if kind == "png":
+                tmp.mkdir()
+                for i, frame in enumerate(frames):
+                    Image.fromarray(frame, "RGB").save(tmp / _FRAME_PATTERN.format(i), format="PNG")
+                _replace_dir(tmp, target)
+            else:
+                (_write_gif if kind == "gif" else _write_mp4)(frames, tmp, fps)
+                os.replace(tmp, target)
     except BaseException:
         if tmp.is_dir():
             shutil.rmtree(tmp, ignore_errors=True)
@@ -415,7 +422,7 @@ def read_video(path) -> np.ndarray:
     if p.is_dir():
         names = sorted((n for n in os.listdir(p) if _is_frame_name(n)), key=lambda n: int(n[6:-4]))
         if not names:
-            raise ValueError(f"{p}: no frame_*.png files")
+            raise InputError(f"{p}: no frame_*.png files")
         frames = [np.asarray(Image.open(p / n).convert("RGB")) for n in names]
     elif p.suffix.lower() == ".gif":
         with Image.open(p) as im:
@@ -427,5 +434,5 @@ def read_video(path) -> np.ndarray:
         w, h = _quiet_fork(next, reader)["size"]
         frames = [np.frombuffer(b, np.uint8).reshape(h, w, 3) for b in reader]
     else:
-        raise ValueError(f"{p}: cannot read videos of this kind")
+        raise InputError(f"{p}: cannot read videos of this kind")
     return np.stack(frames)

@@ -31,6 +31,7 @@ from flax import nnx
 
 from ti2v_jax import parallel, platforms
 from ti2v_jax.errors import CheckpointError, CheckpointNotFoundError, SettingsError
+from ti2v_jax.sampling import schedule
 from ti2v_jax.weights import checkpoint as ckpt
 from ti2v_jax.weights import convert
 from ti2v_jax.weights.checkpoint import (  # noqa: F401  (re-exported)
@@ -190,6 +191,7 @@ def load(directory, *, dtype=None, component_dtypes: dict | None = None, compone
     """
     directory = Path(directory)
     fmt = detect_format(directory)
+    ckpt.check_index_fields(directory)
     components = tuple(components)
     unknown = sorted(set(components) - set(MODEL_COMPONENTS))
     if unknown:
@@ -225,6 +227,8 @@ def load(directory, *, dtype=None, component_dtypes: dict | None = None, compone
             del c
         tok = convert.source_tokenizer(directory, fmt) if tokenizer else None
         sched = convert.source_scheduler_config(directory, fmt)
+    sched_file = "configuration.json" if fmt == "modelscope" else f"{SCHEDULER}/{SCHEDULER_CONFIG}"
+    schedule.scheduler_values(sched, where=str(directory / sched_file))
     return from_splits(splits, configs, tokenizer=tok, scheduler_config=sched, dtypes=dtypes)
 
 
@@ -272,9 +276,10 @@ def describe(directory) -> dict:
             path = (directory / name / ckpt.PARAMS).absolute()
             ckptr = ocp.StandardCheckpointer()
             try:
-                item = ckptr.metadata(path).item_metadata
+                with ckpt.quiet_logger("absl"):  # orbax logs what the error below says
+                    item = ckptr.metadata(path).item_metadata
                 if item is None:
-                    raise ValueError("orbax found no readable array metadata (_METADATA)")
+                    raise CheckpointError("orbax found no readable array metadata (_METADATA)")
                 meta = item.tree
             except MemoryError:
                 raise

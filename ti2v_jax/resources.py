@@ -23,7 +23,8 @@ from __future__ import annotations
 
 import os
 
-from ti2v_jax.errors import ResourceError
+from ti2v_jax import env
+from ti2v_jax.errors import ResourceError, SettingsError
 
 GiB = 1 << 30
 # What to reduce, by the part of the estimate that dominates it.
@@ -53,7 +54,7 @@ def _as_int(name, v) -> int:
         raise TypeError(f"{name} must be an integer, got {v!r}")
     v = int(v)
     if v < 0:
-        raise ValueError(f"{name} must be >= 0, got {v}")
+        raise SettingsError(f"{name} must be >= 0, got {v}")
     return v
 
 
@@ -174,7 +175,7 @@ def check_fits(estimate: dict, device=None, *, available: int | None = None) -> 
     available: the free bytes, instead of asking the device (tests). Skipped when the
     device does not report its memory, or with TI2V_SKIP_RESOURCE_CHECK=1.
     """
-    if os.environ.get("TI2V_SKIP_RESOURCE_CHECK", "") not in ("", "0"):
+    if env.flag(env.SKIP_RESOURCE_CHECK):
         return
     where = "the device"
     if available is None:

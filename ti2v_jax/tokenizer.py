@@ -228,7 +228,7 @@ def tokenize(tokenizer, prompts, max_length: int = 77) -> np.ndarray:
     for row, prompt in zip(out, prompts):
         ids = [bos] + encode_prompt(tokenizer, prompt) + [eos]
         if len(ids) > max_length:
-            warnings.warn(f"prompt has {len(ids)} tokens, more than {max_length}; it was truncated: {prompt!r}",
+            warnings.warn(f"prompt has {len(ids)} tokens, more than {max_length}; it was truncated: {_excerpt(prompt)}",
                           stacklevel=2)
             ids = ids[:max_length]
             ids[-1] = eos

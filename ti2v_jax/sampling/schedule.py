@@ -22,6 +22,36 @@ BETA_START = 0.00085
 BETA_END = 0.012
 
 
+def scheduler_values(config: dict | None, where: str = "scheduler config") -> tuple[int, float, float]:
+    """(num_train_timesteps, beta_start, beta_end) of a diffusers DDIM scheduler config (None:
+    the defaults), checked: a field of the wrong kind or out of range (betas must satisfy
+    0 < beta_start <= beta_end < 1; only the "scaled_linear" schedule and "epsilon"
+    prediction are implemented) is a one-line CheckpointError naming `where` and the field."""
+    from ti2v_jax.errors import CheckpointError
+
+    config = config or {}
+
+    def bad(field, value, need):
+        return CheckpointError(f"{where}: {field}={value!r} is not {need}; fix the file or convert the "
+                               f"checkpoint again")
+
+    n = config.get("num_train_timesteps", NUM_TRAIN_TIMESTEPS)
+    if isinstance(n, bool) or not isinstance(n, int) or n < 1:
+        raise bad("num_train_timesteps", n, "an integer >= 1")
+    betas = []
+    for field, default in (("beta_start", BETA_START), ("beta_end", BETA_END)):
+        v = config.get(field, default)
+        if isinstance(v, bool) or not isinstance(v, (int, float)) or not 0 < v < 1:
+            raise bad(field, v, "a number between 0 and 1")
+        betas.append(float(v))
+    if betas[0] > betas[1]:
+        raise bad("beta_start", betas[0], f"<= beta_end ({betas[1]})")
+    for field, supported in (("beta_schedule", "scaled_linear"), ("prediction_type", "epsilon")):
+        if config.get(field, supported) != supported:
+            raise bad(field, config[field], f"{supported!r} (the only one implemented)")
+    return n, betas[0], betas[1]
+
+
 def state_dtype(dtype):
     """The dtype of the sampler state for inputs of `dtype`: at least float32 (precision policy:
     everything between network calls is float32; a float64 run stays float64)."""

@@ -22,13 +22,16 @@ from __future__ import annotations
 
 import concurrent.futures
 import contextlib
+import errno
 import hashlib
 import json
 import logging
 import os
 import re
 import shutil
+import socket
 import uuid
+from glob import escape as glob_escape
 from pathlib import Path
 
 import jax
@@ -37,11 +40,13 @@ import numpy as np
 import orbax.checkpoint as ocp
 from flax import nnx
 
+from ti2v_jax import cleanup, env
 from ti2v_jax.errors import (
     CheckpointError,
     CheckpointNotFoundError,
     InputError,
     IntegrityError,
+    OutputExistsError,
     SettingsError,
 )
 from ti2v_jax.weights.components import (
@@ -60,7 +65,7 @@ INDEX = "model_index.json"
 PARAMS = "params"
 CHECKSUMS = "checksums.json"
 HASH = "sha256"  # hashlib's, with SHA-NI/ARMv8 instructions on current CPUs; `sha256sum` can check it too
-NO_VERIFY_ENV = "TI2V_NO_VERIFY"
+NO_VERIFY_ENV = env.NO_VERIFY
 DTYPES = {"float32": jnp.float32, "bfloat16": jnp.bfloat16, "float16": jnp.float16}
 
 
@@ -85,6 +90,17 @@ def _one_line(e: BaseException, limit: int = 300) -> str:
     if array:
         first += f" [array {array.group(1)}]"
     return f"{type(e).__name__}: {first}" if first else type(e).__name__
+
+
+@contextlib.contextmanager
+def quiet_logger(logger: str):
+    """Drop `logger`'s records below ERROR for the duration (what they say ends in our own error)."""
+    drop = lambda record: record.levelno >= logging.ERROR
+    logging.getLogger(logger).addFilter(drop)
+    try:
+        yield
+    finally:
+        logging.getLogger(logger).removeFilter(drop)
 
 
 def is_converted(directory) -> bool:
@@ -116,6 +132,23 @@ def read_index(directory) -> dict:
     return read_json(Path(directory) / INDEX, "checkpoint index")
 
 
+# model_index.json fields a checkpoint may recommend (the pipeline's K and N), with their least values.
+INDEX_INTEGERS = {"num_frames": 2, "num_new_frames": 1}
+
+
+def check_index_fields(directory) -> None:
+    """A one-line CheckpointError naming the file and field when `directory`'s model_index.json
+    gives one of `INDEX_INTEGERS` as something other than a large enough integer (e.g. null)."""
+    path = Path(directory) / INDEX
+    if not path.is_file():
+        return
+    index = read_json(path, "model index")
+    for field, low in INDEX_INTEGERS.items():
+        v = index.get(field, low)
+        if isinstance(v, bool) or not isinstance(v, int) or v < low:
+            raise CheckpointError(f"{path}: {field}={v!r} is not an integer >= {low}; fix the field or remove it")
+
+
 def read_config(directory, name: str) -> dict:
     return read_json(Path(directory) / name / "config.json", f"{name}: config file")
 
@@ -138,6 +171,13 @@ def _hash_many(paths: list) -> list[str]:
 def _all_files(root: Path) -> list[str]:
     return sorted(p.relative_to(root).as_posix() for p in root.rglob("*")
                   if p.is_file() and p.relative_to(root).as_posix() != CHECKSUMS)
+
+
+def _is_layout_file(name: str) -> bool:
+    """True for a file of the converted layout itself: the index and everything in a component's,
+    the tokenizer's or the scheduler's folder (what loading reads)."""
+    top = name.split("/", 1)[0]
+    return name == INDEX or ("/" in name and (top in COMPONENTS or top in (TOKENIZER, SCHEDULER)))
 
 
 def write_checksums(root) -> dict:
@@ -189,6 +229,14 @@ def _check_files(directory: Path, record: dict, components=None) -> dict:
         raise IntegrityError(f"{directory / bad[0]}{more}: content differs from its {HASH} in {CHECKSUMS} "
                              f"(corrupted); copy or convert the checkpoint again")
     unrecorded = [n for n in _all_files(directory) if n not in record["files"] and in_scope(n)]
+    # A record that leaves out a file the checkpoint is made of (emptied, or an entry removed)
+    # would let that file change unnoticed: only files beside the layout (a README) may be unrecorded.
+    uncovered = [n for n in unrecorded if _is_layout_file(n)]
+    if uncovered:
+        more = f" (and {len(uncovered) - 1} more)" if len(uncovered) > 1 else ""
+        raise IntegrityError(f"{directory / uncovered[0]}{more} is not covered by {CHECKSUMS} (it lists "
+                             f"{len(record['files'])} files): the record is incomplete or was edited; copy or "
+                             f"convert the checkpoint again")
     return {"directory": str(directory.absolute()), "algorithm": HASH, "files": len(names),
             "bytes": int(sum(files[n]["size"] for n in names)), "unrecorded": unrecorded}
 
@@ -198,9 +246,11 @@ def verify_checkpoint(directory, *, components=None) -> dict:
 
     components: only the files of these networks (and the shared ones: index, tokenizer,
     scheduler); default every recorded file. Returns {"directory", "algorithm", "files"
-    (number checked), "bytes", "unrecorded" (files present but not in the record, e.g.
-    added by hand; not an error)}. Raises CheckpointNotFoundError for a missing directory
-    or file, IntegrityError for a truncated or corrupted file, CheckpointError for a
+    (number checked), "bytes", "unrecorded" (files beside the layout that are not in the
+    record, e.g. a README added by hand; not an error)}. Raises CheckpointNotFoundError for
+    a missing directory or file, IntegrityError for a truncated or corrupted file or for a
+    file of the layout (index, network, tokenizer, scheduler) the record leaves out (an
+    emptied or partial record), CheckpointError for a
     directory that is not a converted checkpoint or has no record (written before
     ti2v-jax recorded checksums: re-convert it to get one). Each message is one line
     naming the file.
@@ -224,7 +274,7 @@ def verify_for_loading(directory, components, *, verify: bool = True) -> dict | 
 
     A checkpoint without a record loads with a logged warning. Returns the summary, or None.
     """
-    if not verify or os.environ.get(NO_VERIFY_ENV, "").strip() not in ("", "0", "false", "False", "no"):
+    if not verify or env.flag(NO_VERIFY_ENV):
         return None
     directory = Path(directory)
     record = read_checksums(directory)
@@ -278,12 +328,13 @@ def restore_params(path, abstract_model, *, param_dtype=None, sharding=None, nam
         raise CheckpointNotFoundError(f"{name}: parameter checkpoint {path} not found")
     ckptr = ocp.StandardCheckpointer()
     try:
-        item = ckptr.metadata(path).item_metadata
+        with quiet_logger("absl"):  # orbax logs damaged metadata before returning None; the error below says it
+            item = ckptr.metadata(path).item_metadata
         if item is None:
-            raise ValueError("orbax found no readable array metadata (_METADATA)")
+            raise CheckpointError("orbax found no readable array metadata (_METADATA)")
         saved = _flat_keys(item.tree)
         if not saved or not all(hasattr(m, "shape") and hasattr(m, "dtype") for m in saved.values()):
-            raise ValueError("no array metadata")
+            raise CheckpointError("no array metadata")
     except MemoryError:
         raise
     except Exception as e:  # noqa: BLE001 - orbax/tensorstore raise many types for damaged metadata
@@ -326,40 +377,89 @@ def restore_params(path, abstract_model, *, param_dtype=None, sharding=None, nam
 
 # ---- writing a converted directory ---------------------------------------------
 
+def _owner_alive(name: str, prefix: str) -> bool:
+    """For a temporary named `prefix + "<host>-<pid>-<hex>"`: False when its writer was a process
+    of this host that is gone (killed), True otherwise (alive, another host's, or unknown)."""
+    host, _, rest = name[len(prefix):].rpartition("-")[0].rpartition("-")
+    try:
+        pid = int(rest)
+    except ValueError:
+        return True
+    if host != socket.gethostname():
+        return True
+    try:
+        os.kill(pid, 0)
+    except ProcessLookupError:
+        return False
+    except OSError:  # another user's process: alive
+        return True
+    return True
+
+
+def _remove_dead_temporaries(dst: Path) -> None:
+    """Remove what killed writers of `dst` left beside it (`.<name>.tmp-*`, `.<name>.old-*`)."""
+    for kind in ("tmp", "old"):
+        prefix = f".{dst.name}.{kind}-"
+        for p in dst.parent.glob(glob_escape(prefix) + "*"):
+            if not _owner_alive(p.name, prefix):
+                if p.is_dir() and not p.is_symlink():
+                    shutil.rmtree(p, ignore_errors=True)
+                else:
+                    p.unlink(missing_ok=True)
+
+
 @contextlib.contextmanager
 def atomic_directory(dst, *, overwrite: bool = False, protect=()):
     """Yield a fresh temporary directory beside `dst`; it becomes `dst` only on success.
 
     An existing `dst` is an error unless `overwrite`, in which case it is swapped out
-    (rename, rename, delete) only once the new one is complete. On any error the
-    temporary directory is removed and `dst` is left as it was. `protect`: paths that
-    must not be replaced (e.g. the source checkpoint).
+    (rename, rename, delete) only once the new one is complete. Without `overwrite`, a
+    `dst` that appeared meanwhile (another writer finished first) is an error too: nothing
+    is replaced. On any error the temporary directory is removed and `dst` is left as it
+    was. Temporaries left by a killed writer on this host are removed first (their names
+    hold host and pid). `protect`: paths that must not be replaced (e.g. the source checkpoint).
     """
     dst = Path(dst).absolute()
     for p in protect:
         p = Path(p).absolute()
         if dst == p or p.is_relative_to(dst):
             raise InputError(f"destination {dst} would replace the source {p}")
+
+    def exists_error():
+        return OutputExistsError(f"{dst} already exists; pass overwrite=True (--overwrite) to replace it")
+
     if dst.exists() and not overwrite:
-        raise FileExistsError(f"{dst} already exists; pass overwrite=True (--overwrite) to replace it")
+        raise exists_error()
     dst.parent.mkdir(parents=True, exist_ok=True)
-    tmp = dst.parent / f".{dst.name}.tmp-{uuid.uuid4().hex[:8]}"
+    _remove_dead_temporaries(dst)
+    me = f"{socket.gethostname()}-{os.getpid()}-{uuid.uuid4().hex[:8]}"
+    tmp = dst.parent / f".{dst.name}.tmp-{me}"
     tmp.mkdir()
-    try:
-        yield tmp
-        if dst.exists():
-            old = dst.parent / f".{dst.name}.old-{uuid.uuid4().hex[:8]}"
-            os.replace(dst, old)
-            os.replace(tmp, dst)
-            if old.is_dir():
-                shutil.rmtree(old, ignore_errors=True)
+    with cleanup.temporary(tmp):  # also removed when Ctrl-C ends the command at once
+        try:
+            yield tmp
+            if not overwrite:
+                try:  # a rename onto an existing (non-empty) directory fails: no silent replacement
+                    if dst.exists() or dst.is_symlink():
+                        raise exists_error()
+                    os.rename(tmp, dst)
+                except OSError as e:
+                    if e.errno in (errno.EEXIST, errno.ENOTEMPTY, errno.ENOTDIR, errno.EISDIR):
+                        raise exists_error() from None
+                    raise
+            elif dst.exists() or dst.is_symlink():
+                old = dst.parent / f".{dst.name}.old-{me}"
+                os.replace(dst, old)
+                os.replace(tmp, dst)
+                if old.is_dir() and not old.is_symlink():
+                    shutil.rmtree(old, ignore_errors=True)
+                else:
+                    old.unlink()
             else:
-                old.unlink()
-        else:
-            os.replace(tmp, dst)
-    except BaseException:
-        shutil.rmtree(tmp, ignore_errors=True)
-        raise
+                os.replace(tmp, dst)
+        except BaseException:
+            shutil.rmtree(tmp, ignore_errors=True)
+            raise
 
 
 def write_component(root, name: str, config: dict, params_tree, *, config_file=None) -> None:

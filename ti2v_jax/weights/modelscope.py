@@ -88,15 +88,40 @@ def _flag(v) -> bool:
     return v is True or (isinstance(v, str) and v.lower() == "true")
 
 
+_REQUIRED = object()
+
+
+def _number(model_cfg: dict, key: str, default=_REQUIRED, kind=int):
+    """model_cfg[key] as `kind`; a missing field or one of the wrong kind is a one-line CheckpointError."""
+    v = model_cfg.get(key, default)
+    if v is _REQUIRED:
+        raise CheckpointError(f"configuration.json model_cfg has no {key!r}; it is not a complete ModelScope "
+                              f"text-to-video configuration")
+    if isinstance(v, bool) or not isinstance(v, (int, float)) or (kind is int and v != int(v)):
+        need = "an integer" if kind is int else "a number"
+        raise CheckpointError(f"configuration.json model_cfg.{key}={v!r} is not {need}")
+    return kind(v)
+
+
+def _mults(model_cfg: dict) -> list[int]:
+    mult = model_cfg.get("unet_dim_mult", _REQUIRED)
+    if mult is _REQUIRED:
+        _number(model_cfg, "unet_dim_mult")  # the one-line "has no" error
+    if not isinstance(mult, list) or not mult:
+        raise CheckpointError(f"configuration.json model_cfg.unet_dim_mult={mult!r} is not a list of integers")
+    return [_number({"unet_dim_mult": m}, "unet_dim_mult") for m in mult]
+
+
 def unet_config(model_cfg: dict) -> dict:
     """configuration.json model_cfg -> diffusers UNet3DConditionModel config.
 
-    Raises ValueError for UNetSD settings diffusers' architecture cannot express.
+    Raises CheckpointError (one line naming the field) for a missing field, one of the wrong
+    kind, or UNetSD settings diffusers' architecture cannot express.
     """
-    dim, mult = int(model_cfg["unet_dim"]), list(model_cfg["unet_dim_mult"])
-    head_dim = int(model_cfg.get("unet_head_dim", 64))
+    dim, mult = _number(model_cfg, "unet_dim"), _mults(model_cfg)
+    head_dim = _number(model_cfg, "unet_head_dim", 64)
     num_heads = model_cfg.get("unet_num_heads") or dim // 32
-    context_dim = int(model_cfg["unet_context_dim"])
+    context_dim = _number(model_cfg, "unet_context_dim")
     attn = _attention_levels(model_cfg)
 
     def bad(key, why):
@@ -112,7 +137,7 @@ def unet_config(model_cfg: dict) -> dict:
     for key in ("use_fps_condition", "use_image_dataset", "use_sim_mask"):
         if _flag(model_cfg.get(key, False)):
             bad(key, "not supported")
-    if model_cfg.get("unet_res_blocks", 2) < 1:
+    if _number(model_cfg, "unet_res_blocks", 2) < 1:
         bad("unet_res_blocks", "at least 1")
     for m in mult:
         if (dim * m) % 32 or (dim * m) % head_dim:
@@ -125,11 +150,11 @@ def unet_config(model_cfg: dict) -> dict:
         "block_out_channels": [dim * m for m in mult],
         "cross_attention_dim": context_dim,
         "down_block_types": ["CrossAttnDownBlock3D" if a else "DownBlock3D" for a in attn],
-        "in_channels": int(model_cfg["unet_in_dim"]),
-        "layers_per_block": int(model_cfg["unet_res_blocks"]),
+        "in_channels": _number(model_cfg, "unet_in_dim"),
+        "layers_per_block": _number(model_cfg, "unet_res_blocks"),
         "norm_eps": 1e-5,
         "norm_num_groups": 32,
-        "out_channels": int(model_cfg["unet_out_dim"]),
+        "out_channels": _number(model_cfg, "unet_out_dim"),
         "sample_size": SAMPLE_SIZE // 8,
         "up_block_types": ["CrossAttnUpBlock3D" if a else "UpBlock3D" for a in reversed(attn)],
     }
@@ -138,7 +163,7 @@ def unet_config(model_cfg: dict) -> dict:
 def _attention_levels(model_cfg: dict) -> list[bool]:
     """Which resolution levels have attention: UNetSD's `scale in attn_scales`, scale = 1/2**level."""
     scales = [float(s) for s in model_cfg.get("unet_attn_scales", [1 / 2, 1 / 4, 1 / 8])]
-    return [1.0 / 2 ** i in scales for i in range(len(model_cfg["unet_dim_mult"]))]
+    return [1.0 / 2 ** i in scales for i in range(len(_mults(model_cfg)))]
 
 
 def unet_renames(config: dict) -> list[tuple[str, str]]:
