@@ -143,6 +143,18 @@ def test_a_saved_program_that_does_not_match_is_not_used(tmp_path, caplog):
         executables.Executables(tmp_path / "nothing")
 
 
+def test_batch_size_defaults_to_the_saved_programs(tmp_path):
+    """`ti2v-jax batch --executables` runs, per device, the batch the programs were compiled for."""
+    from ti2v_jax import executables
+
+    key = {"program": "ti2v_program", "args": [[[8], "key<fry>"], [[8, 1, 32, 32, 3], "float32"]],
+           "devices": {"platform": "tpu", "kind": "TPU v5 lite", "count": 4}}
+    (tmp_path / "manifest.json").write_text(json.dumps(
+        {"format": 1, "versions": executables.versions(), "programs": [{"file": "p.bin", "target": "v5e:2x2",
+                                                                        "key": key}]}))
+    assert executables.Executables(tmp_path).batch_per_device() == 2
+
+
 def test_plan_errors_are_one_line(capsys, monkeypatch):
     from ti2v_jax import cli
 

@@ -443,8 +443,9 @@ def run_batch(pipe, manifest, out_dir, *, defaults: dict | None = None, override
     """Generate every manifest item of this process's share that is not complete in `out_dir`.
 
     defaults / overrides: settings by manifest name (see module docstring for precedence).
-    batch_size: items per process per pipeline call (default: `platforms.default_batch_size`
-    per device, times the local device count for "mesh"/"pmap"; 1 per device on CPU). max_items: stop after this many pending items (a job
+    batch_size: items per process per pipeline call (default per device: the batch the
+    pipeline's saved programs were compiled for (`ti2v-jax plan --save-executables`), else
+    `platforms.default_batch_size`; times the local device count for "mesh"/"pmap"). max_items: stop after this many pending items (a job
     in chunks). lockstep: None = automatic (several jax processes and "mesh"/"pmap").
     claim_timeout: workers sharing `out_dir` claim each item before computing it (see
     `Claims`), so each item is done once; a claim not refreshed for this many seconds
@@ -478,7 +479,8 @@ def _run(pipe, manifest, points, *, defaults, base_seed, batch_size, parallel, f
         raise SettingsError(f"format must be one of {FORMATS}, got {fmt!r}")
     if batch_size is None:
         from ti2v_jax.platforms import default_batch_size
-        per_device = default_batch_size(jax.default_backend())
+        saved = getattr(pipe, "executables", None)
+        per_device = (saved and saved.batch_per_device()) or default_batch_size(jax.default_backend())
         batch_size = per_device * (1 if parallel == "none" else jax.local_device_count())
     if batch_size < 1:
         raise SettingsError(f"batch_size must be >= 1, got {batch_size}")

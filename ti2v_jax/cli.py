@@ -130,10 +130,11 @@ def _add_batch(p):
     p.add_argument("--format", choices=("gif", "mp4", "png"), default="gif",
                    help="gif, mp4, or png (a directory of frames per item)")
     p.add_argument("--batch-size", type=_number("--batch-size", int, 1), default=None,
-                   help="items per call on each process (default: per device 1 on CPU, the fastest measured; on "
-                        "GPU/TPU the largest of 1, 2, 4, 8 whose videos fit in 60%% of the device's memory, a "
-                        "provisional rule until measured (benchmarks/RESULTS.md); times the local device count "
-                        "with mesh/pmap)")
+                   help="items per call on each process (default per device: the batch --executables were "
+                        "compiled for (`ti2v-jax plan --batch-per-chip auto` finds the largest that fits); else 1 "
+                        "on CPU, the fastest measured, and on GPU/TPU the largest of 1, 2, 4, 8 whose videos fit in "
+                        "60%% of the device's memory, a rule not yet measured (benchmarks/RESULTS.md); times the "
+                        "local device count with mesh/pmap)")
     p.add_argument("--parallel", choices=("none", "mesh", "pmap"), default="mesh",
                    help="how a batch is split over devices (default mesh: all devices)")
     p.add_argument("--max-items", type=_number("--max-items", int, 0), default=None,
@@ -295,7 +296,11 @@ def _load_pipeline(a):
     aux = None if a.vae_text_dtype == "same" else a.vae_text_dtype
     parallel = getattr(a, "parallel", "none")
     # The weights go where the programs run, once: all devices for a mesh, the local ones for pmap.
-    devices = {"mesh": jax.devices, "pmap": jax.local_devices}.get(parallel, lambda: None)()
+    # Across processes each keeps its copy on a local device (its prompts are encoded there) and
+    # the pipeline places the replicated copy once, on its first parallel call.
+    devices = None
+    if jax.process_count() == 1:
+        devices = {"mesh": jax.devices, "pmap": jax.local_devices}.get(parallel, lambda: None)()
     return TI2VZeroPipeline.from_pretrained(a.model, dtype=a.dtype, vae_text_dtype=aux, num_frames=a.num_frames,
                                             verify=not a.no_verify, devices=devices, executables=a.executables)
 

@@ -134,6 +134,13 @@ class Executables:
         self.loaded: dict = {}
         self.said: set = set()
 
+    def batch_per_device(self) -> int | None:
+        """Items per device of the saved programs' calls (the largest, where several were
+        saved): what `ti2v-jax batch --executables` runs per device unless told otherwise."""
+        sizes = [p["key"]["args"][0][0][0] // max(1, p["key"]["devices"]["count"]) for p in self.manifest["programs"]
+                 if p["key"].get("args")]
+        return max(sizes) if sizes else None
+
     def get(self, key: dict, devices):
         """The loaded program saved under `key`, or None (after one logged line saying why)."""
         name = _file_of(key)

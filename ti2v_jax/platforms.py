@@ -131,7 +131,8 @@ _MAX_BATCH = {"cpu": 1, "gpu": 8, "tpu": 8}
 
 def default_batch_size(platform: str | None = None, *, device_memory_gib: float | None = None) -> int:
     """Videos per call and device that `ti2v-jax batch` uses when neither `--batch-size` nor
-    a plan (`ti2v-jax plan`, whose compiled memory gives the largest batch that fits) says.
+    saved programs (`ti2v-jax plan --save-executables`, compiled for a batch the plan found to
+    fit) say.
 
     CPU: 1, measured (benchmarks/RESULTS.md): batches of 2 and 4 made fewer new frames per
     second than one at a time. GPU/TPU: the largest power of two up to 8 whose activations
