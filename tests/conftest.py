@@ -40,6 +40,10 @@ from ti2v_jax.tiny import SCHEDULER, TINY_TEXT, TINY_UNET, TINY_VAE  # one defin
 IMAGE_SIZE = 32
 LATENT_SIZE = 16
 
+# The tests run on this host's CPU, and so do their subprocesses; with libtpu installed (the
+# tpu extra) JAX would otherwise try to start a TPU backend in every process.
+os.environ.setdefault("JAX_PLATFORMS", "cpu")
+
 if os.environ.get("TI2V_TESTS_WITHOUT_TORCH", "") not in ("", "0"):
     for _name in ("torch", "diffusers", "torchvision"):
         if sys.modules.get(_name) is not None:
