@@ -81,13 +81,26 @@ def test_verify_false_and_the_environment_skip_the_check(copy, tiny_converted_di
     data = _largest(copy / "unet")
     _flip_bits(data)
     good = loading.load(tiny_converted_dir, components=("unet",), tokenizer=False)
-    bad = loading.load(copy, components=("unet",), tokenizer=False, verify=False)
-    changed = sum(int((np.asarray(a) != np.asarray(b)).sum())
-                  for a, b in zip(jax.tree.leaves(good.params), jax.tree.leaves(bad.params)))
-    print("parameters changed by 100 flipped bits:", changed)
-    assert changed > 0  # the check was really skipped: the flipped bits were loaded
+
+    def load_unchecked(**kw):
+        """The flipped bits, read without the hash check: loaded, or refused by the reader's own
+        decoding (the flips can land in compressed chunks) -- never an IntegrityError."""
+        try:
+            return loading.load(copy, components=("unet",), tokenizer=False, **kw)
+        except IntegrityError:
+            raise AssertionError("the hash check ran although it was switched off") from None
+        except CheckpointError as e:
+            assert "cannot read the parameters" in str(e), e
+            return None
+
+    bad = load_unchecked(verify=False)
+    if bad is not None:
+        changed = sum(int((np.asarray(a) != np.asarray(b)).sum())
+                      for a, b in zip(jax.tree.leaves(good.params), jax.tree.leaves(bad.params)))
+        print("parameters changed by 100 flipped bits:", changed)
+        assert changed > 0  # the check was really skipped: the flipped bits were loaded
     monkeypatch.setenv("TI2V_NO_VERIFY", "1")
-    loading.load(copy, components=("unet",), tokenizer=False)
+    load_unchecked()
 
 
 def test_truncated_file(copy):
