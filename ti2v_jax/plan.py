@@ -136,7 +136,7 @@ def checkpoint_configs(directory) -> dict:
     from ti2v_jax.weights import checkpoint as ckpt
     from ti2v_jax.weights.components import SCHEDULER, SCHEDULER_CONFIG
 
-    directory = loading.Path(directory)
+    directory = Path(directory)
     fmt = loading.detect_format(directory)
     if fmt == "modelscope":
         raise CheckpointError(f"{directory} is an original ModelScope checkpoint, whose VAE and text encoder "
@@ -178,10 +178,6 @@ class Report:
     xla_optimal_seconds: float | None
     largest_batch: int | None = None
     tried: list = dataclasses.field(default_factory=list)  # [(batch, resident GiB, fits)]
-
-    @property
-    def peak_tflops(self):
-        return None if self.chip is None else platforms.CHIPS[self._chip_key].bf16_tflops
 
     @property
     def _chip_key(self):
@@ -454,9 +450,8 @@ def plan(target, *, configs: dict, dtype="bfloat16", vae_text_dtype="float32", b
 
     log("compiling the units of one new frame (guided U-Net call, VAE decode/encode) for their cost ...")
     units = planner.unit_costs(s, batch_per_chip)
-    counts = frame_unit_counts(s) if not t2v else {"unet": s.steps, "decode": 1, "encode": 0}
-    if t2v:  # a T2V call makes num_frames frames from S U-Net calls: per frame, a share of them
-        counts = {"unet": s.steps / k, "decode": 1, "encode": 0}
+    # A T2V call makes K frames from S U-Net calls: per frame, a share of them.
+    counts = {"unet": s.steps / k, "decode": 1, "encode": 0} if t2v else frame_unit_counts(s)
     flops = sum(units[u][0] * n for u, n in counts.items())
     nbytes = sum(units[u][1] * n for u, n in counts.items())
     pallas = sum(units[u][2] * n for u, n in counts.items())
