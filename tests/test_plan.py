@@ -214,32 +214,42 @@ def test_kernels_follow_the_target_not_the_host():
 
 
 @pytest.mark.slow
-@pytest.mark.xfail(strict=True, reason="measured 9.59 -> 57.51 -> 95.85 -> 95.85 MiB: one more replicated copy "
-                   "appears with the second program, not yet explained (later groups add nothing)")
 def test_weights_are_placed_once_per_pipeline():
     """On 4 CPU devices, a pipeline loaded without devices= runs three static-settings groups in
-    mesh mode: the live bytes do not grow with the number of programs (one placed copy)."""
+    mesh mode: the device bytes held do not grow with the number of programs (one placed copy).
+
+    Bytes are counted once per device buffer (device, address): a shard's `.data` is a new
+    Array object over the same buffer, so summing objects would count one buffer many times."""
     code = textwrap.dedent("""
         import jax
         from ti2v_jax import TI2VZeroPipeline
-        live = lambda: sum(s.data.nbytes for a in jax.live_arrays() for s in a.addressable_shards)
+        def held():
+            buffers = {}
+            for a in jax.live_arrays():
+                for s in a.addressable_shards:
+                    buffers[(s.device.id, s.data.unsafe_buffer_pointer())] = s.data.nbytes
+            return sum(buffers.values())
         pipe = TI2VZeroPipeline.from_pretrained()
-        sizes = [live()]
+        weights = sum(x.nbytes for x in jax.tree.leaves(pipe.params))
+        sizes = [held()]
         for n in (1, 2, 3):
             out = pipe("examples/start_red_circle.png", "a red circle moving right", steps=1, resample=0,
                        num_new_frames=n, parallel="mesh")
             del out
-            sizes.append(live())
-        print("live MiB:", " ".join(f"{s / 2**20:.2f}" for s in sizes))
+            sizes.append(held())
+        print("weights MiB:", f"{weights / 2**20:.2f}")
+        print("held MiB:", " ".join(f"{s / 2**20:.2f}" for s in sizes))
         print("programs:", len(pipe._programs), "placements:", len(pipe._placements))
     """)
     r = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, cwd=ROOT, timeout=900,
                        env=_env(XLA_FLAGS="--xla_force_host_platform_device_count=4"))
     assert r.returncode == 0, r.stderr[-3000:]
     print(r.stdout)
-    sizes = [float(x) for x in r.stdout.split("live MiB:")[1].split("\n")[0].split()]
+    weights = float(r.stdout.split("weights MiB:")[1].split()[0])
+    sizes = [float(x) for x in r.stdout.split("held MiB:")[1].split("\n")[0].split()]
     assert "programs: 3 placements: 1" in r.stdout
-    # After load: one copy on the default device; after the first mesh call: that plus one
-    # replicated copy on the 4 devices; later groups add nothing.
+    # After load: one copy on the default device; after the first mesh call: one replicated copy
+    # on the 4 devices (at most the loaded copy beside it); later groups add nothing.
+    assert sizes[0] >= weights, sizes
+    assert 4 * weights <= sizes[1] <= 5 * weights + 1, (weights, sizes)
     assert sizes[2] == sizes[1] and sizes[3] == sizes[1], sizes
-    assert sizes[1] <= 5.2 * sizes[0], sizes
