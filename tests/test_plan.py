@@ -4,6 +4,7 @@ executables (`ti2v_jax.executables`), and weights placed once per pipeline.
 TPU targets compile with libtpu on this CPU-only host (`pip install 'jax[tpu]'`, the README's
 install block); without libtpu those tests skip, saying so."""
 
+import functools
 import json
 import os
 import subprocess
@@ -67,6 +68,36 @@ def test_pallas_attention_compiles_for_a_tpu_mesh_from_this_cpu():
     assert "multiples of 128" in calls[1]["fallback"]
     assert "tpu_custom_call" in compiled.as_text()  # Mosaic's kernel is in the TPU program
     assert compiled.memory_analysis().argument_size_in_bytes == 2 * 256 * 128 * 2 + 2 * 77 * 128 * 2
+
+
+@needs_libtpu
+@pytest.mark.parametrize("topology", ["v5e:2x2", pytest.param("v4:2x2x1", marks=pytest.mark.slow)])
+def test_pallas_blocks_fit_vmem_at_the_full_models_shapes(topology):
+    """`pallas_blocks`' choice compiles by Mosaic for one chip with 16 MiB of VMEM at each Pallas
+    call of the 1.7B model at 256x256 (U-Net self-attention at 32x32 and 16x16, bfloat16, 64-wide
+    heads; the VAE's 512-wide float32 attention), and the next larger key block of the VAE's
+    call does not: the bound the blocks are chosen against is real."""
+    from jax.experimental.pallas.ops.tpu import flash_attention as fa
+
+    one = jax.sharding.SingleDeviceSharding(plan.resolve_target(topology).devices[0])
+
+    def compiles(b, h, t, d, dtype, bq, bk):
+        f = functools.partial(fa.flash_attention, sm_scale=d ** -0.5,
+                              block_sizes=fa.BlockSizes(block_q=bq, block_k_major=bk, block_k=bk, block_b=1))
+        x = jax.ShapeDtypeStruct((b, h, t, d), dtype, sharding=one)
+        try:
+            jax.jit(f).lower(x, x, x).compile()
+            return True
+        except Exception as e:  # noqa: BLE001
+            assert "vmem" in str(e).lower(), e
+            return False
+
+    shapes = [(32, 5, 1024, 64, jnp.bfloat16), (32, 10, 256, 64, jnp.bfloat16), (16, 1, 1024, 512, jnp.float32)]
+    chosen = [attention.pallas_blocks(t, t, d, jnp.dtype(dt).itemsize) for _, _, t, d, dt in shapes]
+    assert chosen == [(1024, 512), (256, 256), (1024, 256)]
+    for (b, h, t, d, dt), (bq, bk) in zip(shapes, chosen):
+        assert compiles(b, h, t, d, dt, bq, bk), (t, d, bq, bk)
+    assert not compiles(16, 1, 1024, 512, jnp.float32, 1024, 512)
 
 
 @needs_libtpu

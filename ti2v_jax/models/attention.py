@@ -119,22 +119,35 @@ def attention(q, k, v, heads: int, *, is_causal: bool = False, implementation: s
     return out.reshape(b, tq, c)
 
 
-def _pallas_block(n: int) -> int:
-    return next(blk for blk in (512, 256, 128) if n % blk == 0)
+# Pallas block sizes, from compiling the kernel by Mosaic at the 1.7B model's shapes for TPU
+# v4, v5e, v5p and v6e (benchmarks/pallas_blocks.py, RESULTS.md): k and v are streamed once per
+# block of queries, so the largest query block cuts HBM traffic most; VMEM is what bounds the
+# blocks (q 1024 x k 512 of 512-wide float32 heads exceeds v4's and v5e's 16 MiB; 1024 x 256
+# compiles on all four). Bytes of one block's rows (block x head_dim x itemsize), at most:
+PALLAS_Q_BLOCK_BYTES = 2 * 2 ** 20
+PALLAS_K_BLOCK_BYTES = 2 ** 19
+
+
+def pallas_blocks(q_len: int, kv_len: int, head_dim: int, itemsize: int) -> tuple[int, int]:
+    """(block_q, block_k) of the Pallas TPU kernel: the largest of 1024/512/256/128 dividing
+    the query length and of 512/256/128 dividing the key length, within the bytes above."""
+    row = head_dim * itemsize
+    bq = next((b for b in (1024, 512, 256, 128) if q_len % b == 0 and b * row <= PALLAS_Q_BLOCK_BYTES), 128)
+    bk = next((b for b in (512, 256, 128) if kv_len % b == 0 and b * row <= PALLAS_K_BLOCK_BYTES), 128)
+    return bq, bk
 
 
 def _attention_pallas(q, k, v, *, is_causal: bool, interpret: bool):
     """The Pallas TPU flash-attention kernel on (B, T, heads, D), T multiples of 128.
 
-    Tiles of up to 512 queries and 512 keys (the largest of 512/256/128 dividing the
-    length); the running max and sum are float32 in the kernel. `interpret`: Pallas' TPU
-    interpret mode, which runs the kernel on CPU (for tests).
+    Tiles of `pallas_blocks` queries and keys; the running max and sum are float32 in the
+    kernel. `interpret`: Pallas' TPU interpret mode, which runs the kernel on CPU (for tests).
     """
     from jax.experimental.pallas import tpu as pltpu
     from jax.experimental.pallas.ops.tpu import flash_attention as fa
 
     tq, tk, d = q.shape[1], k.shape[1], q.shape[-1]
-    bq, bk = _pallas_block(tq), _pallas_block(tk)
+    bq, bk = pallas_blocks(tq, tk, d, q.dtype.itemsize)
     sizes = fa.BlockSizes(block_q=bq, block_k_major=bk, block_k=bk, block_b=1)
     qh, kh, vh = (x.transpose(0, 2, 1, 3) for x in (q, k, v))
 
