@@ -28,6 +28,9 @@ class Claims:
     take it over (under an flock of the OUT/.claims directory, so two workers never both
     do). Claims are released (deleted, if still ours) when the item is saved, when it
     fails, and when the run ends in any way; the last worker out removes OUT/.claims.
+    Nothing is written before the first `acquire` (OUT/.claims is made then), and a claim
+    whose owner record cannot be written (a full disk) is removed at once and the error
+    raised with its path, so a run that fails early leaves no claim and no empty folder.
     A worker skips items whose claim another live worker holds (`BatchResult.claimed`)
     and does not wait for them: if that worker dies, a later run takes them over. A
     failed item is released, so a worker that reaches it later in the same job retries
@@ -38,8 +41,7 @@ class Claims:
     def __init__(self, out_dir: Path, timeout: float = CLAIM_TIMEOUT):
         if not timeout > 0:
             raise SettingsError(f"claim_timeout must be > 0 seconds, got {timeout}")
-        self.dir = out_dir / ".claims"
-        self.dir.mkdir(exist_ok=True)
+        self.dir = out_dir / ".claims"  # made by the first acquire
         self.timeout = float(timeout)
         self.host, self.pid = socket.gethostname(), os.getpid()
         self.token = uuid.uuid4().hex
@@ -47,7 +49,6 @@ class Claims:
         self._mutex = threading.Lock()
         self._stop = threading.Event()
         self._thread = threading.Thread(target=self._refresh_loop, name="ti2v-jax-claims", daemon=True)
-        self._thread.start()
 
     def path(self, item_id: str) -> Path:
         return self.dir / f"{item_id}.claim"
@@ -73,11 +74,16 @@ class Claims:
     def close(self) -> None:
         """Stop refreshing, release every claim still held, remove OUT/.claims if empty."""
         self._stop.set()
-        for p in list(self.held):
-            self.release(p.name[:-len(".claim")])
+        with self._mutex:
+            held = list(self.held)
+        for p in held:
+            try:
+                self.release(p.name[:-len(".claim")])
+            except OSError:  # best effort: a stale claim is taken over by the next run anyway
+                pass
         try:
             self.dir.rmdir()
-        except OSError:  # other workers' claims are in it
+        except OSError:  # other workers' claims are in it (or it was never made)
             pass
 
     def _create(self, p: Path) -> bool:
@@ -85,14 +91,23 @@ class Claims:
             fd = os.open(p, os.O_CREAT | os.O_EXCL | os.O_WRONLY, 0o644)
         except FileExistsError:
             return False
-        except FileNotFoundError:  # another worker, finishing, removed the empty folder
+        except FileNotFoundError:  # the first claim here, or another worker, finishing, removed the folder
             self.dir.mkdir(exist_ok=True)
             return self._create(p)
-        with os.fdopen(fd, "w") as f:
-            json.dump({"host": self.host, "pid": self.pid, "token": self.token,
-                       "time": datetime.datetime.now(datetime.timezone.utc).isoformat(timespec="seconds")}, f)
+        record = json.dumps({"host": self.host, "pid": self.pid, "token": self.token,
+                             "time": datetime.datetime.now(datetime.timezone.utc).isoformat(timespec="seconds")})
+        try:
+            with os.fdopen(fd, "w") as f:
+                f.write(record)
+        except BaseException as e:  # a claim without its owner would look like another's: remove it
+            p.unlink(missing_ok=True)
+            if isinstance(e, OSError) and e.errno is not None and e.filename is None:
+                raise OSError(e.errno, e.strerror or str(e), str(p)) from None
+            raise
         with self._mutex:
             self.held.add(p)
+            if self._thread.ident is None:  # the first claim: start refreshing
+                self._thread.start()
         return True
 
     @staticmethod
