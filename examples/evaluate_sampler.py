@@ -20,7 +20,7 @@ import argparse
 import numpy as np
 
 from ti2v_jax import evaluation, synthetic
-from ti2v_jax.batch import parse_setting
+from ti2v_jax.manifest import parse_setting
 from ti2v_jax.metrics import frames as frame_metrics
 from ti2v_jax.metrics import fvd as fvd_lib
 from ti2v_jax.pipeline import DEFAULT_MODEL, TI2VZeroPipeline

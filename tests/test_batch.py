@@ -1,4 +1,4 @@
-"""ti2v_jax.batch: manifests, resumable sharded batch jobs, sweeps.
+"""ti2v_jax.batch, .manifest, .distributed: manifests, resumable sharded batch jobs, sweeps.
 
 Cost control: one pipeline for the module with K=4 frames and tiny sampler settings
 (2 new frames, 2 steps, 1 resampling), batch size 1 in-process so every in-process
@@ -17,7 +17,7 @@ import numpy as np
 import pytest
 from PIL import Image
 
-from ti2v_jax import batch, io
+from ti2v_jax import batch, distributed, io, manifest
 
 ROOT = Path(__file__).resolve().parents[1]
 K = 4
@@ -70,28 +70,28 @@ def test_manifest_validation(tmp_path):
                  '{"id": "../up", "image": "z", "prompt": ""}\n[1]\n{"id": "ok"\n\n{"image": "q"}\n'
                  '{"id": "b.JSON", "image": "z", "prompt": ""}\n')
     with pytest.raises(ValueError) as e:
-        batch.read_manifest(m)
+        manifest.read_manifest(m)
     msg = str(e.value)
     print(msg)
     for part in ("line 2: id 'A' repeats line 1", "line 3: id '../up'", "line 4: expected a JSON object",
                  "line 5: not valid JSON", "line 7: id None", "line 8: id 'b.JSON'"):
         assert part in msg
     m.write_text('[{"id": 7, "image": "a.png", "prompt": "p", "steps": 3}]')
-    (n, obj), = batch.read_manifest(m)
+    (n, obj), = manifest.read_manifest(m)
     assert obj["id"] == "7"
 
 
 def test_item_settings_precedence_and_seeds(tmp_path):
-    prep = lambda obj, **kw: batch.prepare_item(1, obj, tmp_path, size=(32, 32), multiple=2, **kw)  # noqa: E731
+    prep = lambda obj, **kw: manifest.prepare_item(1, obj, tmp_path, size=(32, 32), multiple=2, **kw)  # noqa: E731
     it = prep({"id": "a", "image": "sub/a.png", "prompt": "p", "steps": "3", "inversion": "off"},
               defaults={"steps": 5, "guidance": 7}, overrides={"resample": 0})
     assert it.error is None and it.image == str(tmp_path / "sub" / "a.png")
     assert it.settings.to_dict() == dict(num_new_frames=15, steps=3, resample=0, guidance=7.0, eta=0.0,
                                          inversion=False, slide="pixel", baseline=False, height=32, width=32)
-    assert it.seed == batch.stable_seed("a") == 502515194
+    assert it.seed == manifest.stable_seed("a") == 502515194
     assert prep({"id": "a", "image": "a", "prompt": "", "seed": 5}).seed == 5
     assert prep({"id": "a", "image": "a", "prompt": "", "seed": 5}, overrides={"seed": 9}).seed == 9
-    assert batch.stable_seed("a", 1) != batch.stable_seed("a")
+    assert manifest.stable_seed("a", 1) != manifest.stable_seed("a")
     for bad, why in [({"prompt": "p"}, "'image' is missing"), ({"image": "a"}, "'prompt' is missing"),
                      ({"image": "a", "prompt": "", "steps": 0}, "steps must be in [1, 1000]"),
                      ({"image": "a", "prompt": "", "slide": "diag"}, "slide must be one of"),
@@ -103,24 +103,24 @@ def test_item_settings_precedence_and_seeds(tmp_path):
 
 def test_shares_and_process_env(monkeypatch):
     ids = [f"x{i:02d}" for i in range(11)][::-1]
-    parts = [batch.share(ids, i, 3) for i in range(3)]
+    parts = [distributed.share(ids, i, 3) for i in range(3)]
     assert sorted(sum(parts, [])) == sorted(ids) and sum(map(len, parts)) == len(ids)
     monkeypatch.setenv("TI2V_PROCESS_INDEX", "2")
     monkeypatch.setenv("TI2V_PROCESS_COUNT", "3")
-    assert batch.process_share() == (2, 3)
-    assert batch.process_share(0, 1) == (0, 1)
+    assert distributed.process_share() == (2, 3)
+    assert distributed.process_share(0, 1) == (0, 1)
     with pytest.raises(ValueError, match="index 3 / count 3"):
-        batch.process_share(3)
+        distributed.process_share(3)
 
 
 def test_grid():
-    grid = batch.parse_grid(["resample=0,2", "inversion=on,off"], '{"guidance": [7.5, 9]}')
+    grid = manifest.parse_grid(["resample=0,2", "inversion=on,off"], '{"guidance": [7.5, 9]}')
     assert grid == {"guidance": [7.5, 9.0], "resample": [0, 2], "inversion": [True, False]}
-    names = [batch.combo_name(c) for c in batch.sweep_combos(grid)]
+    names = [manifest.combo_name(c) for c in manifest.sweep_combos(grid)]
     assert len(names) == 8 and names[0] == "guidance=7.5_resample=0_inversion=on"
     for bad in (["resample"], ["resample=1,1"], ["stpes=1"], ["slide=diag"]):
         with pytest.raises(ValueError):
-            batch.parse_grid(bad)
+            manifest.parse_grid(bad)
 
 
 # ----------------------------------------------------------------------------- jobs
@@ -139,7 +139,7 @@ def test_resume_split_and_lockstep(pipe, tmp_path, monkeypatch):
             raise KeyboardInterrupt  # as if killed while writing
         return real_save(video, path, fps)
 
-    shares = [batch.share(IDS, i, 2) for i in range(2)]
+    shares = [distributed.share(IDS, i, 2) for i in range(2)]
     assert shares == [["i0", "i2", "i4", "i6"], ["i1", "i3", "i5"]]
     monkeypatch.setattr(io, "save_video", lambda *a, **k: save(*a, **k, kill_at=2))
     with pytest.raises(KeyboardInterrupt):
@@ -174,7 +174,7 @@ def test_resume_split_and_lockstep(pipe, tmp_path, monkeypatch):
     # items more in the group than this one (BROKEN, pending again: a rerun retries it):
     # nothing is redone, and as BROKEN fails to load, all 3 calls here are dummies that
     # keep the peer's 3 mesh calls company.
-    monkeypatch.setattr(batch, "_allgather_counts", lambda c: np.stack([c, c + 2]))
+    monkeypatch.setattr(batch, "allgather_counts", lambda c: np.stack([c, c + 2]))
     saves.clear()
     r = _run(pipe, m, out, process_index=0, process_count=1, lockstep=True)
     assert (r.done, len(r.skipped), [e["id"] for e in r.errors], r.calls, saves) == ([], 6, [BROKEN], 3, [])
@@ -188,7 +188,7 @@ def test_batch_equals_single_calls_and_stale(pipe, tmp_path):
     assert r.done == ["i0"] and r.calls == 1
     r = _run(pipe, m, tmp_path / "out")
     assert (r.done, r.skipped, r.calls) == (["i1"], ["i0"], 1)
-    for i, seed in (("i0", batch.stable_seed("i0")), ("i1", 1234)):
+    for i, seed in (("i0", manifest.stable_seed("i0")), ("i1", 1234)):
         meta = json.loads((tmp_path / "out" / f"{i}.json").read_text())
         ref = pipe(str(tmp_path / "imgs" / f"{i}.png"), meta["prompt"], seed=seed, num_new_frames=2,
                    num_inference_steps=2, resample_iters=1).frames
@@ -200,7 +200,7 @@ def test_batch_equals_single_calls_and_stale(pipe, tmp_path):
 @pytest.mark.slow
 def test_sweep_folders_and_resume(pipe, tmp_path):
     m = _write_manifest(tmp_path, ids=["i0"], extra={"i0": {"inversion": False}})
-    grid = batch.parse_grid(["inversion=on,off"])
+    grid = manifest.parse_grid(["inversion=on,off"])
     res = batch.run_sweep(pipe, m, tmp_path / "sw", grid, defaults=TINY, batch_size=1, parallel="none",
                           fmt="gif", progress=False)
     assert list(res) == ["inversion=on", "inversion=off"]
@@ -221,7 +221,7 @@ def test_sweep_points_that_differ_in_schedule_values_share_batches(pipe, tmp_pat
     the one that point gives alone (a batch of 4 vs alone: at most 1 uint8 level, the README's
     batching tolerance)."""
     m = _write_manifest(tmp_path, ids=["i0"])
-    grid = batch.parse_grid(json_spec='{"guidance": [5, 9], "resample": [1, [1, 0]]}')
+    grid = manifest.parse_grid(json_spec='{"guidance": [5, 9], "resample": [1, [1, 0]]}')
     res = batch.run_sweep(pipe, m, tmp_path / "sw", grid, defaults=TINY, batch_size=4, parallel="none",
                           fmt="png", progress=False)
     assert sorted(res) == ["guidance=5_resample=1", "guidance=5_resample=1,0", "guidance=9_resample=1",

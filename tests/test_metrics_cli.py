@@ -71,7 +71,7 @@ def test_manifest_ucf101(ucf_dir, tmp_path, capsys):
     long = [r for r in reals if r["video"].endswith("v_Drumming_g01_c02")]
     assert long and long[0]["frames"] == [f"img_{i:05d}.png" for i in range(0, 48, 3)]
     # The batch command accepts the manifest as it is (no unknown fields).
-    from ti2v_jax.batch import prepare_item, read_manifest
+    from ti2v_jax.manifest import prepare_item, read_manifest
 
     rows = read_manifest(out)
     assert prepare_item(*rows[0], out.parent).error is None

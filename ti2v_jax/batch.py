@@ -4,18 +4,13 @@
     res = run_batch(pipe, "pairs.jsonl", "out/", batch_size=8, parallel="mesh")
     res = run_sweep(pipe, "pairs.jsonl", "sweep/", {"resample": [0, 2, 4], "inversion": [True, False]})
 
-A manifest line is `{"id": "cat-01", "image": "imgs/cat.png", "prompt": "a cat running"}`
-plus optional per-item settings (the fields of `ti2v_jax.settings.SamplerSettings`:
-num_new_frames, steps, resample, guidance, eta, inversion, slide, baseline, height,
-width) and `seed`. Relative image paths are
-resolved against the manifest's directory. Each line gives OUT/<id>.<ext> (a directory
-for png) and OUT/<id>.json, its metadata.
+The manifest's lines, their settings and seeds, and a sweep's grid: `ti2v_jax.manifest`.
+Which process does which item, and `jax.distributed`: `ti2v_jax.distributed`. Here: the
+job loop, the output folders, the error log and the results. Each line gives
+OUT/<id>.<ext> (a directory for png) and OUT/<id>.json, its metadata.
 
 Decisions:
-- Precedence: sweep overrides > the item's own settings > job defaults (CLI flags).
-- Seeds: the item's `seed`, else `stable_seed(id, base_seed)` (sha256 of the id), so a
-  video depends on its id and settings only, never on grouping, batching or devices.
-- Completion is the metadata file, written last and atomically (temp + rename), next to
+- Completion is the metadata file, written last and atomically (`atomic.write_json`), next to
   a video written atomically by `io.save_video`. A rerun skips complete ids and redoes
   the rest; an item finished with other settings is skipped and reported as `stale`.
 - Bad items (missing fields, invalid settings, unreadable image, a failed batch or save)
@@ -33,189 +28,32 @@ Decisions:
   refreshed for `claim_timeout` seconds, or held by a dead process on this host, is taken
   over, so N workers do each item once and a crashed worker's items are picked up.
   Lockstep (multi-host) runs split by index instead.
-- Processes: item i of the id-sorted manifest belongs to process i % count. Index and
-  count come from arguments, else TI2V_PROCESS_INDEX / TI2V_PROCESS_COUNT, else
-  `jax.process_index()` / `jax.process_count()`. Under `jax.distributed` a "mesh" or
-  "pmap" call spans every host, so processes run in lockstep: one all-gather of the
-  per-group work up front, then every process makes the same number of calls per
-  group (a process out of work runs a dummy item and drops it).
+- Processes: each takes its share of the items (`distributed.share`). Under
+  `jax.distributed` a "mesh" or "pmap" call spans every host, so processes run in
+  lockstep: one all-gather of the per-group work up front, then every process makes the
+  same number of calls per group (a process out of work runs a dummy item and drops it).
 """
 
 from __future__ import annotations
 
 import collections
 import datetime
-import hashlib
-import itertools
 import json
 import math
 import os
-import re
 import time
-import uuid
 from dataclasses import dataclass, field
 from pathlib import Path
 
 import numpy as np
 
-from ti2v_jax import cleanup, env, settings
+from ti2v_jax import atomic, settings
 from ti2v_jax.claims import CLAIM_TIMEOUT, Claims
-from ti2v_jax.errors import InputError, SettingsError
+from ti2v_jax.distributed import allgather_counts, process_share, share
+from ti2v_jax.errors import SettingsError
+from ti2v_jax.manifest import Item, combo_name, prepare_item, read_manifest, sweep_combos
 
 FORMATS = ("gif", "mp4", "png")
-_ID = re.compile(r"^[A-Za-z0-9][A-Za-z0-9._=+-]{0,127}$")
-
-
-# ----------------------------------------------------------------------------- settings
-# A manifest line's settings and a sweep's grid use the names of `SamplerSettings`' fields.
-
-ITEM_FIELDS = ("id", "image", "prompt", "seed", *settings.NAMES)
-
-
-def parse_setting(name: str, value):
-    """A setting's (or the seed's) canonical value from JSON or command-line text; the error names it."""
-    return settings.parse_seed(value) if name == "seed" else settings.parse_value(name, value)
-
-
-def stable_seed(item_id: str, base: int = 0) -> int:
-    """The default seed of an item: 31 bits of sha256(f"{base}:{id}"), the same on every machine."""
-    return int.from_bytes(hashlib.sha256(f"{base}:{item_id}".encode()).digest()[:4], "big") & 0x7FFFFFFF
-
-
-# ----------------------------------------------------------------------------- manifest
-
-
-@dataclass
-class Item:
-    id: str
-    line: int
-    image: str = ""
-    prompt: str = ""
-    seed: int = 0
-    settings: settings.SamplerSettings | None = None  # complete (model defaults filled in)
-    error: str | None = None
-    folder: "_Folder | None" = None  # where it is written (a sweep's items span several folders)
-
-    def group(self) -> tuple:
-        """Items of one group run in one compiled program (they may differ in per-step values)."""
-        return self.settings.static_key()
-
-
-def read_manifest(path) -> list[tuple[int, dict]]:
-    """(line number, object) per line of a JSONL manifest (or a JSON list); ids checked.
-
-    Raises InputError listing every structural problem: bad JSON, a line that is not an
-    object, an id that is missing, not filesystem-safe, or not unique (case-insensitively,
-    for case-insensitive filesystems).
-    """
-    try:
-        text = Path(path).read_text(encoding="utf-8")
-    except UnicodeDecodeError as e:
-        raise InputError(f"{path}: not UTF-8 text (byte {e.start}); save the manifest as UTF-8") from None
-    problems, rows = [], []
-    if text.lstrip().startswith("["):
-        try:
-            rows = list(enumerate(json.loads(text), 1))
-        except json.JSONDecodeError as e:
-            raise InputError(f"{path}: not valid JSON: {e}") from None
-    else:
-        for n, line in enumerate(text.splitlines(), 1):
-            if line.strip():
-                try:
-                    rows.append((n, json.loads(line)))
-                except json.JSONDecodeError as e:
-                    problems.append(f"line {n}: not valid JSON ({e.msg})")
-    seen = {}
-    for n, obj in rows:
-        if not isinstance(obj, dict):
-            problems.append(f"line {n}: expected a JSON object, got {type(obj).__name__}")
-            continue
-        i = obj.get("id")
-        if isinstance(i, int) and not isinstance(i, bool):
-            obj["id"] = i = str(i)
-        if not isinstance(i, str) or not _ID.match(i) or i.lower().endswith((".json", ".jsonl")):
-            problems.append(f"line {n}: id {i!r} is missing or not filesystem-safe (1-128 letters, digits "
-                            f"and '._=+-', starting with a letter or digit, not ending in .json/.jsonl)")
-        elif i.lower() in seen:
-            problems.append(f"line {n}: id {i!r} repeats line {seen[i.lower()]}")
-        else:
-            seen[i.lower()] = n
-    if problems:
-        more = f" (and {len(problems) - 20} more)" if len(problems) > 20 else ""
-        raise InputError(f"{path}: " + "; ".join(problems[:20]) + more)
-    if not rows:
-        raise InputError(f"{path}: the manifest is empty")
-    return rows
-
-
-def prepare_item(n: int, obj: dict, base_dir: Path, *, defaults=None, overrides=None, base_seed=0,
-                 size=(256, 256), multiple=8, num_new_frames=settings.DEFAULT_NUM_NEW_FRAMES) -> Item:
-    """An Item with complete settings, or with `error` set (never raises).
-
-    size, multiple, num_new_frames: the model's defaults (`pipe.default_size`, `pipe.vae_scale`,
-    `pipe.default_num_new_frames`) for the settings left unset."""
-    item = Item(id=obj["id"], line=n)
-    try:
-        unknown = sorted(set(obj) - set(ITEM_FIELDS))
-        if unknown:
-            raise SettingsError(f"unknown field(s) {unknown}; known: {', '.join(ITEM_FIELDS)}")
-        for key in ("image", "prompt"):
-            if not isinstance(obj.get(key), str):
-                raise InputError(f"field {key!r} is missing or not a string")
-        if not obj["image"]:
-            raise InputError("field 'image' is empty")
-        image = Path(os.path.expanduser(obj["image"]))
-        item.image = str(image if image.is_absolute() else base_dir / image)
-        item.prompt = obj["prompt"]
-        s = settings.SamplerSettings()
-        for source in (defaults or {}, {k: obj[k] for k in settings.NAMES if k in obj}, overrides or {}):
-            s = s.replace(**{k: parse_setting(k, v) for k, v in source.items() if k != "seed"})
-        s = s.resolved(num_new_frames=num_new_frames, height=size[0], width=size[1])
-        if s.height % multiple or s.width % multiple:
-            raise SettingsError(f"height and width must be multiples of {multiple}, got {s.height}x{s.width}")
-        item.settings = s
-        seed = (overrides or {}).get("seed", obj.get("seed"))
-        item.seed = stable_seed(item.id, base_seed) if seed is None else parse_setting("seed", seed)
-    except ValueError as e:
-        item.error = str(e)
-    return item
-
-
-def share(ids, index: int, count: int) -> list:
-    """This process's ids: the i-th of the sorted ids when i % count == index."""
-    return [x for i, x in enumerate(sorted(ids)) if i % count == index]
-
-
-def process_share(index=None, count=None) -> tuple[int, int]:
-    """(index, count): the arguments, else TI2V_PROCESS_INDEX/COUNT, else jax's processes."""
-    index = env.integer(env.PROCESS_INDEX) if index is None else index
-    count = env.integer(env.PROCESS_COUNT, low=1) if count is None else count
-    if index is None or count is None:
-        import jax
-        index = jax.process_index() if index is None else index
-        count = jax.process_count() if count is None else count
-    if not (count >= 1 and 0 <= index < count):
-        raise SettingsError(f"process index {index} / count {count}: need 0 <= index < count")
-    return int(index), int(count)
-
-
-def wants_distributed(flag: bool | None = None) -> bool:
-    """True if `flag`; with None, when the environment names a multi-process launch."""
-    if flag is not None:
-        return flag
-    return bool(os.environ.get("JAX_COORDINATOR_ADDRESS")
-                or "," in os.environ.get("TPU_WORKER_HOSTNAMES", "")
-                or (env.integer("SLURM_NTASKS") or 1) > 1
-                or (env.integer("OMPI_COMM_WORLD_SIZE") or 1) > 1)
-
-
-def initialize_distributed(flag: bool | None = None) -> bool:
-    """`jax.distributed.initialize()` (arguments auto-detected) if `wants_distributed(flag)`."""
-    if not wants_distributed(flag):
-        return False
-    import jax
-    jax.distributed.initialize()
-    return True
 
 
 # ----------------------------------------------------------------------------- files
@@ -224,19 +62,6 @@ def initialize_distributed(flag: bool | None = None) -> bool:
 def output_paths(out_dir: Path, item_id: str, fmt: str) -> tuple[Path, Path]:
     video = out_dir / (item_id if fmt == "png" else f"{item_id}.{fmt}")
     return video, out_dir / f"{item_id}.json"
-
-
-def write_json_atomic(obj, path: Path) -> None:
-    tmp = path.with_name(f".{path.name}.{os.getpid()}.{uuid.uuid4().hex[:8]}.tmp")
-    try:
-        with cleanup.temporary(tmp), open(tmp, "w") as f:
-            json.dump(obj, f, indent=1)
-            f.flush()
-            os.fsync(f.fileno())
-            os.replace(tmp, path)
-    except BaseException:
-        tmp.unlink(missing_ok=True)
-        raise
 
 
 def _read_meta(path: Path):
@@ -279,9 +104,7 @@ class _ErrorLog:
         if not keep:
             self.path.unlink(missing_ok=True)
             return
-        tmp = self.path.with_name(f".{self.path.name}.{os.getpid()}.{uuid.uuid4().hex[:8]}.tmp")
-        tmp.write_text("".join(line + "\n" for line in keep))
-        os.replace(tmp, self.path)
+        atomic.write_text(self.path, "".join(line + "\n" for line in keep))
 
     def add(self, item: Item, stage: str, reason: str) -> None:
         entry = {"id": item.id, "line": item.line, "stage": stage, "reason": reason,
@@ -292,8 +115,8 @@ class _ErrorLog:
 
 
 def _leftovers(out_dir: Path, ids) -> dict:
-    """{id: [paths]}: temporaries a killed run left behind (io.save_video's and ours:
-    `.<name>.*.tmp*`) for `ids`, from one listing of `out_dir`."""
+    """{id: [paths]}: temporaries a killed run left behind (io.save_video's and `atomic`'s,
+    `.<name>.tmp-*`, and earlier versions' `.<name>.*.tmp*`) for `ids`, from one listing of `out_dir`."""
     wanted, found = set(ids), collections.defaultdict(list)
     for p in out_dir.glob(".*.tmp*"):
         parts = p.name[1:].split(".")  # ids may hold dots: try every prefix
@@ -344,11 +167,6 @@ class BatchResult:
         if self.stale:
             s += f"; WARNING {len(self.stale)} finished items were made with other settings (kept)"
         return s
-
-
-def _allgather_counts(counts: np.ndarray) -> np.ndarray:
-    from jax.experimental import multihost_utils
-    return np.asarray(multihost_utils.process_allgather(counts)).reshape(-1, counts.size)
 
 
 def _load(item: Item) -> np.ndarray:
@@ -512,7 +330,7 @@ def _run(pipe, manifest, points, *, defaults, base_seed, batch_size, parallel, f
     keys, groups = _plan(items, mine, fmt, max_items)
     todo = sum(map(len, groups.values()))
     counts = np.array([len(groups[k]) for k in keys], np.int64)
-    most = _allgather_counts(counts).max(axis=0) if lockstep and len(keys) else counts
+    most = allgather_counts(counts).max(axis=0) if lockstep and len(keys) else counts
 
     bar = tqdm(total=todo, unit="item", disable=not progress, dynamic_ncols=True,
                desc=f"ti2v-jax batch {index + 1}/{count}" if count > 1 else "ti2v-jax batch")
@@ -570,7 +388,7 @@ def _run(pipe, manifest, points, *, defaults, base_seed, batch_size, parallel, f
                                 timespec="seconds")}
                     try:
                         io.save_video(video, video_path, fps=fps)
-                        write_json_atomic(meta, meta_path)  # last: its presence marks completion
+                        atomic.write_json(meta_path, meta)  # last: its presence marks completion
                         f.res.done.append(it.id)
                     except Exception as e:
                         f.log.add(it, "save", f"{type(e).__name__}: {e}")
@@ -587,51 +405,6 @@ def _run(pipe, manifest, points, *, defaults, base_seed, batch_size, parallel, f
 
 
 # ----------------------------------------------------------------------------- sweeps
-
-
-def parse_grid(specs=(), json_spec=None) -> dict[str, list]:
-    """A grid {setting: [canonical values]} from `key=v1,v2` strings and/or a JSON object
-    (text, or the path of a .json file) of `{key: [values]}`; keys keep their order."""
-    grid = {}
-    if json_spec:
-        text = Path(json_spec).read_text() if not json_spec.lstrip().startswith("{") else json_spec
-        try:
-            obj = json.loads(text)
-        except json.JSONDecodeError as e:
-            raise SettingsError(f"grid JSON: {e}") from None
-        if not isinstance(obj, dict):
-            raise SettingsError("grid JSON must be an object {setting: [values]}")
-        for key, values in obj.items():
-            grid[key] = values if isinstance(values, list) else [values]
-    for spec in specs:
-        key, sep, values = spec.partition("=")
-        if not sep or not values:
-            raise SettingsError(f"--grid {spec!r}: expected KEY=V1,V2,...")
-        grid[key.strip()] = values.split(",")
-    if not grid:
-        raise SettingsError("empty grid: give --grid KEY=V1,V2 or --grid-json")
-    out = {}
-    for key, values in grid.items():
-        parsed = [parse_setting(key, v) for v in values]
-        if not parsed or len(set(map(repr, parsed))) != len(parsed):
-            raise SettingsError(f"grid {key}: values must be given and distinct, got {values}")
-        out[key] = parsed
-    return out
-
-
-def _fmt(v) -> str:
-    if isinstance(v, tuple):  # a per-step schedule
-        return ",".join(map(_fmt, v))
-    return ("on" if v else "off") if isinstance(v, bool) else (f"{v:g}" if isinstance(v, float) else str(v))
-
-
-def combo_name(combo: dict) -> str:
-    """The folder of one grid point, e.g. "resample=2_inversion=off"."""
-    return "_".join(f"{k}={_fmt(v)}" for k, v in combo.items())
-
-
-def sweep_combos(grid: dict) -> list[dict]:
-    return [dict(zip(grid, values)) for values in itertools.product(*grid.values())]
 
 
 def run_sweep(pipe, manifest, out_dir, grid: dict, **kwargs) -> dict[str, BatchResult]:

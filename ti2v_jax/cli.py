@@ -372,8 +372,10 @@ def _cmd_t2v(a):
 
 def _cmd_batch(a):
     from ti2v_jax import batch
-    batch.initialize_distributed(a.distributed)
-    grid = batch.parse_grid(a.grid, a.grid_json) if a.command == "sweep" else None
+    from ti2v_jax.distributed import initialize_distributed
+    from ti2v_jax.manifest import parse_grid
+    initialize_distributed(a.distributed)
+    grid = parse_grid(a.grid, a.grid_json) if a.command == "sweep" else None
     pipe = _load_pipeline(a)
     kw = dict(defaults=st.from_args(a), base_seed=a.seed, batch_size=a.batch_size, parallel=a.parallel,
               fmt=a.format, fps=a.fps, process_index=a.process_index, process_count=a.process_count,

@@ -21,7 +21,6 @@ from __future__ import annotations
 import hashlib
 import json
 import logging
-import os
 import pickle
 import re
 from importlib import metadata
@@ -30,6 +29,7 @@ from pathlib import Path
 import jax
 import numpy as np
 
+from ti2v_jax import atomic
 from ti2v_jax.errors import CheckpointError
 
 log = logging.getLogger(__name__)
@@ -94,21 +94,11 @@ def save(directory, compiled, *, key: dict, target: str) -> Path:
                               f"{versions()}: save into another folder")
     payload, in_tree, out_tree = serialize_executable.serialize(compiled)
     name = _file_of(key)
-    atomic_write_bytes(directory / name, pickle.dumps((payload, in_tree, out_tree)))
+    atomic.write_bytes(directory / name, pickle.dumps((payload, in_tree, out_tree)))
     manifest["programs"] = [p for p in manifest["programs"] if p["file"] != name] + \
         [{"file": name, "target": target, "key": key}]
-    atomic_write_bytes(directory / MANIFEST, json.dumps(manifest, indent=1, sort_keys=True).encode())
+    atomic.write_bytes(directory / MANIFEST, json.dumps(manifest, indent=1, sort_keys=True).encode())
     return directory / name
-
-
-def atomic_write_bytes(path: Path, data: bytes) -> None:
-    tmp = path.with_name(f".{path.name}.{os.getpid()}.tmp")
-    try:
-        tmp.write_bytes(data)
-        os.replace(tmp, path)
-    except BaseException:
-        tmp.unlink(missing_ok=True)
-        raise
 
 
 def _read_manifest(directory: Path) -> dict:

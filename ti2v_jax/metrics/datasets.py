@@ -31,6 +31,7 @@ from pathlib import Path
 
 import numpy as np
 
+from ti2v_jax import atomic
 from ti2v_jax.errors import InputError
 
 SEED = 1234
@@ -170,15 +171,8 @@ def write_manifests(dataset: str, src, out, *, count: int = COUNT, seed: int = S
             if p.exists():
                 raise InputError(f"{p} exists; pass --overwrite to replace it")
     items, reals = BUILDERS[dataset](src, count=count, seed=seed)
-    tmps = []
-    try:
-        for path, rows in ((out, items), (real, reals)):
-            tmp = path.with_name(f".{path.name}.{os.getpid()}.tmp")
-            tmps.append(tmp)
+    # Both written before either replaces its file: on exit `out` is replaced, then `real`.
+    with atomic.replacing(real) as real_tmp, atomic.replacing(out) as out_tmp:
+        for tmp, rows in ((out_tmp, items), (real_tmp, reals)):
             tmp.write_text("".join(json.dumps(r) + "\n" for r in rows), encoding="utf-8")
-        for tmp, path in zip(tmps, (out, real)):
-            os.replace(tmp, path)
-    finally:
-        for tmp in tmps:
-            tmp.unlink(missing_ok=True)
     return out, real

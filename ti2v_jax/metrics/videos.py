@@ -85,7 +85,7 @@ def _from_folder(folder: Path) -> list[Clip]:
 
 
 def _from_manifest(path: Path) -> list[Clip]:
-    from ti2v_jax.batch import read_manifest
+    from ti2v_jax.manifest import read_manifest
 
     base, clips, problems = path.parent, [], []
     for n, obj in read_manifest(path):
