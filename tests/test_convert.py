@@ -20,7 +20,7 @@ from flax import nnx
 from ti2v_jax import MS17B_CONFIGS, loading
 from ti2v_jax.errors import CheckpointError
 from ti2v_jax.weights import checkpoint as ckpt
-from ti2v_jax.weights import torch_io
+from ti2v_jax.weights import layout, torch_io
 from ti2v_jax.weights.convert import (
     convert_diffusers,
     convert_in_memory,
@@ -164,12 +164,12 @@ def test_round_trip_is_bit_exact(tiny_diffusers_dir, tiny_converted_dir, loaded)
     for fn, name, x in ((loaded.text_encode, "text_encoder", i["ids"]), (loaded.vae_encode, "vae", i["frames"])):
         np.testing.assert_array_equal(np.asarray(fn(loaded.params[name], x)), np.asarray(fn(mem[name][1], x)))
     # The index records what was skipped and where it came from.
-    index = ckpt.read_index(tiny_converted_dir)
+    index = layout.read_index(tiny_converted_dir)
     assert index["format"] == "ti2v-jax" and index["dtype"] == "float32"
     assert set(index["components"]) == {"unet", "vae", "text_encoder"}
     assert index["source_model_index"]["_class_name"] == "TextToVideoSDPipeline"
-    assert loading.detect_format(tiny_converted_dir) == "converted" and ckpt.is_converted(tiny_converted_dir)
-    assert loading.detect_format(tiny_diffusers_dir) == "diffusers" and not ckpt.is_converted(tiny_diffusers_dir)
+    assert loading.detect_format(tiny_converted_dir) == "converted" and layout.is_converted(tiny_converted_dir)
+    assert loading.detect_format(tiny_diffusers_dir) == "diffusers" and not layout.is_converted(tiny_diffusers_dir)
     # load() also takes the diffusers directory itself (converted in memory).
     direct = loading.load(tiny_diffusers_dir, tokenizer=False, components=("text_encoder",))
     np.testing.assert_array_equal(np.asarray(direct.text_encode(direct.text_encoder_params, i["ids"])),
@@ -241,7 +241,7 @@ def test_bfloat16_cli_and_dtypes(tiny_diffusers_dir, loaded, tmp_path):
     spec.loader.exec_module(cli)
     dst = tmp_path / "bf16"
     assert cli.main([str(tiny_diffusers_dir), str(dst), "--dtype", "bfloat16"]) == 0
-    assert ckpt.read_index(dst)["dtype"] == "bfloat16"
+    assert layout.read_index(dst)["dtype"] == "bfloat16"
     c = loading.load(dst, tokenizer=False)
     assert {x.dtype for x in jax.tree.leaves(c.params)} == {jnp.dtype(jnp.bfloat16)}
     i = _inputs()
@@ -366,7 +366,7 @@ def test_existing_destination_is_kept_unless_overwrite(tiny_diffusers_dir, tmp_p
     with pytest.raises(ValueError, match="replace the source"):
         convert_diffusers(tiny_diffusers_dir, tiny_diffusers_dir, overwrite=True)
     convert_diffusers(tiny_diffusers_dir, dst, "float16", overwrite=True, components=("text_encoder",))
-    assert not (dst / "keep.txt").exists() and ckpt.read_index(dst)["dtype"] == "float16"
+    assert not (dst / "keep.txt").exists() and layout.read_index(dst)["dtype"] == "float16"
     assert _leftovers(tmp_path, "ckpt") == []
     with pytest.raises(ValueError, match="is not a converted"):
         ckpt.load_component(tiny_diffusers_dir, "unet")

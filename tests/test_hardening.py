@@ -367,27 +367,27 @@ def _broken_json_model(t: Path) -> Path:
 
 def _record_model(t: Path, how: str) -> Path:
     """Bit flips in the U-Net's data, and a checksum record emptied or without that file's entry."""
-    from ti2v_jax.weights import checkpoint as ckpt
+    from ti2v_jax.weights import integrity
 
     d = _flipped_model(t)
-    record = json.loads((d / ckpt.CHECKSUMS).read_text())
+    record = json.loads((d / integrity.CHECKSUMS).read_text())
     if how == "empty":
         record["files"] = {}
     else:
         del record["files"][_largest_file(d / "unet").relative_to(d).as_posix()]
-    (d / ckpt.CHECKSUMS).write_text(json.dumps(record))
+    (d / integrity.CHECKSUMS).write_text(json.dumps(record))
     return d
 
 
 def _edited_model(t: Path, name: str, **fields) -> Path:
     """A JSON file of the model with `fields` set, its checksums recorded again (as if written so)."""
-    from ti2v_jax.weights import checkpoint as ckpt
+    from ti2v_jax.weights import integrity
 
     d = _model_copy(t)
     obj = json.loads((d / name).read_text())
     obj.update(fields)
     (d / name).write_text(json.dumps(obj))
-    ckpt.write_checksums(d)
+    integrity.write_checksums(d)
     return d
 
 
@@ -621,7 +621,7 @@ def test_killed_writers_leftovers_are_removed_and_concurrent_writers_do_not_repl
     import socket
 
     from ti2v_jax.errors import OutputExistsError
-    from ti2v_jax.weights.checkpoint import atomic_directory
+    from ti2v_jax import atomic
 
     dst = tmp_path / "out"
     host = socket.gethostname()
@@ -633,16 +633,16 @@ def test_killed_writers_leftovers_are_removed_and_concurrent_writers_do_not_repl
         d.mkdir()
         (d / "part").write_bytes(b"x" * 6000)
     with pytest.raises(OutputExistsError):
-        with atomic_directory(dst) as first:
+        with atomic.directory(dst) as first:
             (first / "who").write_text("first")
-            with atomic_directory(dst) as second:  # a second writer to the same destination, at once
+            with atomic.directory(dst) as second:  # a second writer to the same destination, at once
                 (second / "who").write_text("second")
             assert not any(d.exists() for d in killed) and alive.exists()
     # The first writer finished after the second had written dst: it fails instead of replacing it.
     assert (dst / "who").read_text() == "second"
     assert sorted(p.name for p in tmp_path.iterdir()) == sorted([dst.name, alive.name])
     with pytest.raises(OutputExistsError, match="overwrite"):
-        with atomic_directory(dst):
+        with atomic.directory(dst):
             pass
 
 

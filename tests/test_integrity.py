@@ -17,8 +17,8 @@ import pytest
 
 from ti2v_jax import loading
 from ti2v_jax.errors import CheckpointError, CheckpointNotFoundError, IntegrityError
-from ti2v_jax.weights import checkpoint as ckpt
-from ti2v_jax.weights.checkpoint import verify_checkpoint
+from ti2v_jax.weights import integrity
+from ti2v_jax.weights.integrity import verify_checkpoint
 
 DEFAULT_MODEL = Path(__file__).resolve().parents[1] / "ti2v_jax" / "assets" / "default_model"
 
@@ -53,10 +53,10 @@ def _flip_bits(path: Path, count: int = 100, seed: int = 0) -> None:
 
 
 def test_record_covers_every_file_and_verifies(copy):
-    record = json.loads((copy / ckpt.CHECKSUMS).read_text())
+    record = json.loads((copy / integrity.CHECKSUMS).read_text())
     files = sorted(p.relative_to(copy).as_posix() for p in copy.rglob("*") if p.is_file())
     assert record["algorithm"] == "sha256"
-    assert sorted(record["files"]) == [f for f in files if f != ckpt.CHECKSUMS]
+    assert sorted(record["files"]) == [f for f in files if f != integrity.CHECKSUMS]
     summary = verify_checkpoint(copy)
     print(summary)
     assert summary["files"] == len(files) - 1 and summary["unrecorded"] == []
@@ -146,10 +146,10 @@ def test_damaged_metadata(copy):
 
 
 def test_damaged_record(copy):
-    (copy / ckpt.CHECKSUMS).write_text('{"algorithm": "sha256", "files": [1, 2]}')
+    (copy / integrity.CHECKSUMS).write_text('{"algorithm": "sha256", "files": [1, 2]}')
     with pytest.raises(CheckpointError) as e:
         verify_checkpoint(copy)
-    _one_line(e, ckpt.CHECKSUMS)
+    _one_line(e, integrity.CHECKSUMS)
 
 
 @pytest.mark.parametrize("how", ["emptied", "one entry removed"])
@@ -158,12 +158,12 @@ def test_a_record_that_leaves_out_a_data_file_is_an_integrity_error(copy, how):
     longer lists is refused on loading and by `verify`."""
     data = _largest(copy / "unet")
     rel = data.relative_to(copy).as_posix()
-    record = json.loads((copy / ckpt.CHECKSUMS).read_text())
+    record = json.loads((copy / integrity.CHECKSUMS).read_text())
     if how == "emptied":
         record["files"] = {}
     else:
         del record["files"][rel]
-    (copy / ckpt.CHECKSUMS).write_text(json.dumps(record))
+    (copy / integrity.CHECKSUMS).write_text(json.dumps(record))
     _flip_bits(data)
     named = "model_index.json" if how == "emptied" else rel  # the first uncovered file, in name order
     with pytest.raises(IntegrityError) as e:
@@ -175,14 +175,14 @@ def test_a_record_that_leaves_out_a_data_file_is_an_integrity_error(copy, how):
 
 
 def test_older_checkpoint_without_record_loads_with_a_warning(copy, caplog):
-    (copy / ckpt.CHECKSUMS).unlink()
+    (copy / integrity.CHECKSUMS).unlink()
     with caplog.at_level(logging.WARNING):
         c = loading.load(copy, components=("text_encoder",))
     assert c.text_encoder is not None
-    assert any(ckpt.CHECKSUMS in r.getMessage() and r.levelno == logging.WARNING for r in caplog.records)
+    assert any(integrity.CHECKSUMS in r.getMessage() and r.levelno == logging.WARNING for r in caplog.records)
     with pytest.raises(CheckpointError) as e:
         verify_checkpoint(copy)
-    _one_line(e, ckpt.CHECKSUMS)
+    _one_line(e, integrity.CHECKSUMS)
 
 
 def test_config_of_the_wrong_type(copy):
@@ -193,7 +193,7 @@ def test_config_of_the_wrong_type(copy):
     with pytest.raises(IntegrityError) as e:  # edited after conversion: the record notices first
         loading.load(copy, components=("vae",), tokenizer=False)
     _one_line(e, "vae/config.json")
-    ckpt.write_checksums(copy)  # as if it had been written so
+    integrity.write_checksums(copy)  # as if it had been written so
     with pytest.raises(CheckpointError) as e:
         loading.load(copy, components=("vae",), tokenizer=False)
     _one_line(e, "vae/config.json")
@@ -201,7 +201,7 @@ def test_config_of_the_wrong_type(copy):
 
 def test_missing_tokenizer_says_what_is_missing(copy):
     shutil.rmtree(copy / "tokenizer")
-    ckpt.write_checksums(copy)
+    integrity.write_checksums(copy)
     with pytest.raises(CheckpointNotFoundError) as e:
         loading.load(copy, components=("text_encoder",))
     _one_line(e, "tokenizer", "no tokenizer")

@@ -330,7 +330,7 @@ def _cmd_info(a):
 
 
 def _cmd_verify(a):
-    from ti2v_jax.weights.checkpoint import verify_checkpoint
+    from ti2v_jax.weights.integrity import verify_checkpoint
     r = verify_checkpoint(a.dir)
     extra = f"; not recorded: {', '.join(r['unrecorded'])}" if r["unrecorded"] else ""
     print(f"{r['directory']}: {r['files']} files, {r['bytes'] / 2**20:.1f} MiB match their {r['algorithm']} "

@@ -33,11 +33,10 @@ from ti2v_jax import parallel, platforms
 from ti2v_jax.errors import CheckpointError, CheckpointNotFoundError, SettingsError
 from ti2v_jax.sampling import schedule
 from ti2v_jax.weights import checkpoint as ckpt
-from ti2v_jax.weights import convert
+from ti2v_jax.weights import convert, integrity, layout
 from ti2v_jax.weights.checkpoint import (  # noqa: F401  (re-exported)
     load_component,
     save_converted,
-    verify_checkpoint,
 )
 from ti2v_jax.weights.components import (
     COMPONENTS,
@@ -45,6 +44,7 @@ from ti2v_jax.weights.components import (
     SCHEDULER_CONFIG,
     TOKENIZER,
 )
+from ti2v_jax.weights.integrity import verify_checkpoint  # noqa: F401  (re-exported)
 from ti2v_jax.weights.convert import detect_format
 
 log = logging.getLogger(__name__)
@@ -191,7 +191,7 @@ def load(directory, *, dtype=None, component_dtypes: dict | None = None, compone
     """
     directory = Path(directory)
     fmt = detect_format(directory)
-    ckpt.check_index_fields(directory)
+    layout.check_index_fields(directory)
     components = tuple(components)
     unknown = sorted(set(components) - set(MODEL_COMPONENTS))
     if unknown:
@@ -199,14 +199,14 @@ def load(directory, *, dtype=None, component_dtypes: dict | None = None, compone
     attention = platforms.attention_for(attention, platforms.platform_of(devices))
     sharding = parallel.replicated(devices)
     if fmt == "converted":
-        ckpt.verify_for_loading(directory, components, verify=verify)
+        integrity.verify_for_loading(directory, components, verify=verify)
         dtypes = resolve_dtypes(dtype, component_dtypes, components=components, default=ckpt.saved_dtype(directory))
         splits = {n: ckpt.load_split(directory, n, dtype=dtypes[n], param_dtype=dtypes[n], sharding=sharding,
                                      attention=attention) for n in components}
-        configs = {n: ckpt.read_config(directory, n) for n in components}
+        configs = {n: layout.read_config(directory, n) for n in components}
         tok = _converted_tokenizer(directory) if tokenizer else None
         sched_path = directory / SCHEDULER / SCHEDULER_CONFIG
-        sched = ckpt.read_json(sched_path, "scheduler config") if sched_path.is_file() else None
+        sched = layout.read_json(sched_path, "scheduler config") if sched_path.is_file() else None
     else:
         log.info("%s is a %s checkpoint: converting it in memory (run `ti2v-jax convert` once to skip this)",
                  directory, fmt)
@@ -264,16 +264,16 @@ def describe(directory) -> dict:
     if fmt == "converted":
         import orbax.checkpoint as ocp
 
-        index = ckpt.read_index(directory)
+        index = layout.read_index(directory)
         info["format"] = "ti2v-jax (converted)"
         for key in ("version", "dtype", "source", "source_format"):
             if key in index:
                 info[key] = index[key]
-        info["checksums"] = ckpt.CHECKSUMS if (directory / ckpt.CHECKSUMS).is_file() else None
+        info["checksums"] = integrity.CHECKSUMS if (directory / integrity.CHECKSUMS).is_file() else None
         for name in MODEL_COMPONENTS:
             if not (directory / name).is_dir():
                 continue
-            path = (directory / name / ckpt.PARAMS).absolute()
+            path = (directory / name / layout.PARAMS).absolute()
             ckptr = ocp.StandardCheckpointer()
             try:
                 with ckpt.quiet_logger("absl"):  # orbax logs what the error below says
@@ -285,11 +285,11 @@ def describe(directory) -> dict:
                 raise
             except Exception as e:  # noqa: BLE001 - damaged metadata: orbax/tensorstore errors of many types
                 raise CheckpointError(f"{name}: the metadata of {path} is damaged or unreadable "
-                                      f"({ckpt._one_line(e)})") from None
+                                      f"({layout._one_line(e)})") from None
             finally:
                 ckptr.close()
             leaves = list(ckpt._flat_keys(meta).values())
-            comps[name] = _summary(name, ckpt.read_config(directory, name),
+            comps[name] = _summary(name, layout.read_config(directory, name),
                                    [(tuple(m.shape), np.dtype(m.dtype).name) for m in leaves])
     else:
         info["format"] = {"diffusers": "diffusers (PyTorch)", "modelscope": "original ModelScope (PyTorch)"}[fmt] \

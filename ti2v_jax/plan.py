@@ -133,7 +133,7 @@ def ms17b_configs() -> dict:
 
 def checkpoint_configs(directory) -> dict:
     """The configs of a converted or diffusers-layout checkpoint, read from its JSON files alone."""
-    from ti2v_jax.weights import checkpoint as ckpt
+    from ti2v_jax.weights import layout as ckpt
     from ti2v_jax.weights.components import SCHEDULER, SCHEDULER_CONFIG
 
     directory = Path(directory)

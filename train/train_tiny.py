@@ -444,7 +444,8 @@ def main(argv=None):
     init_unet = None
     if a.init_from:
         # Fine-tuning: the text encoder, tokenizer and VAE of an exported model, unchanged.
-        from ti2v_jax.weights.checkpoint import load_component, read_config
+        from ti2v_jax.weights.checkpoint import load_component
+        from ti2v_jax.weights.layout import read_config
         src = Path(a.init_from)
         tok_dir = wd / "tokenizer"
         if not tok_dir.is_dir():

@@ -31,9 +31,10 @@ from pathlib import Path
 import numpy as np
 from flax import nnx
 
+from ti2v_jax import atomic
 from ti2v_jax.errors import CheckpointError, CheckpointNotFoundError, InputError
 from ti2v_jax.weights import checkpoint as ckpt
-from ti2v_jax.weights import mapping, modelscope, torch_io
+from ti2v_jax.weights import layout, mapping, modelscope, torch_io
 from ti2v_jax.weights.components import (
     COMPONENTS,
     SCHEDULER,
@@ -60,32 +61,32 @@ def detect_format(directory) -> str:
         raise CheckpointNotFoundError(f"checkpoint directory {directory} does not exist")
     if not directory.is_dir():
         raise CheckpointNotFoundError(f"checkpoint {directory} is a file; expected a checkpoint directory")
-    index_path = directory / ckpt.INDEX
+    index_path = directory / layout.INDEX
     if index_path.is_file():
-        index = ckpt.read_json(index_path, "model index")  # damaged JSON: a CheckpointError naming it
-        if index.get("format") == ckpt.FORMAT:
+        index = layout.read_json(index_path, "model index")  # damaged JSON: a CheckpointError naming it
+        if index.get("format") == layout.FORMAT:
             return "converted"
         if "_class_name" in index:
             return "diffusers"
-        raise CheckpointError(f"{index_path} is neither a ti2v-jax index (\"format\": \"{ckpt.FORMAT}\") nor a "
+        raise CheckpointError(f"{index_path} is neither a ti2v-jax index (\"format\": \"{layout.FORMAT}\") nor a "
                               f"diffusers pipeline index (\"_class_name\")")
     if modelscope.is_modelscope(directory):
         return "modelscope"
     if (directory / modelscope.CONFIGURATION).is_file():
         raise CheckpointError(f"{directory / modelscope.CONFIGURATION} has no model.model_cfg: not an original "
                               f"ModelScope text-to-video release")
-    raise CheckpointNotFoundError(f"{directory} is not a checkpoint directory: no {ckpt.INDEX} (converted or diffusers "
-                                  f"layout) and no {modelscope.CONFIGURATION} (original ModelScope layout)")
+    raise CheckpointNotFoundError(f"{directory} is not a checkpoint directory: no {layout.INDEX} (converted or "
+                                  f"diffusers layout) and no {modelscope.CONFIGURATION} (original ModelScope layout)")
 
 
 # ---- diffusers layout -------------------------------------------------------------
 
 def read_model_index(src) -> dict:
-    path = Path(src) / ckpt.INDEX
+    path = Path(src) / layout.INDEX
     if not path.is_file():
         raise CheckpointNotFoundError(f"{path} not found: {src} is not a diffusers pipeline directory")
-    index = ckpt.read_json(path, "model index")
-    if index.get("format") == ckpt.FORMAT:
+    index = layout.read_json(path, "model index")
+    if index.get("format") == layout.FORMAT:
         raise InputError(f"{src} is already a converted ti2v-jax checkpoint")
     return index
 
@@ -138,14 +139,14 @@ def convert_component(src, name: str, *, dtype="float32", variant=None, specs=CO
     spec = specs[name]
     d = Path(src) / name
     cfg_path = d / spec.config_name
-    config = ckpt.read_json(cfg_path, f"{name}: config file")
+    config = layout.read_json(cfg_path, f"{name}: config file")
     weights = torch_io.find_weights(d, variant)
     try:
         abstract = spec.abstract(config)
     except CheckpointError:
         raise
     except (TypeError, ValueError, KeyError, IndexError, AttributeError, ZeroDivisionError) as e:
-        raise mapping.ConversionError(f"{name}: {cfg_path}: {ckpt._one_line(e)}") from None
+        raise mapping.ConversionError(f"{name}: {cfg_path}: {layout._one_line(e)}") from None
     state = torch_io.read_state(d, variant)
     state = mapping.rename_keys(state, spec.renames)
     np_dtype = ckpt.DTYPES[ckpt.dtype_name(dtype)]
@@ -214,7 +215,7 @@ def _load_tokenizer(load, path):
     except MemoryError:
         raise
     except Exception as e:  # noqa: BLE001 - transformers raises many types for damaged tokenizer files
-        raise CheckpointError(f"tokenizer {path} cannot be loaded ({ckpt._one_line(e)}); copy the tokenizer "
+        raise CheckpointError(f"tokenizer {path} cannot be loaded ({layout._one_line(e)}); copy the tokenizer "
                               f"files (vocab.json, merges.txt) again") from None
 
 
@@ -224,7 +225,7 @@ def source_scheduler_config(src, source_format: str) -> dict | None:
     if source_format == "modelscope":
         return modelscope.scheduler_config(modelscope.read_configuration(src)[0])
     path = src / SCHEDULER / SCHEDULER_CONFIG
-    return ckpt.read_json(path, "scheduler config") if path.is_file() else None
+    return layout.read_json(path, "scheduler config") if path.is_file() else None
 
 
 # ---- writing a converted directory ------------------------------------------------------
@@ -255,10 +256,10 @@ def convert_checkpoint(src, dst, dtype="float32", *, source_format: str = "auto"
         meta = {"source_index": index, "source_format": "diffusers"}
     else:
         meta = {"source_index": None, "source_format": "modelscope",
-                "source_configuration": ckpt.read_json(src / modelscope.CONFIGURATION, "ModelScope configuration")}
+                "source_configuration": layout.read_json(src / modelscope.CONFIGURATION, "ModelScope configuration")}
     sched = source_scheduler_config(src, fmt)
     report = {}
-    with ckpt.atomic_directory(dst, overwrite=overwrite, protect=[src]) as tmp:
+    with atomic.directory(dst, overwrite=overwrite, protect=[src]) as tmp:
         for name, c in convert_components(src, dtype=dtype, components=components, variant=variant,
                                           source_format=fmt, specs=specs):
             cfg_file = src / name / specs[name].config_name if fmt == "diffusers" else None
@@ -308,7 +309,7 @@ def export_diffusers(models_or_params: dict, configs: dict, dst, *, tokenizer_di
     dst = Path(dst)
     libraries = {"unet": "diffusers", "vae": "diffusers", "text_encoder": "transformers"}
     index = {"_class_name": pipeline_class, "_diffusers_version": "0.0.0 (ti2v-jax export)"}
-    with ckpt.atomic_directory(dst, overwrite=overwrite) as tmp:
+    with atomic.directory(dst, overwrite=overwrite) as tmp:
         for name, m in models_or_params.items():
             spec = specs[name]
             if isinstance(m, nnx.Module):
@@ -333,5 +334,5 @@ def export_diffusers(models_or_params: dict, configs: dict, dst, *, tokenizer_di
             sched = json.loads(Path(scheduler_config).read_text()) if not isinstance(scheduler_config, dict) \
                 else scheduler_config
             index[SCHEDULER] = ["diffusers", sched.get("_class_name", "DDIMScheduler")]
-        (tmp / ckpt.INDEX).write_text(json.dumps(index, indent=2) + "\n")
+        (tmp / layout.INDEX).write_text(json.dumps(index, indent=2) + "\n")
     return dst

@@ -30,7 +30,7 @@ import numpy as np
 
 from ti2v_jax.errors import CheckpointError, CheckpointNotFoundError
 from ti2v_jax.weights import checkpoint as ckpt
-from ti2v_jax.weights import mapping
+from ti2v_jax.weights import layout, mapping
 from ti2v_jax.weights.components import COMPONENTS
 from ti2v_jax.weights.mapping import ConvertedComponent
 
@@ -64,7 +64,7 @@ def is_modelscope(directory) -> bool:
 def read_configuration(directory) -> tuple[dict, dict]:
     """(model_cfg, model_args) of `directory/configuration.json`."""
     path = Path(directory) / CONFIGURATION
-    model = ckpt.read_json(path, "ModelScope configuration").get("model", {})
+    model = layout.read_json(path, "ModelScope configuration").get("model", {})
     if not isinstance(model, dict) or not isinstance(model.get("model_cfg"), dict):
         raise CheckpointError(f"{path} has no model.model_cfg object")
     return dict(model["model_cfg"]), dict(model.get("model_args", {}))

@@ -187,7 +187,7 @@ def read_file(path) -> dict[str, np.ndarray]:
 def read_sharded(index_path) -> dict[str, np.ndarray]:
     """A sharded checkpoint from its `*.index.json`; every listed tensor must be found."""
     index_path = Path(index_path)
-    from ti2v_jax.weights.checkpoint import read_json
+    from ti2v_jax.weights.layout import read_json
 
     weight_map = read_json(index_path, "shard index").get("weight_map")
     if not isinstance(weight_map, dict):
