@@ -37,7 +37,9 @@ Decisions:
 from __future__ import annotations
 
 import collections
+import contextlib
 import datetime
+import errno
 import json
 import math
 import os
@@ -246,6 +248,7 @@ class _Folder:
     log: _ErrorLog
     claims: Claims | None
     leftovers: dict
+    made: bool = False  # this run made out_dir
 
     def release(self, it: Item) -> None:
         if self.claims is not None:
@@ -314,13 +317,15 @@ def _run(pipe, manifest, points, *, defaults, base_seed, batch_size, parallel, f
                               base_seed=base_seed, size=pipe.default_size, multiple=pipe.vae_scale,
                               num_new_frames=pipe.default_num_new_frames)
                  for n, obj in rows]
+        made = not out_dir.exists()
         out_dir.mkdir(parents=True, exist_ok=True)
         leftovers = _leftovers(out_dir, mine)
         claims = None if lockstep or claim_timeout is None else Claims(out_dir, claim_timeout)
         if claims is None:  # the folder is ours alone: every leftover is garbage now
             _remove_paths(p for paths in leftovers.values() for p in paths)
         log = _ErrorLog(out_dir, index, count, mine)
-        folder = _Folder(out_dir, BatchResult(out_dir=out_dir, process=(index, count)), log, claims, leftovers)
+        folder = _Folder(out_dir, BatchResult(out_dir=out_dir, process=(index, count)), log, claims, leftovers,
+                         made)
         folder.res.errors = log.entries
         for it in point:
             it.folder = folder
@@ -340,6 +345,7 @@ def _run(pipe, manifest, points, *, defaults, base_seed, batch_size, parallel, f
               "process": [index, count], "format": fmt, "fps": fps,
               "worker": {"host": socket.gethostname(), "pid": os.getpid()}}
     calls = generated = 0
+    ended = False
     try:
         for k, n_max in zip(keys, most):
             if not n_max:
@@ -388,19 +394,31 @@ def _run(pipe, manifest, points, *, defaults, base_seed, batch_size, parallel, f
                                 timespec="seconds")}
                     try:
                         io.save_video(video, video_path, fps=fps)
-                        atomic.write_json(meta_path, meta)  # last: its presence marks completion
+                        try:
+                            atomic.write_json(meta_path, meta)  # last: its presence marks completion
+                        except BaseException as e:  # a video without (or with old) metadata: no half item
+                            _remove_paths([video_path])
+                            if isinstance(e, OSError) and e.errno is not None and e.filename is None:
+                                raise OSError(e.errno, e.strerror or str(e), str(meta_path)) from None
+                            raise
                         f.res.done.append(it.id)
                     except Exception as e:
+                        if isinstance(e, OSError) and e.errno in (errno.ENOSPC, errno.EDQUOT):
+                            raise  # a full disk fails every item: stop (claims released below)
                         f.log.add(it, "save", f"{type(e).__name__}: {e}")
                     f.release(it)
                     bar.update(1)
                 bar.set_postfix(failed=sum(len(f.log.entries) for f in folders), refresh=False)
+        ended = True
     finally:
         bar.close()
         for f in folders:
             f.res.calls = calls
             if f.claims is not None:
                 f.claims.close()  # releases what is still held (an interrupt, an error)
+            if f.made and not ended:  # a folder this run made and an error left empty: not kept
+                with contextlib.suppress(OSError):
+                    f.out_dir.rmdir()
     return [f.res for f in folders]
 
 
