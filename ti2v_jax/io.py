@@ -20,7 +20,15 @@ Decisions:
   and/or column is repeated; the file is then one pixel larger on that side.
 - PNG directories hold `frame_0000.png`, `frame_0001.png`, ...
 - Every output is written to a hidden temporary name in the destination's
-  directory and renamed into place, so a failure leaves nothing behind.
+  directory and renamed into place, so a failure leaves nothing behind. The names
+  (`.<name>.tmp-<host>-<pid>-<hex>[.gif|.mp4]`, and `.<name>.old-<host>-<pid>-<hex>` for
+  a replaced PNG folder) are `ti2v_jax.atomic`'s: the next save to the same destination
+  removes what a killed writer of this host left (its pid is gone), as well as the
+  names of earlier versions (`.<name>.<pid>.<hex>.tmp*` once their pid is gone,
+  `.<name>.<hex>.old`, which named no pid).
+- A destination that is a symbolic link is written where it points, and the link
+  stays: `--out results` with `results -> /scratch/run1` fills /scratch/run1, as
+  `open()` or `cp` would; replacing the user's link by a folder would not be expected.
 - GIF: Pillow merges consecutive identical frames into one (adding their
   durations), so reading such a GIF back gives fewer frames; timing is kept.
 - GIF colours: one palette for the whole video (no per-frame state, so no flicker):
@@ -37,8 +45,11 @@ Decisions:
 
 from __future__ import annotations
 
+import contextlib
 import os
+import re
 import shutil
+import socket
 import uuid
 import warnings
 from pathlib import Path
@@ -47,6 +58,7 @@ import numpy as np
 from PIL import Image, ImageOps, ImageSequence
 
 from ti2v_jax import cleanup
+from ti2v_jax.atomic import _owner_alive, _remove_dead_temporaries
 from ti2v_jax.errors import InputError, SettingsError
 
 VIDEO_EXTENSIONS = (".gif", ".mp4")
@@ -214,11 +226,12 @@ def check_output_path(path) -> str:
     NotADirectoryError / IsADirectoryError / FileExistsError when the path is the
     wrong kind of thing, PermissionError when the parent is not writable. An
     existing PNG directory is only replaced if it holds nothing but frame_*.png.
+    A symbolic link is checked (and later written) where it points; a loop is an InputError.
     """
     if os.fspath(path) == "-":
         raise InputError("output '-': writing a video to standard output is not supported; give a file name")
     kind = _output_kind(path)
-    target = Path(os.fspath(path).rstrip("/" + os.sep) or "/")
+    target = _target(path)
     parent = target.parent
     if not parent.exists():
         raise FileNotFoundError(2, "Output directory does not exist", str(parent))
@@ -238,6 +251,18 @@ def check_output_path(path) -> str:
     elif target.is_dir():
         raise IsADirectoryError(21, "Output path is a directory", str(target))
     return kind
+
+
+def _target(path) -> Path:
+    """Where a video given as `path` is written: the path, or where it points if it is a symbolic
+    link (followed to the end, so the link itself is never replaced)."""
+    given = Path(os.fspath(path).rstrip("/" + os.sep) or "/")
+    if not given.is_symlink():
+        return given
+    target = Path(os.path.realpath(given))
+    if target.is_symlink():
+        raise InputError(f"{given}: the output is a loop of symbolic links; give another path")
+    return target
 
 
 def _is_frame_name(name: str) -> bool:
@@ -265,8 +290,10 @@ def save_video(frames, path, fps: float = 8) -> Path:
     if not fps > 0:
         raise SettingsError(f"fps must be positive, got {fps}")
     kind = check_output_path(path)
-    target = Path(os.fspath(path).rstrip("/" + os.sep) or "/")
-    tmp = target.parent / f".{target.name}.{os.getpid()}.{uuid.uuid4().hex[:8]}.tmp"
+    given, target = Path(os.fspath(path).rstrip("/" + os.sep) or "/"), _target(path)
+    _remove_dead_leftovers(target)
+    me = f"{socket.gethostname()}-{os.getpid()}-{uuid.uuid4().hex[:8]}"
+    tmp = target.parent / f".{target.name}.tmp-{me}"
     if kind != "png":
         tmp = tmp.with_name(tmp.name + "." + kind)  # ffmpeg picks the muxer by extension
     try:
@@ -275,25 +302,29 @@ def save_video(frames, path, fps: float = 8) -> Path:
                 tmp.mkdir()
                 for i, frame in enumerate(frames):
                     Image.fromarray(frame, "RGB").save(tmp / _FRAME_PATTERN.format(i), format="PNG")
-                _replace_dir(tmp, target)
+                _replace_dir(tmp, target, target.parent / f".{target.name}.old-{me}")
             else:
                 (_write_gif if kind == "gif" else _write_mp4)(frames, tmp, fps)
                 os.replace(tmp, target)
-    except BaseException:
-        if tmp.is_dir():
+    except BaseException as e:
+        if tmp.is_dir() and not tmp.is_symlink():
             shutil.rmtree(tmp, ignore_errors=True)
-        elif tmp.exists():
-            tmp.unlink()
+        else:
+            tmp.unlink(missing_ok=True)
+        if isinstance(e, OSError) and e.errno is not None and e.filename is None:
+            # e.g. a full disk while a writer flushes: say which video it was
+            raise OSError(e.errno, e.strerror or str(e), str(given)) from None
         raise
-    return target
+    return given
 
 
-def _replace_dir(new: Path, target: Path) -> None:
+def _replace_dir(new: Path, target: Path, old: Path) -> None:
     if not target.exists():
         os.rename(new, target)
         return
     # An old frame directory (checked to hold only frame_*.png): swap, then delete.
-    old = target.with_name(f".{target.name}.{uuid.uuid4().hex[:8]}.old")
+    with contextlib.suppress(OSError):  # the folder keeps its permissions (e.g. group-writable)
+        shutil.copymode(target, new)
     os.rename(target, old)
     try:
         os.rename(new, target)
@@ -301,6 +332,33 @@ def _replace_dir(new: Path, target: Path) -> None:
         os.rename(old, target)
         raise
     shutil.rmtree(old, ignore_errors=True)
+
+
+def _remove_dead_leftovers(target: Path) -> None:
+    """Remove what killed writers of `target` left beside it: `atomic`'s names (host and pid),
+    then those of earlier versions, `.<name>.<pid>.<hex>.tmp[.gif|.mp4]` whose pid is gone from
+    this host and `.<name>.<hex>.old` (an old frame folder, named without its writer's pid).
+    Only these names, so nothing else beside the video is touched; links are unlinked, never followed."""
+    _remove_dead_temporaries(target)
+    name = re.escape(target.name)
+    tmp = re.compile(rf"\.{name}\.(\d+)\.[0-9a-f]{{8}}\.tmp(\.gif|\.mp4)?")
+    old = re.compile(rf"\.{name}\.[0-9a-f]{{8}}\.old")
+    host = socket.gethostname()
+    try:
+        names = os.listdir(target.parent)
+    except OSError:
+        return
+    for n in names:
+        m = tmp.fullmatch(n)
+        if (m and not _owner_alive(f"{host}-{m[1]}-0", "")) or old.fullmatch(n):
+            p = target.parent / n
+            try:
+                if p.is_dir() and not p.is_symlink():
+                    shutil.rmtree(p)
+                else:
+                    p.unlink(missing_ok=True)
+            except OSError:  # best effort: another writer removed it, or it is not ours to remove
+                pass
 
 
 _GIF_LEVELS = np.array([6, 6, 6])  # levels of red, green, blue in the palette's fixed cube (216 colours)
