@@ -27,6 +27,7 @@ datasheet bf16 peak and bytes accessed over its memory bandwidth (`platforms.CHI
 from __future__ import annotations
 
 import dataclasses
+import importlib.metadata
 import functools
 import json
 import os
@@ -96,8 +97,13 @@ def resolve_target(name: str) -> Target:
         except ImportError:
             raise SettingsError(f"target {name!r} needs jax's CUDA plugin to compile for an NVIDIA GPU: "
                                 f"pip install 'jax[cuda12]=={jax.__version__}'") from None
+        try:  # the cuDNN the plugin brought (its programs are compiled against that version)
+            cudnn = ".".join(importlib.metadata.version("nvidia-cudnn-cu12").split(".")[:3])
+        except importlib.metadata.PackageNotFoundError:
+            cudnn = "9.10.0"
         try:
-            topo = topologies.get_topology_desc(platform="cuda", topology_name=f"1x1x1")
+            topo = topologies.get_topology_desc(platform="cuda", topology_name=kind, topology="1x1x1",
+                                                target_config=platforms.gpu_target_config(kind, cudnn_version=cudnn))
         except Exception as e:  # noqa: BLE001 - the plugin's refusal, whatever its type
             raise SettingsError(f"cannot describe a {chip.name} to compile for: {_first_line(e)}") from None
         return Target(name, "gpu", chip, tuple(topo.devices))
@@ -171,7 +177,7 @@ class Report:
     resident_gib: float             # what the run holds per chip: weights + program's temp + output + batch
     fits: bool | None
     flops_per_new_frame: float
-    bytes_per_new_frame: float
+    bytes_per_new_frame: float | None  # None: not known (a GPU target: FLOPs from the unfused program)
     pallas_flops_per_new_frame: float
     attention: list                 # per distinct call: shape, kernel, fallback reason, count
     compile_s: float
@@ -188,14 +194,17 @@ class Report:
         if self.chip is None:
             return None
         c = platforms.CHIPS[self._chip_key]
-        return max(self.flops_per_new_frame / (c.bf16_tflops * 1e12), self.bytes_per_new_frame / (c.hbm_gbps * 1e9))
+        t = self.flops_per_new_frame / (c.bf16_tflops * 1e12)
+        return t if self.bytes_per_new_frame is None else max(t, self.bytes_per_new_frame / (c.hbm_gbps * 1e9))
 
     def as_dict(self) -> dict:
         d = dataclasses.asdict(self)
         t = self.bound_s_per_new_frame()
         frames = self.settings.get("num_new_frames") or 1
         d["bound"] = None if t is None else {
-            "what": "a bound from the compiled program (roofline over the datasheet), not a measurement",
+            "what": "a bound from the compiled program (roofline over the datasheet), not a measurement"
+                    if self.bytes_per_new_frame is not None else
+                    "a bound from the FLOPs alone (of the unfused program, XLA attention), not a measurement",
             "s_per_new_frame_per_batch": t,
             "new_frames_per_s_per_chip": self.batch_per_chip / t,
             "videos_per_hour": 3600 * self.chips * self.batch_per_chip / (t * frames),
@@ -220,11 +229,14 @@ class Report:
                          + ", ".join(f"{b}: {r:.2f} GiB{'' if f else ' (no)'}" for b, r, f in self.tried) + ")")
         lines.append(f"  per new frame (all {self.batch_per_chip} items): {self.flops_per_new_frame / 1e12:.2f} TFLOP "
                      f"(Pallas attention {self.pallas_flops_per_new_frame / 1e12:.2f}), "
-                     f"{self.bytes_per_new_frame / GiB:.1f} GiB accessed")
+                     + (f"{self.bytes_per_new_frame / GiB:.1f} GiB accessed" if self.bytes_per_new_frame is not None
+                        else "bytes not known (XLA:GPU compiled without a GPU reports no costs: FLOPs are the "
+                             "unfused program's, with XLA attention, counted on this host)"))
         t = self.bound_s_per_new_frame()
         if t is not None:
             d = self.as_dict()["bound"]
-            lines.append(f"  bound from the compiled program, not a measurement: >= {t:.3f} s per new frame "
+            lines.append(f"  bound from the {'compiled program' if self.bytes_per_new_frame is not None else 'FLOPs alone'}"
+                         f", not a measurement: >= {t:.3f} s per new frame "
                          f"(batch {self.batch_per_chip}), <= {d['new_frames_per_s_per_chip']:.2f} new frames/s per chip, "
                          f"<= {d['videos_per_hour']:.0f} videos ({s['num_new_frames'] + 1} frames) per hour on "
                          f"{self.chips} chips")
@@ -275,6 +287,8 @@ def _compile(fn, *args):
 
 
 def _cost(compiled) -> tuple[float, float]:
+    """(FLOPs, bytes accessed) of a compiled program (Pallas kernels included: Mosaic calls carry
+    their cost)."""
     ca = compiled.cost_analysis() or {}
     if isinstance(ca, (list, tuple)):
         ca = ca[0] if ca else {}
@@ -283,10 +297,13 @@ def _cost(compiled) -> tuple[float, float]:
 
 class Planner:
     """Compiles a pipeline's programs for a target, abstractly. `components` from
-    `loading.abstract_components` for the target's platform."""
+    `loading.abstract_components` for the target's platform. cost_components: the same networks
+    with XLA attention for this host's CPU, to count a GPU target's FLOPs (XLA:GPU compiled
+    without a GPU reports no costs; a cuDNN call has none on the host)."""
 
-    def __init__(self, target: Target, components, *, num_frames: int, scheduler_config=None):
+    def __init__(self, target: Target, components, *, num_frames: int, scheduler_config=None, cost_components=None):
         self.target, self.components, self.num_frames = target, components, int(num_frames)
+        self.cost_components = cost_components
         sched = scheduler_config or {}
         self.abar = schedule.alphas_cumprod(int(sched.get("num_train_timesteps", schedule.NUM_TRAIN_TIMESTEPS)),
                                             float(sched.get("beta_start", schedule.BETA_START)),
@@ -342,33 +359,47 @@ class Planner:
         return compiled, secs, calls, _tree_bytes(args) // self.target.chips, key
 
     # ---- the units of one new frame (for its cost)
-    def unit_costs(self, s: SamplerSettings, batch: int) -> dict:
-        """{unit: (flops, bytes, pallas flops)} per call at `batch` items on one chip: the guided
-        U-Net call, one VAE decode and one VAE encode of a frame per item."""
-        one = self.one
-        params = jax.tree.map(lambda x: _abstract(x.shape, x.dtype, one), self.components.params)
+    def _units(self, s: SamplerSettings, batch: int, comps, one) -> dict:
+        """{unit: (jitted fn, abstract args)}: the guided U-Net call, one VAE decode and one VAE
+        encode of a frame per item, for networks `comps` on device sharding `one`."""
+        params = jax.tree.map(lambda x: _abstract(x.shape, x.dtype, one), comps.params)
         h, w = s.height // self.vae_scale, s.width // self.vae_scale
         k, c = self.num_frames, self.latent_channels
         f32 = jnp.float32
         ctx = _abstract((batch, TEXT_LEN, self.text_width), f32, one)
-        guided, fns = s.guided, self.spec.fns
+        guided = s.guided
+        fns = programs.ProgramSpec(comps, self.num_frames, self.abar).fns
 
         def pair(p, x, t, g, ctx, unc):
             return cfg_denoiser(fns(p)[0], ctx, unc, guided=guided)(x, t, g)
 
-        units = {
+        return {
             "unet": (jax.jit(pair), (params, _abstract((batch, k, h, w, c), f32, one),
                                      _abstract((batch,), jnp.int32, one), _abstract((batch,), f32, one), ctx, ctx)),
             "decode": (jax.jit(lambda p, z: fns(p)[2](z)), (params, _abstract((batch, 1, h, w, c), f32, one))),
             "encode": (jax.jit(lambda p, f: fns(p)[1](f)),
                        (params, _abstract((batch, 1, s.height, s.width, 3), f32, one))),
         }
+
+    def unit_costs(self, s: SamplerSettings, batch: int) -> dict:
+        """{unit: (flops, bytes, pallas flops, attention calls)} per call at `batch` items on one
+        chip (`_units`). A GPU target (`cost_components`): the target's kernels are recorded from
+        tracing, FLOPs from the unfused program with XLA attention on this host, bytes None."""
         out = {}
+        units = self._units(s, batch, self.components, self.one)
+        if self.cost_components is not None:
+            host = self._units(s, batch, self.cost_components, jax.sharding.SingleDeviceSharding(jax.devices("cpu")[0]))
+            for name, (fn, args) in units.items():
+                with record_kernels() as calls:
+                    fn.trace(*args)
+                hfn, hargs = host[name]
+                out[name] = (float(hfn.lower(*hargs).cost_analysis()["flops"]), None, 0.0, calls)
+            return out
         for name, (fn, args) in units.items():
             compiled, _, calls = _compile(fn, *args)
             flops, nbytes = _cost(compiled)
             pallas = _pallas_flops(calls, lambda c: 1)  # the traced shapes already hold the batch
-            out[name] = (flops + pallas, nbytes, pallas, calls)
+            out[name] = (flops, nbytes, pallas, calls)
         return out
 
 
@@ -398,7 +429,14 @@ def plan(target, *, configs: dict, dtype="bfloat16", vae_text_dtype="float32", b
     comps = loading.abstract_components({n: configs[n] for n in loading.MODEL_COMPONENTS}, dtype=dtype,
                                         component_dtypes={"vae": aux, "text_encoder": aux}, attention=attention,
                                         platform=target.platform, scheduler_config=configs.get("scheduler"))
-    planner = Planner(target, comps, num_frames=k, scheduler_config=configs.get("scheduler"))
+    cost_comps = None
+    if target.platform == "gpu":
+        cost_comps = loading.abstract_components({n: configs[n] for n in loading.MODEL_COMPONENTS}, dtype=dtype,
+                                                 component_dtypes={"vae": aux, "text_encoder": aux},
+                                                 attention="xla", platform="cpu",
+                                                 scheduler_config=configs.get("scheduler"))
+    planner = Planner(target, comps, num_frames=k, scheduler_config=configs.get("scheduler"),
+                      cost_components=cost_comps)
     ucfg = configs["unet"]
     sample = ucfg.get("sample_size", 32)
     sample = sample if isinstance(sample, (list, tuple)) else (sample, sample)
@@ -453,7 +491,7 @@ def plan(target, *, configs: dict, dtype="bfloat16", vae_text_dtype="float32", b
     # A T2V call makes K frames from S U-Net calls: per frame, a share of them.
     counts = {"unet": s.steps / k, "decode": 1, "encode": 0} if t2v else frame_unit_counts(s)
     flops = sum(units[u][0] * n for u, n in counts.items())
-    nbytes = sum(units[u][1] * n for u, n in counts.items())
+    nbytes = None if cost_comps is not None else sum(units[u][1] * n for u, n in counts.items())
     pallas = sum(units[u][2] * n for u, n in counts.items())
     ca = compiled.cost_analysis() or {}
     if isinstance(ca, (list, tuple)):

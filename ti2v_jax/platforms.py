@@ -175,3 +175,30 @@ CHIPS = {
     "h100": Chip("NVIDIA H100 SXM", "gpu", 80, 989, 3350),
     "h200": Chip("NVIDIA H200 SXM", "gpu", 141, 989, 4800),
 }
+
+# What XLA's GPU compiler needs to know of a GPU it cannot see (its GpuTargetConfigProto): the
+# datasheet figures of the SXM parts (both Hopper, compute capability 9.0, 132 SMs at 1.98 GHz,
+# 228 KiB of shared memory per SM, 50 MiB of L2), with their memory size and bandwidth.
+_HOPPER = dict(threads_per_block_limit=1024, threads_per_warp=32, shared_memory_per_block=49152,
+               shared_memory_per_core=233472, threads_per_core_limit=2048, core_count=132, fpus_per_core=128,
+               block_dim_limit_x=2147483647, block_dim_limit_y=65535, block_dim_limit_z=65535,
+               l2_cache_size=52428800, clock_rate_ghz=1.98, shared_memory_per_block_optin=232448,
+               registers_per_core_limit=65536, registers_per_block_limit=65536)
+GPU_SPECS = {
+    "h100": dict(_HOPPER, device_memory_size=84942979072, memory_bandwidth=3352320000000, name="NVIDIA H100 80GB HBM3"),
+    "h200": dict(_HOPPER, device_memory_size=150754820096, memory_bandwidth=4800000000000, name="NVIDIA H200"),
+}
+
+
+def gpu_target_config(kind: str, *, cudnn_version: str = "9.10.0") -> str:
+    """The GpuTargetConfigProto text XLA's CUDA compiler takes to compile for GPU `kind` ("h100",
+    "h200") with no GPU attached (`jax.experimental.topologies.get_topology_desc(platform="cuda",
+    target_config=..., topology="1x1x1")`). cudnn_version: the cuDNN the programs will run with."""
+    spec = dict(GPU_SPECS[kind])
+    name = spec.pop("name")
+    lines = [f"  {k}: {v}" for k, v in spec.items()]
+    major, minor, patch = (int(x) for x in cudnn_version.split("."))
+    return ("gpu_device_info {\n" + "\n".join(lines) + "\n  cuda_compute_capability { major: 9 minor: 0 }\n"
+            f'  name: "{name}"\n}}\nplatform_name: "CUDA"\n'
+            f"dnn_version_info {{ major: {major} minor: {minor} patch: {patch} }}\n"
+            f'device_description_str: "{name}"\n')
