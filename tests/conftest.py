@@ -31,18 +31,20 @@ import json
 import os
 import sys
 
-import pytest
+# The tests run on this host's CPU, and so do their subprocesses; with libtpu installed (the
+# tpu extra) JAX would otherwise try to start a TPU backend in every process. Set before
+# anything imports jax (which reads it once, at import).
+os.environ.setdefault("JAX_PLATFORMS", "cpu")
 
-from helpers import perturb_
+import pytest  # noqa: E402
 
-from ti2v_jax.tiny import SCHEDULER, TINY_TEXT, TINY_UNET, TINY_VAE  # one definition
+from helpers import perturb_  # noqa: E402
+
+from ti2v_jax.tiny import SCHEDULER, TINY_TEXT, TINY_UNET, TINY_VAE  # noqa: E402 - one definition
 
 IMAGE_SIZE = 32
 LATENT_SIZE = 16
 
-# The tests run on this host's CPU, and so do their subprocesses; with libtpu installed (the
-# tpu extra) JAX would otherwise try to start a TPU backend in every process.
-os.environ.setdefault("JAX_PLATFORMS", "cpu")
 
 if os.environ.get("TI2V_TESTS_WITHOUT_TORCH", "") not in ("", "0"):
     for _name in ("torch", "diffusers", "torchvision"):

@@ -31,6 +31,11 @@ try:
 except ImportError:
     HAVE_LIBTPU = False
 needs_libtpu = pytest.mark.skipif(not HAVE_LIBTPU, reason="libtpu is not installed (pip install 'jax[tpu]')")
+try:
+    import jax_cuda12_plugin  # noqa: F401
+    HAVE_CUDA_PLUGIN = True
+except ImportError:
+    HAVE_CUDA_PLUGIN = False
 
 
 def _env(**extra):
@@ -192,9 +197,10 @@ def test_plan_errors_are_one_line(capsys, monkeypatch):
     cases = [
         (("--target", "v9x:2x2"), "unknown target 'v9x:2x2'"),
         (("--target", "v5e"), "needs a topology"),
-        (("--target", "h100"), "needs jax's CUDA plugin"),
         (("--target", "cpu", "--batch-per-chip", "x"), "--batch-per-chip must be a whole number"),
     ]
+    if not HAVE_CUDA_PLUGIN:
+        cases.append((("--target", "h100"), "needs jax's CUDA plugin"))
     if HAVE_LIBTPU:
         cases.append((("--target", "v5e:3x3"), "libtpu does not know the topology 'v5e:3x3'"))
     for args, text in cases:
@@ -284,3 +290,17 @@ def test_weights_are_placed_once_per_pipeline():
     assert sizes[0] >= weights, sizes
     assert 4 * weights <= sizes[1] <= 5 * weights + 1, (weights, sizes)
     assert sizes[2] == sizes[1] and sizes[3] == sizes[1], sizes
+
+
+@pytest.mark.slow
+@pytest.mark.skipif(not HAVE_CUDA_PLUGIN, reason="jax's CUDA plugin is not installed (pip install 'jax[cuda12]', "
+                    "about 5 GB; the README's test line does not install it)")
+def test_plan_compiles_for_an_h100_without_a_gpu():
+    """XLA:GPU compiles the default model's TI2V program for an H100 described by
+    `platforms.gpu_target_config`, on a host with no GPU: memory from the compiled program, FLOPs
+    from the unfused one, and the bound says it is FLOPs-only."""
+    r = plan.plan("h100", configs=plan.checkpoint_configs(DEFAULT_MODEL),
+                  settings=SamplerSettings(steps=2, resample=1))
+    assert r.platform == "gpu" and r.fits and r.bytes_per_new_frame is None
+    assert r.argument_gib * 2 ** 30 >= 0.5 * r.weights_gib * 2 ** 30 and r.flops_per_new_frame > 0
+    assert "FLOPs alone" in r.text() and "bytes not known" in r.text()
