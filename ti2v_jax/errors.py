@@ -10,6 +10,8 @@ so `except ValueError` keeps working.
 
 from __future__ import annotations
 
+import re
+
 
 class TI2VError(Exception):
     """Base class: a problem with what ti2v-jax was given, described in one line."""
@@ -41,3 +43,19 @@ class IntegrityError(CheckpointError):
 
 class ResourceError(TI2VError, MemoryError):
     """A call would need more memory (or other resources) than the device has."""
+
+
+def first_line(e: BaseException, *, limit: int = 300, with_type: bool = True) -> str:
+    """An exception's message in one line, for quoting inside ours: its first line, cut at
+    `limit` characters ("Type: first line" with `with_type`). tensorstore/orbax messages run to
+    pages: their spec dump is dropped and the array they failed on is named."""
+    text = str(e).strip()
+    first = text.splitlines()[0].strip() if text else ""
+    first = first.split(" See full TensorStore details")[0]
+    first = first if len(first) <= limit else first[:limit] + "..."
+    array = re.search(r"'path': '([^'/][^']*)'", text)
+    if array:
+        first += f" [array {array.group(1)}]"
+    if not first:
+        return type(e).__name__
+    return f"{type(e).__name__}: {first}" if with_type else first

@@ -30,7 +30,7 @@ import numpy as np
 from flax import nnx
 
 from ti2v_jax import parallel, platforms
-from ti2v_jax.errors import CheckpointError, CheckpointNotFoundError, SettingsError
+from ti2v_jax.errors import CheckpointError, CheckpointNotFoundError, SettingsError, first_line
 from ti2v_jax.sampling import schedule
 from ti2v_jax.weights import checkpoint as ckpt
 from ti2v_jax.weights import convert, integrity, layout
@@ -285,7 +285,7 @@ def describe(directory) -> dict:
                 raise
             except Exception as e:  # noqa: BLE001 - damaged metadata: orbax/tensorstore errors of many types
                 raise CheckpointError(f"{name}: the metadata of {path} is damaged or unreadable "
-                                      f"({layout._one_line(e)})") from None
+                                      f"({first_line(e)})") from None
             finally:
                 ckptr.close()
             leaves = list(ckpt._flat_keys(meta).values())

@@ -39,7 +39,7 @@ import jax.numpy as jnp
 import numpy as np
 
 from ti2v_jax import executables, loading, parallel, platforms, programs
-from ti2v_jax.errors import CheckpointError, SettingsError
+from ti2v_jax.errors import CheckpointError, SettingsError, first_line
 from ti2v_jax.models.attention import record_kernels
 from ti2v_jax.sampling import schedule
 from ti2v_jax.sampling.guidance import cfg_denoiser
@@ -105,7 +105,7 @@ def resolve_target(name: str) -> Target:
             topo = topologies.get_topology_desc(platform="cuda", topology_name=kind, topology="1x1x1",
                                                 target_config=platforms.gpu_target_config(kind, cudnn_version=cudnn))
         except Exception as e:  # noqa: BLE001 - the plugin's refusal, whatever its type
-            raise SettingsError(f"cannot describe a {chip.name} to compile for: {_first_line(e)}") from None
+            raise SettingsError(f"cannot describe a {chip.name} to compile for: {first_line(e, with_type=False)}") from None
         return Target(name, "gpu", chip, tuple(topo.devices))
     if ":" not in name:
         raise SettingsError(f"target {name!r} needs a topology, e.g. {kind}:2x2 (TPU chips as AxB or AxBxC)")
@@ -118,13 +118,8 @@ def resolve_target(name: str) -> Target:
     try:
         topo = topologies.get_topology_desc(platform="tpu", topology_name=name)
     except Exception as e:  # noqa: BLE001 - libtpu's refusal of a topology name, whatever its type
-        raise SettingsError(f"libtpu does not know the topology {name!r}: {_first_line(e)}") from None
+        raise SettingsError(f"libtpu does not know the topology {name!r}: {first_line(e, with_type=False)}") from None
     return Target(name, "tpu", chip, tuple(topo.devices))
-
-
-def _first_line(e: BaseException) -> str:
-    text = str(e).strip().splitlines()
-    return text[0][:300] if text else type(e).__name__
 
 
 # ------------------------------------------------------------------ model shapes

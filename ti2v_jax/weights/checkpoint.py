@@ -32,6 +32,7 @@ from ti2v_jax.errors import (
     CheckpointNotFoundError,
     InputError,
     SettingsError,
+    first_line,
 )
 from ti2v_jax.weights.components import (
     COMPONENTS,
@@ -45,7 +46,6 @@ from ti2v_jax.weights.layout import (
     FORMAT_VERSION,
     INDEX,
     PARAMS,
-    _one_line,
     is_converted,
     read_config,
     read_index,
@@ -133,7 +133,7 @@ def restore_params(path, abstract_model, *, param_dtype=None, sharding=None, nam
         raise
     except Exception as e:  # noqa: BLE001 - orbax/tensorstore raise many types for damaged metadata
         ckptr.close()
-        raise CheckpointError(f"{name}: the metadata of {path} is damaged or unreadable ({_one_line(e)}); "
+        raise CheckpointError(f"{name}: the metadata of {path} is damaged or unreadable ({first_line(e)}); "
                               f"copy or convert the checkpoint again") from None
     state = nnx.state(abstract_model, nnx.Param)
     wanted = _flat_keys(state.to_pure_dict())
@@ -160,7 +160,7 @@ def restore_params(path, abstract_model, *, param_dtype=None, sharding=None, nam
     except MemoryError:
         raise
     except Exception as e:  # noqa: BLE001 - truncated or corrupted data: tensorstore errors of various types
-        raise CheckpointError(f"{name}: cannot read the parameters in {path} ({_one_line(e)}); the data files "
+        raise CheckpointError(f"{name}: cannot read the parameters in {path} ({first_line(e)}); the data files "
                               f"are damaged: `ti2v-jax verify` names them; copy or convert the checkpoint "
                               f"again") from None
     finally:
@@ -247,7 +247,7 @@ def abstract_model(spec, config: dict, *, dtype, param_dtype, attention=None, wh
         raise
     except (TypeError, ValueError, KeyError, IndexError, AttributeError, ZeroDivisionError) as e:
         raise CheckpointError(f"{spec.name}: {where} does not describe a model this version can build as "
-                              f"{spec.class_name} ({_one_line(e)})") from None
+                              f"{spec.class_name} ({first_line(e)})") from None
 
 
 def saved_dtype(directory) -> str:

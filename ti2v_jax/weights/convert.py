@@ -32,7 +32,7 @@ import numpy as np
 from flax import nnx
 
 from ti2v_jax import atomic
-from ti2v_jax.errors import CheckpointError, CheckpointNotFoundError, InputError
+from ti2v_jax.errors import CheckpointError, CheckpointNotFoundError, InputError, first_line
 from ti2v_jax.weights import checkpoint as ckpt
 from ti2v_jax.weights import layout, mapping, modelscope, torch_io
 from ti2v_jax.weights.components import (
@@ -146,7 +146,7 @@ def convert_component(src, name: str, *, dtype="float32", variant=None, specs=CO
     except CheckpointError:
         raise
     except (TypeError, ValueError, KeyError, IndexError, AttributeError, ZeroDivisionError) as e:
-        raise mapping.ConversionError(f"{name}: {cfg_path}: {layout._one_line(e)}") from None
+        raise mapping.ConversionError(f"{name}: {cfg_path}: {first_line(e)}") from None
     state = torch_io.read_state(d, variant)
     state = mapping.rename_keys(state, spec.renames)
     np_dtype = ckpt.DTYPES[ckpt.dtype_name(dtype)]
@@ -215,7 +215,7 @@ def _load_tokenizer(load, path):
     except MemoryError:
         raise
     except Exception as e:  # noqa: BLE001 - transformers raises many types for damaged tokenizer files
-        raise CheckpointError(f"tokenizer {path} cannot be loaded ({layout._one_line(e)}); copy the tokenizer "
+        raise CheckpointError(f"tokenizer {path} cannot be loaded ({first_line(e)}); copy the tokenizer "
                               f"files (vocab.json, merges.txt) again") from None
 
 

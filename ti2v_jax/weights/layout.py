@@ -13,27 +13,14 @@
 from __future__ import annotations
 
 import json
-import re
 from pathlib import Path
 
-from ti2v_jax.errors import CheckpointError, CheckpointNotFoundError
+from ti2v_jax.errors import CheckpointError, CheckpointNotFoundError, first_line
 
 FORMAT = "ti2v-jax"
 FORMAT_VERSION = 1
 INDEX = "model_index.json"
 PARAMS = "params"
-
-
-def _one_line(e: BaseException, limit: int = 300) -> str:
-    """The first line of an exception's message (tensorstore/orbax errors run to pages)."""
-    text = str(e).strip()
-    first = text.splitlines()[0].strip() if text else ""
-    first = first.split(" See full TensorStore details")[0]  # the rest is a multi-page spec dump
-    first = first if len(first) <= limit else first[:limit] + "..."
-    array = re.search(r"'path': '([^'/][^']*)'", text)  # tensorstore names the array it failed on
-    if array:
-        first += f" [array {array.group(1)}]"
-    return f"{type(e).__name__}: {first}" if first else type(e).__name__
 
 
 def is_converted(directory) -> bool:
@@ -53,9 +40,9 @@ def read_json(path, what: str = "file") -> dict:
     try:
         value = json.loads(path.read_bytes())
     except (ValueError, UnicodeDecodeError) as e:
-        raise CheckpointError(f"{what} {path} is not valid JSON ({_one_line(e)})") from None
+        raise CheckpointError(f"{what} {path} is not valid JSON ({first_line(e)})") from None
     except OSError as e:
-        raise CheckpointError(f"{what} {path} cannot be read ({_one_line(e)})") from None
+        raise CheckpointError(f"{what} {path} cannot be read ({first_line(e)})") from None
     if not isinstance(value, dict):
         raise CheckpointError(f"{what} {path} holds a JSON {type(value).__name__}, expected an object")
     return value

@@ -21,7 +21,7 @@ from pathlib import Path
 import ml_dtypes
 import numpy as np
 
-from ti2v_jax.errors import CheckpointError, CheckpointNotFoundError
+from ti2v_jax.errors import CheckpointError, CheckpointNotFoundError, first_line
 
 WEIGHT_STEMS = ("diffusion_pytorch_model", "model", "pytorch_model")
 _EXTENSIONS = ("safetensors", "bin")  # preference order
@@ -89,7 +89,7 @@ def read_safetensors(path) -> dict[str, np.ndarray]:
     try:
         return dict(load_file(str(path)))
     except SafetensorError as e:
-        raise CheckpointError(f"{path}: not a readable safetensors file ({_one_line(e)}); it is damaged or "
+        raise CheckpointError(f"{path}: not a readable safetensors file ({first_line(e)}); it is damaged or "
                               f"incomplete: download or copy it again") from None
     except (TypeError, ValueError, KeyError, AttributeError):
         # Older safetensors builds cannot hand bfloat16 to numpy: parse the file.
@@ -98,7 +98,7 @@ def read_safetensors(path) -> dict[str, np.ndarray]:
         except CheckpointError:
             raise
         except (ValueError, KeyError, TypeError, struct.error) as e:
-            raise CheckpointError(f"{path}: not a readable safetensors file ({_one_line(e)})") from None
+            raise CheckpointError(f"{path}: not a readable safetensors file ({first_line(e)})") from None
 
 
 def _read_safetensors_manually(path) -> dict[str, np.ndarray]:
@@ -120,11 +120,6 @@ def _read_safetensors_manually(path) -> dict[str, np.ndarray]:
         arr = np.frombuffer(data, dtype=dtype, count=(end - start) // dtype.itemsize, offset=base + start)
         out[name] = arr.reshape(info["shape"]).copy()
     return out
-
-
-def _one_line(e: BaseException) -> str:
-    lines = str(e).strip().splitlines()
-    return f"{type(e).__name__}: {lines[0][:300]}" if lines else type(e).__name__
 
 
 def _import_torch():
@@ -161,7 +156,7 @@ def load_torch_state(path) -> dict:
         raise CheckpointError(f"{path}: holds pickled objects other than tensors, which ti2v-jax never "
                               f"unpickles; it needs a file of plain tensors (a state dict)") from None
     except (RuntimeError, EOFError, OSError, ValueError) as e:
-        raise CheckpointError(f"{path}: not a readable PyTorch checkpoint ({_one_line(e)})") from None
+        raise CheckpointError(f"{path}: not a readable PyTorch checkpoint ({first_line(e)})") from None
     if isinstance(state, dict) and isinstance(state.get("state_dict"), dict):
         state = state["state_dict"]
     if not isinstance(state, dict):
