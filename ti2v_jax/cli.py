@@ -56,7 +56,7 @@ import warnings  # noqa: E402
 from ti2v_jax import settings as st  # noqa: E402
 from ti2v_jax.metrics import cli as metrics_cli  # noqa: E402
 
-DTYPES = ("float32", "bfloat16", "float16")
+DTYPES = st.DTYPE_NAMES
 # The settings plain text-to-video sampling uses.
 T2V_SETTINGS = ("steps", "guidance", "eta", "height", "width")
 

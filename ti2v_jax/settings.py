@@ -29,6 +29,8 @@ import numpy as np
 from ti2v_jax.errors import SettingsError
 
 SLIDES = ("pixel", "latent")
+# The networks' dtypes, by name (parameters and compute; `weights.checkpoint.DTYPES` maps them).
+DTYPE_NAMES = ("float32", "bfloat16", "float16")
 DEFAULT_NUM_NEW_FRAMES = 15  # the published demo: a 16-frame video
 MAX_SEED = 2 ** 63  # seeds are integers in [0, MAX_SEED)
 

@@ -34,6 +34,7 @@ from ti2v_jax.errors import (
     SettingsError,
     first_line,
 )
+from ti2v_jax.settings import DTYPE_NAMES
 from ti2v_jax.weights.components import (
     COMPONENTS,
     SCHEDULER,
@@ -54,7 +55,7 @@ from ti2v_jax.weights.mapping import ConversionError
 
 log = logging.getLogger(__name__)
 
-DTYPES = {"float32": jnp.float32, "bfloat16": jnp.bfloat16, "float16": jnp.float16}
+DTYPES = {name: getattr(jnp, name) for name in DTYPE_NAMES}
 
 
 def dtype_name(dtype) -> str:
