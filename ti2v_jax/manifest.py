@@ -135,9 +135,7 @@ def prepare_item(n: int, obj: dict, base_dir: Path, *, defaults=None, overrides=
         s = settings.SamplerSettings()
         for source in (defaults or {}, {k: obj[k] for k in settings.NAMES if k in obj}, overrides or {}):
             s = s.replace(**{k: parse_setting(k, v) for k, v in source.items() if k != "seed"})
-        s = s.resolved(num_new_frames=num_new_frames, height=size[0], width=size[1])
-        if s.height % multiple or s.width % multiple:
-            raise SettingsError(f"height and width must be multiples of {multiple}, got {s.height}x{s.width}")
+        s = s.resolved(num_new_frames=num_new_frames, height=size[0], width=size[1], multiple=multiple)
         item.settings = s
         seed = (overrides or {}).get("seed", obj.get("seed"))
         item.seed = stable_seed(item.id, base_seed) if seed is None else parse_setting("seed", seed)

@@ -221,9 +221,8 @@ class TI2VZeroPipeline:
         """`settings` (default: the defaults) with `kwargs` applied and this model's defaults
         filled in (num_new_frames, height, width); checks the size against the VAE."""
         s = SamplerSettings.from_kwargs(settings, **kwargs).resolved(
-            num_new_frames=self.default_num_new_frames, height=self.default_size[0], width=self.default_size[1])
-        if s.height % self.vae_scale or s.width % self.vae_scale:
-            raise SettingsError(f"height and width must be multiples of {self.vae_scale}, got {s.height}x{s.width}")
+            num_new_frames=self.default_num_new_frames, height=self.default_size[0], width=self.default_size[1],
+            multiple=self.vae_scale)
         return s
 
     def contexts(self, prompts, params=None):

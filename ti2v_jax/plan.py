@@ -437,9 +437,7 @@ def plan(target, *, configs: dict, dtype="bfloat16", vae_text_dtype="float32", b
     sample = sample if isinstance(sample, (list, tuple)) else (sample, sample)
     s = SamplerSettings.from_kwargs(settings).resolved(
         num_new_frames=int(index.get("num_new_frames", 15)), height=int(sample[0]) * planner.vae_scale,
-        width=int(sample[1]) * planner.vae_scale)
-    if s.height % planner.vae_scale or s.width % planner.vae_scale:
-        raise SettingsError(f"height and width must be multiples of {planner.vae_scale}, got {s.height}x{s.width}")
+        width=int(sample[1]) * planner.vae_scale, multiple=planner.vae_scale)
 
     def one(b):
         log(f"compiling the {'T2V' if t2v else 'TI2V'} program for {target.name} at batch {b} per chip ...")

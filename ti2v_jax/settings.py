@@ -106,10 +106,14 @@ class SamplerSettings:
                 changes[name] = value
         return dataclasses.replace(self, **changes)
 
-    def resolved(self, *, num_new_frames: int, height: int, width: int) -> "SamplerSettings":
-        """These settings with the model-dependent defaults (None) filled in."""
-        return dataclasses.replace(self, num_new_frames=self.num_new_frames or num_new_frames,
-                                   height=self.height or height, width=self.width or width)
+    def resolved(self, *, num_new_frames: int, height: int, width: int, multiple: int = 1) -> "SamplerSettings":
+        """These settings with the model-dependent defaults (None) filled in; height and width
+        must be multiples of `multiple` (the VAE's downsampling factor)."""
+        s = dataclasses.replace(self, num_new_frames=self.num_new_frames or num_new_frames,
+                                height=self.height or height, width=self.width or width)
+        if s.height % multiple or s.width % multiple:
+            raise SettingsError(f"height and width must be multiples of {multiple}, got {s.height}x{s.width}")
+        return s
 
     # ------------------------------------------------------------------ what programs take
 
