@@ -220,7 +220,9 @@ class Report:
             lines.append(f"  holds {gi(self.resident_gib)} of {self.hbm_gib:g} GiB per chip: "
                          + ("fits" if self.fits else "DOES NOT FIT"))
         if self.largest_batch is not None:
-            lines.append(f"  largest batch per chip that fits: {self.largest_batch} (tried "
+            capped = self.largest_batch >= MAX_AUTO_BATCH and all(f for _, _, f in self.tried)
+            lines.append(f"  largest batch per chip that fits: {self.largest_batch}"
+                         + (" or more (the search stops there)" if capped else "") + " (tried "
                          + ", ".join(f"{b}: {r:.2f} GiB{'' if f else ' (no)'}" for b, r, f in self.tried) + ")")
         lines.append(f"  per new frame (all {self.batch_per_chip} items): {self.flops_per_new_frame / 1e12:.2f} TFLOP "
                      f"(Pallas attention {self.pallas_flops_per_new_frame / 1e12:.2f}), "
