@@ -17,12 +17,18 @@ from __future__ import annotations
 import jax.numpy as jnp
 from jax import lax
 
+from ti2v_jax.settings import SamplerSettings
+
 from .guidance import _per_item
 from .schedule import alphas_cumprod, ddim_step, fold, item_keys, next_timesteps, normal, state_dtype, step_key
 from .ti2v_zero import _is_static, _maybe_remat, _rows, _unet
 
+# Defaults of the keyword arguments: the settings' own (SamplerSettings, the one place they are set).
+_DEFAULTS = SamplerSettings()
 
-def t2v_sample(key, guided, x_T, *, timesteps, guidance=9.0, eta=0.0, abar=None, on_step=None, remat=False):
+
+def t2v_sample(key, guided, x_T, *, timesteps, guidance=_DEFAULTS.guidance, eta=_DEFAULTS.eta, abar=None,
+               on_step=None, remat=False):
     """DDIM from x_T (B,F,h,w,C) over `timesteps` (S,) down to abar[0]; returns x_0 latents.
 
     on_step(j, x): called while tracing after each DDIM step (e.g. a progress report);

@@ -66,9 +66,14 @@ import jax.numpy as jnp
 import numpy as np
 from jax import lax
 
+from ti2v_jax.settings import SamplerSettings
+
 from .guidance import _per_item
 from .schedule import (alphas_cumprod, ddim_step, fold, item_keys, next_timesteps, normal, push_back,
                        q_sample, state_dtype, step_draws, step_key)
+
+# Defaults of the keyword arguments: the settings' own (SamplerSettings, the one place they are set).
+_DEFAULTS = SamplerSettings()
 
 
 def _is_static(v) -> bool:
@@ -119,7 +124,8 @@ def pad_queue(given, length: int):
     return jnp.concatenate([first, given], axis=1)
 
 
-def initial_latent(frame_keys, s0, t0, *, num_frames, ddpm_inversion=True, abar=None, noise=None):
+def initial_latent(frame_keys, s0, t0, *, num_frames, ddpm_inversion=_DEFAULTS.inversion, abar=None,
+                   noise=None):
     """The K-frame starting latent: with DDPM inversion, each frame its own noising
     q_sample(s0[last], t0, z_k) of the last queue latent; without, N(0, I). In s0's dtype.
     noise: the z (B,K,h,w,C) to use instead of the keyed draw (e.g. to optimise it)."""
@@ -129,8 +135,9 @@ def initial_latent(frame_keys, s0, t0, *, num_frames, ddpm_inversion=True, abar=
     return q_sample(s0[:, -1:], t0, z, abar) if ddpm_inversion else z
 
 
-def ti2v_zero_frame(frame_keys, guided, s0, *, num_frames, timesteps, guidance=9.0, resample=4,
-                    max_resample=None, eta=0.0, ddpm_inversion=True, abar=None, remat=False, init_noise=None,
+def ti2v_zero_frame(frame_keys, guided, s0, *, num_frames, timesteps, guidance=_DEFAULTS.guidance,
+                    resample=_DEFAULTS.resample, max_resample=None, eta=_DEFAULTS.eta,
+                    ddpm_inversion=_DEFAULTS.inversion, abar=None, remat=False, init_noise=None,
                     skip_passes=False):
     """One new frame latent (B,h,w,C) from the queue s0 (B,K-1,h,w,C) of clean latents.
 
@@ -210,8 +217,9 @@ def slide_frame(frame_keys, guided, encode, decode, queue, *, slide="pixel", **f
 
 
 def ti2v_zero_sample(key, guided, encode, decode, frames=None, *, num_frames, num_new_frames, timesteps,
-                     guidance=9.0, resample=4, max_resample=None, eta=0.0, ddpm_inversion=True,
-                     slide="pixel", abar=None, latents=None, decode_output=True, on_frame=None, remat=False,
+                     guidance=_DEFAULTS.guidance, resample=_DEFAULTS.resample, max_resample=None,
+                     eta=_DEFAULTS.eta, ddpm_inversion=_DEFAULTS.inversion,
+                     slide=_DEFAULTS.slide, abar=None, latents=None, decode_output=True, on_frame=None, remat=False,
                      init_noise=None, skip_passes=False):
     """TI2V-Zero (Ni et al., CVPR 2024): N new frames after M given ones, repeat-and-slide.
 
@@ -270,7 +278,8 @@ def ti2v_zero_sample(key, guided, encode, decode, frames=None, *, num_frames, nu
     return out, (decode(out).astype(dtype) if decode_output else None)
 
 
-def replacing_baseline_sample(key, guided, image_latent, *, num_frames, timesteps, guidance=9.0, eta=0.0,
+def replacing_baseline_sample(key, guided, image_latent, *, num_frames, timesteps, guidance=_DEFAULTS.guidance,
+                              eta=_DEFAULTS.eta,
                               abar=None, on_step=None, remat=False):
     """Replacing-based baseline (TI2V-Zero's ablation, row 1): K frames from N(0, I),
     frame 0 replaced by q_sample(image_latent, t) before every step. Returns (B,K,h,w,C)
