@@ -445,7 +445,10 @@ def plan(target, *, configs: dict, dtype="bfloat16", vae_text_dtype="float32", b
         log(f"compiling the {'T2V' if t2v else 'TI2V'} program for {target.name} at batch {b} per chip ...")
         compiled, secs, calls, batch_bytes, key = planner.compile_program(s, b, t2v=t2v)
         mem = compiled.memory_analysis()
-        return compiled, secs, calls, mem, _resident(mem, planner, compiled, batch_bytes), key
+        resident = _resident(mem, planner, compiled, batch_bytes)
+        log(f"compiled in {secs:.0f} s: {resident / GiB:.2f} GiB per chip (arguments "
+            f"{mem.argument_size_in_bytes / GiB:.2f}, temporaries {mem.temp_size_in_bytes / GiB:.2f} GiB)")
+        return compiled, secs, calls, mem, resident, key
 
     auto = batch_per_chip == "auto"
     tried = []
