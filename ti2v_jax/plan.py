@@ -365,7 +365,7 @@ class Planner:
         f32 = jnp.float32
         ctx = _abstract((batch, TEXT_LEN, self.text_width), f32, one)
         guided = s.guided
-        fns = programs.ProgramSpec(comps, self.num_frames, self.abar).fns
+        fns = (self.spec if comps is self.components else programs.ProgramSpec(comps, self.num_frames, self.abar)).fns
 
         def pair(p, x, t, g, ctx, unc):
             return cfg_denoiser(fns(p)[0], ctx, unc, guided=guided)(x, t, g)
@@ -423,15 +423,16 @@ def plan(target, *, configs: dict, dtype="bfloat16", vae_text_dtype="float32", b
     index = configs.get("model_index", {})
     k = int(num_frames or index.get("num_frames", 16))
     aux = dtype if vae_text_dtype in (None, "same") else vae_text_dtype
-    comps = loading.abstract_components({n: configs[n] for n in loading.MODEL_COMPONENTS}, dtype=dtype,
-                                        component_dtypes={"vae": aux, "text_encoder": aux}, attention=attention,
-                                        platform=target.platform, scheduler_config=configs.get("scheduler"))
-    cost_comps = None
-    if target.platform == "gpu":
-        cost_comps = loading.abstract_components({n: configs[n] for n in loading.MODEL_COMPONENTS}, dtype=dtype,
-                                                 component_dtypes={"vae": aux, "text_encoder": aux},
-                                                 attention="xla", platform="cpu",
-                                                 scheduler_config=configs.get("scheduler"))
+    nets = {n: configs[n] for n in loading.MODEL_COMPONENTS}
+
+    def networks(attention, platform):
+        return loading.abstract_components(nets, dtype=dtype, component_dtypes={"vae": aux, "text_encoder": aux},
+                                           attention=attention, platform=platform,
+                                           scheduler_config=configs.get("scheduler"))
+
+    comps = networks(attention, target.platform)
+    # A GPU target's FLOPs are counted on this host, with XLA attention (see `Planner`).
+    cost_comps = networks("xla", "cpu") if target.platform == "gpu" else None
     planner = Planner(target, comps, num_frames=k, scheduler_config=configs.get("scheduler"),
                       cost_components=cost_comps)
     ucfg = configs["unet"]
