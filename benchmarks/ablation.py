@@ -3,9 +3,9 @@
     python benchmarks/ablation.py                          # default model, 32 held-out cases -> benchmarks/ABLATION.md
     python benchmarks/ablation.py --cases 8 --variants 0 4 # quicker: baseline and the full method only
 
-Every variant sees the same held-out start images (ti2v_jax.synthetic EVAL stream,
+Every variant sees the same held-out start images (ti2v_jax.toy.synthetic EVAL stream,
 directions balanced), the same prompts and the same seed. Metrics are read back
-from the videos by ti2v_jax.evaluation (object detection on a plain background).
+from the videos by ti2v_jax.toy.evaluation (object detection on a plain background).
 """
 
 from __future__ import annotations
@@ -17,8 +17,9 @@ from pathlib import Path
 
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 
-from ti2v_jax import evaluation, loading  # noqa: E402
+from ti2v_jax import loading  # noqa: E402
 from ti2v_jax.pipeline import DEFAULT_MODEL  # noqa: E402
+from ti2v_jax.toy import evaluation  # noqa: E402
 
 COLUMNS = [
     ("direction_ok", "direction acc. ↑", "{:.0%}"),

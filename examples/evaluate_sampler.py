@@ -19,11 +19,11 @@ import argparse
 
 import numpy as np
 
-from ti2v_jax import evaluation, synthetic
 from ti2v_jax.manifest import parse_setting
 from ti2v_jax.metrics import frames as frame_metrics
 from ti2v_jax.metrics import fvd as fvd_lib
 from ti2v_jax.pipeline import DEFAULT_MODEL, TI2VZeroPipeline
+from ti2v_jax.toy import evaluation, synthetic
 
 p = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
 p.add_argument("--a", default="resample=4", help="setting A, KEY=VALUE[,KEY=VALUE] (default resample=4)")

@@ -5,7 +5,7 @@
 
 The shipped default model animates a start image; the loss is the object's position in the
 last new frame along the prompted direction, measured with a differentiable soft mask (the
-`ti2v_jax.evaluation` detector with its hard 48-level threshold replaced by a sigmoid): its
+`ti2v_jax.toy.evaluation` detector with its hard 48-level threshold replaced by a sigmoid): its
 gradient flows back through every DDIM step, resampling pass and VAE call (pixel slide) to
 the initial latents' noise of each new frame (`init_noise`), with `remat=True` so that the
 backward pass keeps latents, not U-Net activations. Normalised gradient steps, the noise
@@ -24,10 +24,11 @@ import jax
 import jax.numpy as jnp
 import numpy as np
 
-from ti2v_jax import evaluation, io, loading, programs, synthetic
+from ti2v_jax import io, loading, programs
 from ti2v_jax import sampling as S
 from ti2v_jax.pipeline import DEFAULT_MODEL
 from ti2v_jax.tokenizer import tokenize
+from ti2v_jax.toy import evaluation, synthetic
 
 HERE = Path(__file__).resolve().parent
 p = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])

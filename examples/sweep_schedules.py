@@ -22,11 +22,12 @@ import jax.numpy as jnp
 import numpy as np
 from PIL import Image, ImageDraw
 
-from ti2v_jax import evaluation, io, loading, programs, synthetic
+from ti2v_jax import io, loading, programs
 from ti2v_jax import sampling as S
 from ti2v_jax.parallel import per_item_keys
 from ti2v_jax.pipeline import DEFAULT_MODEL
 from ti2v_jax.tokenizer import tokenize
+from ti2v_jax.toy import evaluation, synthetic
 
 HERE = Path(__file__).resolve().parent
 p = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])

@@ -15,7 +15,8 @@ from pathlib import Path
 import numpy as np
 import pytest
 
-from ti2v_jax import evaluation, loading, synthetic
+from ti2v_jax import loading
+from ti2v_jax.toy import evaluation, synthetic
 
 MODEL = Path(__file__).resolve().parents[1] / "ti2v_jax" / "assets" / "default_model"
 CASES, SEED = 8, 0

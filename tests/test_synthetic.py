@@ -3,7 +3,7 @@
 import numpy as np
 import pytest
 
-from ti2v_jax import evaluation, synthetic
+from ti2v_jax.toy import evaluation, synthetic
 
 
 def test_same_seed_same_clips_and_streams_differ():

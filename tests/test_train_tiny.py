@@ -14,7 +14,8 @@ from pathlib import Path
 import numpy as np
 import pytest
 
-from ti2v_jax import evaluation, loading, synthetic
+from ti2v_jax import loading
+from ti2v_jax.toy import evaluation, synthetic
 
 SCRIPT = Path(__file__).resolve().parents[1] / "train" / "train_tiny.py"
 

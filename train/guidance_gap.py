@@ -21,8 +21,9 @@ import numpy as np
 
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 
-from ti2v_jax import evaluation, loading, synthetic  # noqa: E402
+from ti2v_jax import loading  # noqa: E402
 from ti2v_jax.sampling.schedule import alphas_cumprod, q_sample  # noqa: E402
+from ti2v_jax.toy import evaluation, synthetic  # noqa: E402
 
 TIMESTEPS = (1, 101, 201, 301, 501, 701, 901)
 

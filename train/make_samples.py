@@ -2,7 +2,7 @@
 
     python train/make_samples.py            # full method: DDPM inversion, R = 4, S = 10, 7 new frames
 
-The start images are rendered by ti2v_jax.synthetic at the model's native 32x32; the
+The start images are rendered by ti2v_jax.toy.synthetic at the model's native 32x32; the
 GIFs are the start image followed by the 7 generated frames (K - 1 = 7: the distance the
 training clips travel), enlarged 4x (nearest) so they can be seen.
 """
@@ -17,8 +17,9 @@ import numpy as np
 ROOT = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(ROOT))
 
-from ti2v_jax import io, synthetic  # noqa: E402
+from ti2v_jax import io  # noqa: E402
 from ti2v_jax.pipeline import TI2VZeroPipeline  # noqa: E402
+from ti2v_jax.toy import synthetic  # noqa: E402
 
 # (shape, colour, centre, prompt direction): each start leaves room to move that way.
 CASES = [

@@ -1,4 +1,4 @@
-"""Train the tiny default text-to-video model on synthetic moving shapes (ti2v_jax.synthetic).
+"""Train the tiny default text-to-video model on synthetic moving shapes (ti2v_jax.toy.synthetic).
 
     python train/train_tiny.py --workdir /tmp/ti2v_tiny                  # all stages, CPU profile
     python train/train_tiny.py --workdir /tmp/ti2v_tiny --profile gpu    # the profile the shipped model used
@@ -41,12 +41,12 @@ import orbax.checkpoint as ocp  # noqa: E402
 from flax import nnx  # noqa: E402
 from tqdm import tqdm  # noqa: E402
 
-from ti2v_jax import synthetic  # noqa: E402
 from ti2v_jax.models.clip_text import CLIPTextModel  # noqa: E402
 from ti2v_jax.models.unet3d import UNet3DConditionModel  # noqa: E402
 from ti2v_jax.models.vae import AutoencoderKL  # noqa: E402
 from ti2v_jax.sampling.schedule import alphas_cumprod, q_sample  # noqa: E402
 from ti2v_jax.tokenizer import load_tokenizer, tokenize  # noqa: E402
+from ti2v_jax.toy import synthetic  # noqa: E402
 
 NUM_FRAMES = synthetic.NUM_FRAMES  # K
 SIZE = synthetic.SIZE
@@ -480,7 +480,7 @@ def main(argv=None):
                 devices=str(jax.devices()[0].device_kind), wall_s_data=round(t_data),
                 wall_s_vae=round(t_vae - t_data), wall_s_unet=round(t_unet - t_vae),
                 wall_s_total=round(time.time() - t_start),
-                data="ti2v_jax.synthetic (stream TRAIN)")
+                data="ti2v_jax.toy.synthetic (stream TRAIN)")
     export(a.export or wd / "default_model", unet, vae, vae_cfg, text, text_cfg, wd / "tokenizer", meta)
     log(wd, stage="done", wall_s=round(time.time() - t_start), **{k: v for k, v in meta.items() if k != "data"})
     print(f"total wall time {time.time() - t_start:.0f} s")

@@ -1,6 +1,6 @@
 """Measure image-to-video results on synthetic shapes: fidelity, motion, smoothness.
 
-The synthetic world (ti2v_jax.synthetic) has one object on a plain background, so
+The synthetic world (ti2v_jax.toy.synthetic) has one object on a plain background, so
 a video can be read back with simple image analysis instead of a learned metric:
 
   analyze_frame(frame)  -> Detection(found, x, y, area, color, shape)
@@ -25,7 +25,7 @@ import dataclasses
 import jax
 import numpy as np
 
-from ti2v_jax import synthetic
+from ti2v_jax.toy import synthetic
 
 _THRESHOLD = 48
 _MIN_AREA = 6
