@@ -27,8 +27,8 @@ TINY = {
                         ["md_0_0.gif"]),
     "optimize_noise.py": (["--frames", "1", "--steps", "1", "--resample", "0", "--iters", "1", "--out", "{out}"],
                           ["optimize_before.gif", "optimize_after.gif"]),
-    "sweep_schedules.py": (["--steps", "1", "--frames", "1", "--guidance", "3", "--resample", "1",
-                            "--out", "{out}/sheet.png"], ["sheet.png"]),
+    "schedule_grid.py": (["--steps", "1", "--frames", "1", "--guidance", "3", "--resample", "1",
+                          "--out", "{out}/sheet.png"], ["sheet.png"]),
     "evaluate_sampler.py": (["--cases", "1", "--frames", "3", "--a", "steps=1,resample=0",
                              "--b", "steps=1,resample=1"], []),
 }

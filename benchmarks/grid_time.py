@@ -1,14 +1,14 @@
-"""A guidance x resampling-schedule sweep as ONE batched program vs its points one by one.
+"""A guidance x resampling-schedule grid as ONE batched program vs its points one by one.
 
-    python3 benchmarks/sweep_time.py [--steps 10 --frames 3 --rounds 3]
+    python3 benchmarks/grid_time.py [--steps 10 --frames 3 --rounds 3]
 
 Shipped default model, start examples/start_red_circle.png, "a red circle moving right", pixel
 slide, seed 0 for every point; grid: guidance {3, 6, 9} x resample {R everywhere, R in the first
 half of the steps then 0} (R = 4). Both ways use `programs.ti2v_program` (the pipeline's
-program): the sweep as one batch of P points (one row of per-step settings each), the points as
+program): the grid as one batch of P points (one row of per-step settings each), the points as
 P calls of the batch-1 program (compiled once: the settings are traced). Reports compile time,
 the median over rounds of the run time of the whole grid each way, and the largest difference
-between the two ways' videos. Writes benchmarks/out/sweep_time_default.json.
+between the two ways' videos. Writes benchmarks/out/grid_time_default.json.
 """
 
 from __future__ import annotations
@@ -96,4 +96,4 @@ print(f"{P} points (guidance 3/6/9 x resample {a.resample} everywhere / first ha
       f"{summary['grid_median_s']} s vs one by one {summary['one_by_one_median_s']} s "
       f"({summary['one_by_one_median_s'] / summary['grid_median_s']:.2f}x); compile {compile_grid:.0f} s vs {compile_one:.0f} s")
 (ROOT / "benchmarks" / "out").mkdir(exist_ok=True)
-(ROOT / "benchmarks" / "out" / "sweep_time_default.json").write_text(json.dumps(summary, indent=1) + "\n")
+(ROOT / "benchmarks" / "out" / "grid_time_default.json").write_text(json.dumps(summary, indent=1) + "\n")

@@ -1,7 +1,7 @@
 """A guidance x resampling-schedule grid for one start image, in ONE compiled program.
 
-    python examples/sweep_schedules.py                          # a few minutes on a CPU
-    python examples/sweep_schedules.py --steps 10 --frames 7 --guidance 3,6,9,12
+    python examples/schedule_grid.py                          # a few minutes on a CPU
+    python examples/schedule_grid.py --steps 10 --frames 7 --guidance 3,6,9,12
 
 Every grid point is one item of a batch: the same start image and noise (seed), its own
 per-step guidance and resampling passes (`sampling.grid` builds the rows), so the whole grid
@@ -40,7 +40,7 @@ p.add_argument("--steps", type=int, default=4)
 p.add_argument("--frames", type=int, default=3, help="new frames N")
 p.add_argument("--seed", type=int, default=0)
 p.add_argument("--scale", type=int, default=3, help="contact sheet pixels per video pixel")
-p.add_argument("--out", default="sweep_schedules.png")
+p.add_argument("--out", default="schedule_grid.png")
 a = p.parse_args()
 
 comps = loading.load(DEFAULT_MODEL)
