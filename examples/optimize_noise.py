@@ -58,11 +58,12 @@ lat = ucfg.get("sample_size", size // 8)
 unit = jnp.asarray(synthetic.DIRECTIONS[a.direction], jnp.float32)
 params = {n: comps.params[n] for n in ("unet", "vae")}
 key = jax.random.key(a.seed)
+keys = jax.random.split(key, 1)  # the video's own key (one per video; docs/samples were made with it)
 
 
 def sample(noise, p, remat):
     denoise, encode, decode = spec.fns(p)
-    _, px = S.ti2v_zero_sample(key, S.cfg_denoiser(denoise, text, empty), encode, decode, frames, num_frames=K,
+    _, px = S.ti2v_zero_sample(keys, S.cfg_denoiser(denoise, text, empty), encode, decode, frames, num_frames=K,
                                num_new_frames=a.frames, timesteps=S.ddim_timesteps(a.steps), guidance=9.0,
                                resample=a.resample, slide="pixel", init_noise=noise, remat=remat)
     return px[0]

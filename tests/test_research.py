@@ -15,7 +15,7 @@ import pytest
 from jax import lax
 
 import reference_numpy as ref
-from test_sampling import B, HW, K, TOY, inputs, keyed_noise
+from test_sampling import B, HW, K, TOY, batch_keys, inputs, keyed_noise
 from ti2v_jax import programs
 from ti2v_jax import sampling as S
 from ti2v_jax.sampling.schedule import (alphas_cumprod, ddim_step, fold, item_keys, next_timesteps, normal,
@@ -148,7 +148,7 @@ def test_wrapper_and_array_schedules_reproduce_legacy(slide, g, eta, R):
     denoise, encode, decode = TOY.jax_fns()
     steps, n = 3, 3
     ts = S.ddim_timesteps(steps)
-    key = jax.random.key(4)
+    key = batch_keys(4)
     common = dict(num_frames=K, num_new_frames=n, timesteps=ts, slide=slide)
     want = jax.jit(lambda f, c, u: legacy_sample(key, denoise, encode, decode, f, c, u, guidance_scale=g,
                                                  resample_iters=R, eta=eta, **common))(frames, ctx, uctx)
@@ -193,7 +193,7 @@ def test_baseline_and_t2v_reproduce_legacy():
     frames, ctx, uctx = inputs(1, jnp.float32)
     denoise, encode, _ = TOY.jax_fns()
     ts = S.ddim_timesteps(4)
-    key = jax.random.key(8)
+    key = batch_keys(8)
     z0 = encode(frames)[:, 0]
     x_T = jax.random.normal(jax.random.key(9), (B, K, 4, 4, 4))
     for g, eta in [(9.0, 0.0), (1.0, 0.4), (5.0, 0.4)]:
@@ -238,7 +238,7 @@ SCHEDULES = [  # per item: g, R, eta (one value per step, S = 3)
 def test_per_item_per_step_schedules_match_reference(x64, slide):
     frames, ctx, uctx = inputs(1, jnp.float64)
     denoise, encode, decode = TOY.jax_fns()
-    key, ts = jax.random.key(21), S.ddim_timesteps(3)
+    key, ts = batch_keys(21), S.ddim_timesteps(3)
     g, r, e = (jnp.asarray([s[i] for s in SCHEDULES]) for i in range(3))
     lat, px = jax.jit(lambda f, c, u, g, r, e: S.ti2v_zero_sample(
         key, S.cfg_denoiser(denoise, c, u), encode, decode, f, num_frames=K, num_new_frames=3, timesteps=ts,
@@ -269,7 +269,7 @@ def test_resample_schedule_skips_unet_passes():
 
     ts = S.ddim_timesteps(3)
     run = jax.jit(lambda r: S.ti2v_zero_sample(
-        jax.random.key(0), S.cfg_denoiser(counting, ctx, uctx), encode, decode, frames, num_frames=K,
+        batch_keys(0), S.cfg_denoiser(counting, ctx, uctx), encode, decode, frames, num_frames=K,
         num_new_frames=2, timesteps=ts, resample=r, max_resample=3, skip_passes=True))
     jax.block_until_ready(run(jnp.asarray([[3, 0, 1], [1, 0, 1]], jnp.int32)))
     assert len(calls) == 2 * (4 + 1 + 2)  # per frame: passes 0..3, 0, 0..1 (the batch's largest R_j)
@@ -329,7 +329,7 @@ def test_remat_grad_wrt_noise_and_context_toy(x64):
     w = jax.random.normal(jax.random.key(6), (B, 2, HW, HW, 3), jnp.float64)
 
     def loss(noise, ctx, remat):
-        _, px = S.ti2v_zero_sample(jax.random.key(1), S.cfg_denoiser(denoise, ctx, uctx), encode, decode, frames,
+        _, px = S.ti2v_zero_sample(batch_keys(1), S.cfg_denoiser(denoise, ctx, uctx), encode, decode, frames,
                                    num_frames=K, num_new_frames=2, timesteps=ts, guidance=jnp.float64(7.0),
                                    resample=2, eta=0.2, abar=S.alphas_cumprod(dtype=jnp.float64),
                                    init_noise=noise, remat=remat)
@@ -409,7 +409,7 @@ def test_bf16_network_stays_close_to_float32():
     frames, ctx, uctx = inputs(1, jnp.float32)
     kw = dict(num_frames=K, num_new_frames=4, timesteps=S.ddim_timesteps(10), guidance_scale=9.0,
               resample_iters=4, slide="pixel")
-    key = jax.random.key(2)
+    key = batch_keys(2)
     new_kw = dict(kw)
     g, r = new_kw.pop("guidance_scale"), new_kw.pop("resample_iters")
     ref32, _ = S.ti2v_zero_sample(key, S.cfg_denoiser(TOY.jax_fns()[0], ctx, uctx), *TOY.jax_fns()[1:], frames,
@@ -441,7 +441,7 @@ def test_state_is_float32_with_bf16_network():
         return f
 
     for slide in ("pixel", "latent"):
-        lat, px = S.ti2v_zero_sample(jax.random.key(0), S.cfg_denoiser(rec(d16, "unet"), ctx, uctx),
+        lat, px = S.ti2v_zero_sample(batch_keys(0), S.cfg_denoiser(rec(d16, "unet"), ctx, uctx),
                                      rec(e16, "encode"), rec(dec16, "decode"), frames.astype(jnp.bfloat16),
                                      num_frames=K, num_new_frames=2, timesteps=S.ddim_timesteps(2), resample=1,
                                      slide=slide)
@@ -551,6 +551,41 @@ def test_progress_callback_per_call_without_recompiling():
     assert ti2v._cache_size() == 1 and base._cache_size() == 1 and t2v._cache_size() == 1
     # Ticket 0 (or a finished ticket) reports to nobody.
     jax.block_until_ready(ti2v(p, keys, frames, ctx, uctx, ts, *sched, jnp.zeros((B,), jnp.int32)))
+
+
+# --- one seeding rule: a video's noise comes from its own key ------------------------------------
+
+def test_one_key_per_video_program_sampler_and_vmap():
+    """What the pipeline runs for seeds [s, t] (its keys: jax.random.key of each seed) is, item by
+    item, the research sampler's video for that one key alone, and jax.vmap of the one-video sampler
+    over the keys; one key for a batch of 2 is refused (split it)."""
+    from ti2v_jax.parallel import per_item_keys
+
+    spec, steps = _toy_spec(), 2
+    frames, ctx, uctx = inputs(1, jnp.float32)
+    seeds, p = [3, 2 ** 40], {"unet": {}, "vae": {}}
+    ts = jnp.asarray(S.ddim_timesteps(steps))
+    sched = (rows(9.0, steps), rows(0.3, steps), rows(1, steps, jnp.int32))
+    prog = jax.jit(functools.partial(programs.ti2v_program, spec, num_new_frames=2, max_resample=1, guided=True,
+                                     stochastic=True, inversion=True, slide="pixel", baseline=False))
+    lat, px = prog(p, per_item_keys(seeds), frames, ctx, uctx, jnp.broadcast_to(ts, (B, steps)), *sched,
+                   jnp.zeros((B,), jnp.int32))
+    denoise, encode, decode = spec.fns(p)
+
+    @jax.jit
+    def one(key, f, c, u, g, e, r):  # one video: one key, batch 1
+        return S.ti2v_zero_sample(key, S.cfg_denoiser(denoise, c[None], u[None]), encode, decode, f[None],
+                                  num_frames=K, num_new_frames=2, timesteps=ts, guidance=g[None], eta=e[None],
+                                  resample=r[None], max_resample=1)[1][0]
+
+    for b, s in enumerate(seeds):
+        alone = one(jax.random.key(s), frames[b], ctx[b], uctx[b], *(a[b] for a in sched))
+        np.testing.assert_allclose(np.asarray(alone), np.asarray(px[b]), atol=1e-6)
+    mapped = jax.vmap(one)(per_item_keys(seeds), frames, ctx, uctx, *sched)
+    np.testing.assert_allclose(np.asarray(mapped), np.asarray(px), atol=1e-6)
+    with pytest.raises(ValueError, match="one key per video"):
+        S.ti2v_zero_sample(jax.random.key(0), S.cfg_denoiser(denoise, ctx, uctx), encode, decode, frames,
+                           num_frames=K, num_new_frames=2, timesteps=ts)
 
 
 # --- the program against today's sampler on the shipped default model --------------------------

@@ -82,6 +82,11 @@ def t2v(key, denoise, x_T, context, uncond_context, *, guidance_scale=9.0, **kw)
                         guidance=guidance_scale, **kw)
 
 
+def batch_keys(seed, b=B):
+    """A batch's keys, one per video: `jax.random.split(jax.random.key(seed), b)`."""
+    return jax.random.split(jax.random.key(seed), b)
+
+
 @functools.partial(jax.jit, static_argnums=(2,))
 def _draw(key, path, shape):
     for n in range(path.shape[0]):
@@ -89,16 +94,17 @@ def _draw(key, path, shape):
     return jax.random.normal(key, shape, jnp.float32)
 
 
-def keyed_noise(key, eta, frames=K, per_frame=True):
-    """The reference's noise source, following the key scheme in ti2v_zero's docstring:
-    init = normal(k_i/0); step j's draw d = normal(k_i/1/j/d) of `frames` frames, with
-    d = 0 noisy, 1 noisy_next, 2+2r eta noise, 3+2r push-back (k_b for k_i if not per_frame)."""
+def keyed_noise(keys, eta, frames=K, per_frame=True):
+    """The reference's noise source, following the key scheme in ti2v_zero's docstring: item b's
+    key k_b = keys[b], k_i = k_b/i; init = normal(k_i/0); step j's draw d = normal(k_i/1/j/d) of
+    `frames` frames, with d = 0 noisy, 1 noisy_next, 2+2r eta noise, 3+2r push-back (k_b for k_i
+    if not per_frame)."""
 
     def noise(b, name, shape):
         kind, idx = name[0], list(name[1:])
         if kind == "eta" and np.all(np.asarray(eta) == 0):
             return np.zeros(shape)
-        path = [b] + ([idx.pop(0)] if per_frame else [])
+        path = [idx.pop(0)] if per_frame else []
         if kind == "init":
             path += [0]
         else:
@@ -106,7 +112,7 @@ def keyed_noise(key, eta, frames=K, per_frame=True):
             d = {"noisy": 0, "noisy_next": 1, "eta": 2 + 2 * r, "push": 3 + 2 * r}[kind]
             path += [1, idx[0], d]
         full = (frames,) + tuple(shape[-3:])
-        z = np.asarray(_draw(key, jnp.asarray(path, jnp.int32), full), np.float64)
+        z = np.asarray(_draw(keys[b], jnp.asarray(path, jnp.int32), full), np.float64)
         return z[0] if len(shape) == 3 else z[:shape[0]]
     return noise
 
@@ -222,7 +228,7 @@ CASES = [  # inversion, R, S, g, slide, eta, M, N
 @pytest.mark.parametrize("inversion,R,steps,g,slide,eta,M,N", CASES)
 def test_ti2v_zero_matches_reference(x64, inversion, R, steps, g, slide, eta, M, N):
     frames, ctx, uctx = inputs(M, jnp.float64)
-    key = jax.random.key(42)
+    key = batch_keys(42)
     ts = S.ddim_timesteps(steps)
     denoise, encode, decode = TOY.jax_fns()
     run = jax.jit(functools.partial(
@@ -245,7 +251,7 @@ def test_ti2v_zero_matches_reference(x64, inversion, R, steps, g, slide, eta, M,
 def test_ti2v_zero_given_latents_and_fp32(x64):
     """Latent mode from given latents; and the fp32 path against the float64 reference."""
     frames, ctx, uctx = inputs(2, jnp.float64)
-    key, ts = jax.random.key(3), S.ddim_timesteps(10)
+    key, ts = batch_keys(3), S.ddim_timesteps(10)
     denoise, encode, decode = TOY.jax_fns()
     given = encode(frames)
     kw = dict(num_frames=K, num_new_frames=5, timesteps=ts, guidance_scale=9.0, resample_iters=2)
@@ -266,7 +272,7 @@ def test_ti2v_zero_given_latents_and_fp32(x64):
 
 def test_replacing_baseline_matches_reference(x64):
     frames, ctx, uctx = inputs(1, jnp.float64)
-    key, ts = jax.random.key(5), S.ddim_timesteps(10)
+    key, ts = batch_keys(5), S.ddim_timesteps(10)
     denoise, encode, _ = TOY.jax_fns()
     z0 = encode(frames)[:, 0]
     for g, eta in [(9.0, 0.0), (1.0, 0.5)]:
@@ -283,7 +289,7 @@ def test_replacing_baseline_matches_reference(x64):
 
 def test_t2v_matches_reference(x64):
     _, ctx, uctx = inputs(1, jnp.float64)
-    key, ts = jax.random.key(6), S.ddim_timesteps(7)
+    key, ts = batch_keys(6), S.ddim_timesteps(7)
     x_T = jax.random.normal(jax.random.key(7), (B, K, 4, 4, 4), jnp.float64)
     for g, eta in [(9.0, 0.0), (1.0, 0.5)]:
         got = t2v(key, TOY.jax_fns()[0], x_T, ctx, uctx, timesteps=ts, guidance_scale=g,
@@ -309,7 +315,7 @@ def test_queue_frames_are_the_noised_queue_at_every_pass():
                            ordered=True)
         return denoise(x, t, c)
 
-    key, ts, R, N = jax.random.key(9), S.ddim_timesteps(3), 2, 3
+    key, ts, R, N = batch_keys(9), S.ddim_timesteps(3), 2, 3
     given = encode(frames)
     lat, _ = jax.jit(functools.partial(
         ti2v, denoise=recording, encode=None, decode=decode, frames=None,
@@ -347,7 +353,7 @@ def test_queue_frames_are_the_noised_queue_at_every_pass():
 
 def test_ddpm_inversion_initial_frames():
     s0 = jax.random.normal(jax.random.key(0), (B, K - 1, 4, 4, 4))
-    fk = S.item_keys(jax.random.key(1), B)
+    fk = batch_keys(1)
     x = S.initial_latent(fk, s0, 901, num_frames=K)
     a = S.alphas_cumprod()[901]
     z = (x - jnp.sqrt(a) * s0[:, -1:]) / jnp.sqrt(1 - a)  # the noise in each of the K frames
@@ -367,13 +373,14 @@ def test_shapes_batch_independence_and_bfloat16(slide):
     denoise, encode, decode = TOY.jax_fns()
     kw = dict(num_frames=K, num_new_frames=2, timesteps=S.ddim_timesteps(3), guidance_scale=9.0,
               resample_iters=1, slide=slide)
-    key = jax.random.key(0)
+    key = batch_keys(0)
     lat, px = ti2v(key, denoise, encode, decode, frames, ctx, uctx, **kw)
     assert lat.shape == (B, 2, 4, 4, 4) and px.shape == (B, 2, HW, HW, 3)
-    # Item 1's video does not depend on the batch it was sampled in.
-    keys = S.item_keys(key, B)
-    lat1, _ = ti2v(keys[1:], denoise, encode, decode, frames[1:], ctx[1:], uctx[1:], **kw)
+    # One key per video: item 1 of the batch is the video its key gives alone (one key, batch 1).
+    lat1, _ = ti2v(key[1], denoise, encode, decode, frames[1:], ctx[1:], uctx[1:], **kw)
     np.testing.assert_allclose(lat1[0], lat[1], atol=1e-6)
+    with pytest.raises(ValueError, match=r"one key per video, e\.g\. jax\.random\.split\(key, 2\)"):
+        ti2v(key[0], denoise, encode, decode, frames, ctx, uctx, **kw)  # one key for a batch of 2
     lat16, px16 = ti2v(key, denoise, encode, decode, frames.astype(jnp.bfloat16),
                                      ctx.astype(jnp.bfloat16), uctx.astype(jnp.bfloat16), **kw)
     assert lat16.dtype == jnp.float32 and px16.dtype == jnp.float32  # the state stays float32
@@ -397,7 +404,7 @@ def test_jit_does_not_recompile():
 
     for seed in range(3):
         frames, ctx, uctx = inputs(1, jnp.float32, seed=seed)
-        run(jax.random.key(seed), frames, ctx, uctx, S.ddim_timesteps(3), jnp.float32(7 + seed),
+        run(batch_keys(seed), frames, ctx, uctx, S.ddim_timesteps(3), jnp.float32(7 + seed),
             jnp.float32(0.1 * seed))
     assert run._cache_size() == 1
 
@@ -414,7 +421,7 @@ def test_grad_matches_finite_differences(x64, slide):
 
     def f(x):
         given = dict(latents=x, frames=None) if slide == "latent" else dict(frames=x)
-        lat, _ = ti2v(jax.random.key(2), denoise, encode, decode, context=ctx,
+        lat, _ = ti2v(batch_keys(2), denoise, encode, decode, context=ctx,
                                     uncond_context=uctx, **given, **kw)
         return jnp.sum(w * lat)
 
@@ -475,7 +482,7 @@ def test_t2v_matches_diffusers_pipeline(tiny_unet, steps, g):
     @functools.partial(jax.jit, compiler_options={"xla_backend_optimization_level": 0})
     def run(state, x_T, ctx, uctx, timesteps):
         denoise = lambda x, t, c: nnx.merge(graphdef, state)(x, t, c)  # noqa: E731
-        return t2v(jax.random.key(0), denoise, x_T, ctx, uctx, timesteps=timesteps,
+        return t2v(batch_keys(0), denoise, x_T, ctx, uctx, timesteps=timesteps,
                             guidance_scale=g)
 
     to_ours = lambda a: jnp.asarray(a.numpy())  # noqa: E731

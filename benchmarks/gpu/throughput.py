@@ -162,7 +162,7 @@ def main():
     d = cfg["unet"]["cross_attention_dim"]
 
     def inputs(b):
-        keys = schedule.item_keys(jax.random.key(0), b)
+        keys = jax.random.split(jax.random.key(0), b)
         q = jax.random.normal(jax.random.key(1), (b, a.frames - 1, lat, lat, c_in), jnp.float32)
         ctx = jax.random.normal(jax.random.key(2), (2, b, 77, d), jnp.float32)
         return keys, q, ctx[0], ctx[1]

@@ -137,10 +137,12 @@ def push_back(x, t, t_next, abar, z):
 
 
 # --- randomness -------------------------------------------------------------
-# Every sampler works on per-item keys, shape (B,): item b's noise is a function of
-# its own key only, so it does not depend on the batch size, on its neighbours, or
-# on how the batch is split across devices. The per-item noise schemes are written
-# in the samplers' module docstrings.
+# One rule for every entry point: each video has its own key and draws all its noise
+# from it alone, so a video does not depend on the batch size, on its neighbours, or
+# on how the batch is split across devices or processes. A sampler takes a batch's
+# keys, shape (B,), like any other per-item array; one key is the key of one video.
+# `seed=s` elsewhere (pipeline, CLI, manifests) means the key `jax.random.key(s)`.
+# The per-item noise schemes are written in the samplers' module docstrings.
 
 def _is_single_key(key) -> bool:
     key = jnp.asarray(key) if not hasattr(key, "dtype") else key
@@ -150,14 +152,21 @@ def _is_single_key(key) -> bool:
 
 
 def item_keys(key, batch_size: int):
-    """Per-item keys, shape (B,): `fold_in(key, b)` for a single key, or `key` itself if batched.
+    """The videos' keys, shape (B,): `key` itself if it holds one key per video, shape (B,).
 
-    Item b's key depends on `key` and b only, not on the batch size. For a batch
-    split over devices, build the keys for the whole batch first (this function, or
-    `ti2v_jax.parallel.per_item_keys` from seeds) and shard them along with the batch.
+    A single key is the key of ONE video: it is accepted for a batch of 1 (as `key[None]`,
+    so `sample(k)` is `sample(k[None])` and item b of a batch run with keys `ks` is the
+    video `sample(ks[b])` gives alone); for a larger batch it raises ValueError: pass B
+    keys, e.g. `jax.random.split(key, B)` (item b then gets `split(key, B)[b]`, which with
+    JAX's default partitionable threefry does not depend on B and equals `fold_in(key, b)`),
+    or `ti2v_jax.parallel.per_item_keys(seeds)`. Shard the keys along with the batch.
+    Shapes only: works under jax.jit, jax.grad and jax.vmap.
     """
     if _is_single_key(key):
-        return jax.vmap(jax.random.fold_in, in_axes=(None, 0))(key, jnp.arange(batch_size))
+        if batch_size != 1:
+            raise ValueError(f"one key is the key of one video; got one key for a batch of {batch_size}: "
+                             f"pass one key per video, e.g. jax.random.split(key, {batch_size})")
+        return key[None]
     if key.shape[0] != batch_size:
         raise ValueError(f"got {key.shape[0]} per-item keys for a batch of {batch_size}")
     return key

@@ -7,9 +7,9 @@
 Each grid point is one item of a batch: the start image is repeated, and the per-step
 settings enter as (P, S) rows (`ti2v_zero_sample` takes them per item), so the whole grid is
 one compiled program and changing the grid's values does not recompile (its size does).
-Every point uses the same noise (the one key) unless `keys` gives one per point. A point's
-video equals the one it gets when run alone, up to the batch size's effect on XLA's
-kernels (float32 rounding; bit-equal on this CPU for the default model, see tests).
+Every point uses the same noise (`key` is every point's key) unless `keys` gives one per
+point. A point's video equals the one its key gives when run alone, up to the batch size's
+effect on XLA's kernels (float32 rounding; bit-equal on this CPU for the default model, see tests).
 """
 
 from __future__ import annotations
@@ -54,15 +54,15 @@ def sweep(key, guided, encode, decode, frames, *, rows, keys=None, max_resample=
     `rows` ({name: (P, S)}, from `grid`) in ONE batched `ti2v_zero_sample` call.
 
     guided: the guided denoiser; its contexts may have batch 1 (broadcast to the P points).
-    key: one key used by every point (same noise everywhere); keys: instead, (P,) per-point keys
-    (a seed axis). sample_kw: `ti2v_zero_sample`'s other keyword arguments. Returns its outputs,
-    one item per point.
+    key: one key, every point's (same noise everywhere: each point is the video `key` gives
+    alone); keys: instead, (P,) per-point keys (a seed axis). sample_kw: `ti2v_zero_sample`'s
+    other keyword arguments. Returns its outputs, one item per point.
     """
     # rows stay as given: `grid`'s NumPy rows are concrete even under jax.jit, so
     # ti2v_zero_sample reads max_resample from them; traced rows need max_resample=.
     p = len(next(iter(rows.values())))
     if keys is None:
-        one = item_keys(key, 1)
+        one = item_keys(key, 1)  # the key of one video, (1,)
         keys = jnp.broadcast_to(one, (p,) + one.shape[1:])
     tile = lambda a: None if a is None else jnp.broadcast_to(a, (p,) + a.shape[1:])  # noqa: E731
     latents = sample_kw.pop("latents", None)

@@ -6,10 +6,10 @@ diffusers' TextToVideoSDPipeline. `guided` is a guided denoiser as in ti2v_zero.
 number, (S,) or (B, S)). The initial latents x_T are the caller's (e.g.
 `normal(fold(item_keys(key, B), 0), shape)`); the state is kept in `state_dtype(x_T.dtype)`.
 
-Randomness (used only when eta is not statically 0): item b's key k_b (from
-`schedule.item_keys`); step j's eta noise is normal(fold_in(k_bj, 2)) with
-k_bj = fold_in(fold_in(k_b, 1), j) -- the TI2V-Zero scheme (draw d = 2, pass 0)
-with k_b in place of the frame key.
+Randomness (used only when eta is not statically 0): item b's own key k_b (`key`: the
+batch's keys (B,), or one key for one video, as in ti2v_zero.py); step j's eta noise is
+normal(fold_in(k_bj, 2)) with k_bj = fold_in(fold_in(k_b, 1), j) -- the TI2V-Zero scheme
+(draw d = 2, pass 0) with k_b in place of the frame key.
 """
 
 from __future__ import annotations

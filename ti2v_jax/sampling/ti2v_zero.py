@@ -33,10 +33,12 @@ float32, bfloat16 or float16 inputs (float64 stays float64). The network functio
 given that state and must cast at their own boundary (`programs.ProgramSpec.fns` does:
 inputs to each network's dtype, outputs back to float32).
 
-Randomness. `key` is one key, or per-item keys of shape (B,) (see
-`schedule.item_keys`; a single key gives item b the key k_b = fold_in(key, b)).
-All noise is float32 `jax.random.normal` and item b's noise comes from k_b alone,
-so it does not depend on the batch size or layout:
+Randomness. Each video has its own key k_b and draws all its noise from it alone:
+`key` is the batch's keys, shape (B,), or one key for a batch of one video (see
+`schedule.item_keys`; for more, split it: `jax.random.split(key, B)`). So item b equals
+the video its key gives alone, in any batch or layout, under jax.vmap too, and the same
+as the pipeline's `seed=s` where k_b = `jax.random.key(s)`. All noise is float32
+`jax.random.normal`:
   new frame i (0-based):      k_i  = fold_in(k_b, i)
     initial latent:                  normal(fold_in(k_i, 0), (K,h,w,C))   [z_k of DDPM inversion, or x_T]
   DDIM step j (timesteps index): k_ij = fold_in(fold_in(k_i, 1), j)
@@ -223,6 +225,7 @@ def ti2v_zero_sample(key, guided, encode, decode, frames=None, *, num_frames, nu
                      init_noise=None, skip_passes=False):
     """TI2V-Zero (Ni et al., CVPR 2024): N new frames after M given ones, repeat-and-slide.
 
+    key: one key per video, shape (B,), or one key for B = 1 (module docstring, Randomness).
     guided: the guided denoiser, `guidance.cfg_denoiser(denoise, context, uncond_context)`.
     frames: (B, M, H, W, 3) given frames in [-1, 1], M <= K-1 (video prediction; M=1
       is image-to-video), padded to K-1 by repeating the first at the front.

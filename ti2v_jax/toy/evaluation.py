@@ -172,7 +172,8 @@ def run_variant(model, images, prompts, *, kind="ti2v", num_frames=synthetic.NUM
     kind="ti2v": TI2V-Zero repeat-and-slide (N = num_new_frames, default K-1);
     kind="replacing": the replacing baseline, one pass of K frames (frame 0 is then
     the model's reconstruction of the image; we show the given image in its place).
-    All items' noise comes from `jax.random.key(seed)` (item i: fold_in(key, i)).
+    Case i's noise comes from its own key `jax.random.split(jax.random.key(seed), B)[i]`
+    (= fold_in(key, i): the keys the README's figures were made with).
     """
     if kind not in ("ti2v", "replacing"):
         raise ValueError(f"kind must be 'ti2v' or 'replacing', got {kind!r}")
@@ -180,7 +181,7 @@ def run_variant(model, images, prompts, *, kind="ti2v", num_frames=synthetic.NUM
     return pipe(list(np.asarray(images)), list(prompts), num_new_frames=num_new_frames or num_frames - 1,
                 num_inference_steps=num_steps, resample_iters=resample_iters, guidance_scale=guidance_scale,
                 ddpm_inversion=ddpm_inversion, slide=slide, baseline=kind == "replacing",
-                key=jax.random.key(seed)).frames
+                key=jax.random.split(jax.random.key(seed), len(prompts))).frames
 
 
 def evaluate(model, n_cases=32, *, seed=0, variants=VARIANTS, batch=None, **kw):
