@@ -1,4 +1,4 @@
-"""The sampler as a research kit: guidance wrapper, per-step schedules, sweeps, remat, precision, progress.
+"""The sampler as a research kit: guidance wrapper, per-step schedules, grids, remat, precision, progress.
 
 "Today's" samplers (before guidance became a wrapper and the settings per-step arrays) are kept
 here verbatim as `legacy_*`, so the new code is compared with them in the same run (outputs
@@ -220,7 +220,7 @@ def test_cfg_denoiser_per_item_scale_and_context_broadcast():
     for b in range(B):
         one = S.cfg_denoiser(denoise, ctx[b:b + 1], uctx[b:b + 1])(x[b:b + 1], 501, float(g[b]))
         np.testing.assert_allclose(got[b], one[0], rtol=0, atol=1e-6)
-    # Contexts of batch 1 are broadcast to x's batch (a sweep over one prompt).
+    # Contexts of batch 1 are broadcast to x's batch (a grid of settings for one prompt).
     got1 = S.cfg_denoiser(denoise, ctx[:1], uctx[:1])(x, 501, g)
     want1 = S.cfg_denoiser(denoise, jnp.repeat(ctx[:1], B, 0), jnp.repeat(uctx[:1], B, 0))(x, 501, g)
     np.testing.assert_array_equal(np.asarray(got1), np.asarray(want1))
@@ -278,9 +278,9 @@ def test_resample_schedule_skips_unet_passes():
     assert len(calls) == 2 * 3 and run._cache_size() == 1
 
 
-# --- sweeps in one program ---------------------------------------------------------------
+# --- grids in one program ----------------------------------------------------------------
 
-def test_sweep_equals_points_one_by_one():
+def test_sample_grid_equals_points_one_by_one():
     frames, ctx, uctx = inputs(1, jnp.float32)
     frames, ctx, uctx = frames[:1], ctx[:1], uctx[:1]
     denoise, encode, decode = TOY.jax_fns()
@@ -288,8 +288,8 @@ def test_sweep_equals_points_one_by_one():
     ts = S.ddim_timesteps(steps)
     points, grid = S.grid(steps, guidance=[3.0, 9.0], resample=[2, (2, 2, 0, 0)], eta=[0.0, 0.4])
     common = dict(num_frames=K, num_new_frames=2, timesteps=ts, slide="pixel")
-    run = jax.jit(lambda grid: S.sweep(key, S.cfg_denoiser(denoise, ctx, uctx), encode, decode, frames,
-                                       rows=grid, max_resample=2, **common))
+    run = jax.jit(lambda grid: S.sample_grid(key, S.cfg_denoiser(denoise, ctx, uctx), encode, decode, frames,
+                                             rows=grid, max_resample=2, **common))
     lat, px = run(grid)
     assert lat.shape[0] == len(points) == 8
 
@@ -307,7 +307,7 @@ def test_sweep_equals_points_one_by_one():
     # The same points via jax.vmap over the settings of the batch-1 sampler.
     vlat, _ = jax.jit(jax.vmap(one))(*(jnp.asarray(grid[n]) for n in ("guidance", "resample", "eta")))
     worst_v = float(jnp.abs(vlat[:, 0] - lat).max() / jnp.abs(lat).max())
-    print(f"sweep of {len(points)} points vs one by one: max diff {worst:.1e} of the largest value "
+    print(f"grid of {len(points)} points vs one by one: max diff {worst:.1e} of the largest value "
           f"({exact} points bit-equal); vmap vs batch {worst_v:.1e}")
     # Batch 8 vs batch 1 (and per-item eta coefficients) change how XLA fuses and rounds, not the
     # maths: equal to within a few float32 ulps of the largest value.

@@ -80,13 +80,13 @@ def t2v_sample(frames, ctx, uctx):
 _, ROWS = S.grid(STEPS, guidance=[3.0, 9.0], resample=[0, 1])
 
 
-def sweep(frames, ctx, uctx):
+def sample_grid(frames, ctx, uctx):
     # The README's call: rows from `grid`, no max_resample (read from the concrete rows).
-    return S.sweep(KEY, _guided(ctx, uctx), encode, decode, frames, rows=ROWS, num_frames=K, num_new_frames=1,
-                   timesteps=TS)[1]
+    return S.sample_grid(KEY, _guided(ctx, uctx), encode, decode, frames, rows=ROWS, num_frames=K,
+                         num_new_frames=1, timesteps=TS)[1]
 
 
-SAMPLERS = [ti2v_zero_sample, ti2v_zero_frame, slide_frame, replacing_baseline_sample, t2v_sample, sweep]
+SAMPLERS = [ti2v_zero_sample, ti2v_zero_frame, slide_frame, replacing_baseline_sample, t2v_sample, sample_grid]
 
 
 @functools.cache
@@ -133,12 +133,12 @@ def test_vmap(fn):
         np.testing.assert_allclose(np.asarray(mapped[i]), np.asarray(one), atol=1e-5)
 
 
-def test_sweep_traced_rows_need_max_resample():
+def test_sample_grid_traced_rows_need_max_resample():
     """Rows passed as jit arguments are traced: a clear error without max_resample, fine with it."""
     frames, ctx, uctx = _inputs()
-    run = lambda rows, **kw: S.sweep(KEY, _guided(ctx, uctx), encode, decode, frames, rows=rows,  # noqa: E731
-                                     num_frames=K, num_new_frames=1, timesteps=TS, **kw)[1]
+    run = lambda rows, **kw: S.sample_grid(KEY, _guided(ctx, uctx), encode, decode, frames, rows=rows,  # noqa: E731
+                                           num_frames=K, num_new_frames=1, timesteps=TS, **kw)[1]
     with pytest.raises(ValueError, match="max_resample"):
         jax.jit(run)(ROWS)
     traced = jax.jit(lambda rows: run(rows, max_resample=1))(ROWS)
-    np.testing.assert_allclose(np.asarray(traced), np.asarray(_jitted(sweep)(frames, ctx, uctx)), atol=1e-5)
+    np.testing.assert_allclose(np.asarray(traced), np.asarray(_jitted(sample_grid)(frames, ctx, uctx)), atol=1e-5)

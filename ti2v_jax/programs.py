@@ -16,7 +16,7 @@ functools.partial (`parallel` keys its compiled programs on them):
                 *, latent_shape, guided, stochastic) -> (latents (B,F,h,w,C), frames (B,F,H,W,3))
 
 The per-step settings are traced rows, so items with different schedules share one batch
-(a sweep over guidance x resample schedule for one image is one call) and changing their
+(a grid of guidance x resample schedules for one image is one call) and changing their
 values recompiles only where one of three static facts changes: `guided=False` (guidance 1 everywhere) skips the empty-text half;
 `stochastic=False` (eta 0 everywhere) draws no eta noise; `max_resample` bounds the
 resample rows (0: no resampling code at all); passes beyond an item's R_j are computed and

@@ -13,7 +13,7 @@ final step; one U-Net call site in the whole program). Compile time does not gro
 with N, S or R.
 
 Per-step schedules. `guidance`, `eta` and `resample` are each a Python number, a scalar
-array, an (S,) array (one value per DDIM step) or a (B, S) array (one row per item: a sweep over them
+array, an (S,) array (one value per DDIM step) or a (B, S) array (one row per item: a grid of them
 is one batch). Arrays are traced: changing them does not recompile. Python numbers are
 static fast paths: `eta == 0` draws no eta noise in the DDIM step, an int `resample`
 runs exactly R resampling passes in every step. (Guidance 1 everywhere is the static

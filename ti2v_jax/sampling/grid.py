@@ -1,8 +1,8 @@
-"""Sweeps inside one program: a grid of per-step settings (and seeds) for one start image.
+"""A grid of per-step settings (and seeds) for one start image, sampled in one program.
 
     pts, rows = grid(steps=10, guidance=[3.0, 6.0, 9.0], resample=[4, (4,) * 5 + (0,) * 5])
-    lat, px = sweep(key, guided, encode, decode, image_frames, rows=rows, num_frames=K,
-                    num_new_frames=N, timesteps=ts, max_resample=4)
+    lat, px = sample_grid(key, guided, encode, decode, image_frames, rows=rows, num_frames=K,
+                          num_new_frames=N, timesteps=ts, max_resample=4)
 
 Each grid point is one item of a batch: the start image is repeated, and the per-step
 settings enter as (P, S) rows (`ti2v_zero_sample` takes them per item), so the whole grid is
@@ -36,7 +36,7 @@ def grid(steps: int, **axes):
     axes: guidance / eta / resample, each a list of values, a value being a number or a
     tuple of one number per step. points: a list of {name: value} dicts, in product order
     (the last axis fastest); rows: {name: (P, S) array} for every per-step setting (its
-    `SamplerSettings` default where not given), ready for `sweep` or a program's per-item
+    `SamplerSettings` default where not given), ready for `sample_grid` or a program's per-item
     arguments. Values are checked as `SamplerSettings` checks them (SettingsError).
     """
     unknown = set(axes) - set(PER_STEP)
@@ -49,7 +49,7 @@ def grid(steps: int, **axes):
     return points, rows
 
 
-def sweep(key, guided, encode, decode, frames, *, rows, keys=None, max_resample=None, **sample_kw):
+def sample_grid(key, guided, encode, decode, frames, *, rows, keys=None, max_resample=None, **sample_kw):
     """One start (frames (1, M, H, W, 3), or latents= (1, M, h, w, C)) sampled at every point of
     `rows` ({name: (P, S)}, from `grid`) in ONE batched `ti2v_zero_sample` call.
 
@@ -73,4 +73,4 @@ def sweep(key, guided, encode, decode, frames, *, rows, keys=None, max_resample=
                             max_resample=max_resample, **sample_kw)
 
 
-__all__ = ["grid", "sweep"]
+__all__ = ["grid", "sample_grid"]
