@@ -62,11 +62,19 @@ def test_generate_formats(converted, image, tmp_path, name, capsys):
     assert f"wrote {out}" in capsys.readouterr().out
 
 
-def test_generate_is_deterministic_across_formats(converted, image, tmp_path):
-    for d in ("a", "b"):
-        assert cli.main(["generate", "--model", str(converted), "--image", str(image), "--prompt", "a red ball",
-                         "--out", str(tmp_path / d), "--seed", "7", *FAST]) == 0
-    np.testing.assert_array_equal(io.read_video(tmp_path / "a"), io.read_video(tmp_path / "b"))
+def test_generate_is_deterministic_and_the_pipelines_video(converted, image, tmp_path):
+    import jax
+
+    from ti2v_jax.pipeline import TI2VZeroPipeline
+
+    assert cli.main(["generate", "--model", str(converted), "--image", str(image), "--prompt", "a red ball",
+                     "--out", str(tmp_path / "a"), "--seed", "7", *FAST]) == 0
+    video = io.read_video(tmp_path / "a")  # PNGs: lossless
+    # `--seed 7` is the pipeline's seed=7, i.e. its key=jax.random.key(7) (one seeding rule), every time.
+    pipe = TI2VZeroPipeline.from_pretrained(converted, num_frames=4)
+    for kw in (dict(seed=7), dict(key=jax.random.key(7))):
+        got = pipe(str(image), "a red ball", num_new_frames=2, steps=2, resample=1, **kw).frames
+        np.testing.assert_array_equal(video, got)
 
 
 def test_t2v(converted, tmp_path):

@@ -14,6 +14,7 @@ import sys
 import textwrap
 
 import jax
+import jax.numpy as jnp
 import numpy as np
 import pytest
 
@@ -43,6 +44,9 @@ def test_video_shape_first_frame_and_determinism(pipe, images):
     np.testing.assert_array_equal(v1[0], io.to_uint8(io.load_image(images[0], (32, 32))))
     v2 = pipe(images[0], "a red ball", seed=3, **FAST).frames
     np.testing.assert_array_equal(v1, v2)  # same seed, same video
+    # One rule: seed s is the key jax.random.key(s) (typed or raw), used as is for one video.
+    for key in (jax.random.key(3), jax.random.PRNGKey(3), jax.random.key(3)[None]):
+        np.testing.assert_array_equal(pipe(images[0], "a red ball", key=key, **FAST).frames, v1)
     v3 = pipe(images[0], "a red ball", seed=4, **FAST).frames
     assert np.abs(v3[1:].astype(int) - v1[1:].astype(int)).max() > 0  # another seed, another video
 
@@ -50,6 +54,10 @@ def test_video_shape_first_frame_and_determinism(pipe, images):
 def test_batch_equals_single_runs(pipe, images):
     batch = pipe(images, ["a red ball", "a blue cube"], seed=[5, 9], **FAST).frames
     assert batch.shape == (2, 3, 32, 32, 3)
+    # The same videos from their keys (one per video), and item 0 of `seed=5` (items 5, 6) is seed 5's.
+    keys = jnp.stack([jax.random.key(5), jax.random.key(9)])
+    np.testing.assert_array_equal(pipe(images, ["a red ball", "a blue cube"], key=keys, **FAST).frames, batch)
+    np.testing.assert_array_equal(pipe(images, ["a red ball", "x"], seed=5, **FAST).frames[0], batch[0])
     for img, prompt, seed, got in zip(images, ["a red ball", "a blue cube"], [5, 9], batch):
         single = pipe(img, prompt, seed=seed, **FAST).frames
         diff = np.abs(single.astype(int) - got.astype(int)).max()
@@ -195,6 +203,10 @@ def test_progress_callback_reports_every_frame(pipe, images):
 
 
 def test_mismatched_lists(pipe, images):
+    with pytest.raises(SettingsError, match=r"one key per video, e\.g\. jax\.random\.split\(key, 2\)"):
+        pipe(images, "x", key=jax.random.key(0), **FAST)  # one key is one video's
+    with pytest.raises(SettingsError, match="got 3 per-item keys for a batch of 2"):
+        pipe(images, "x", key=jax.random.split(jax.random.key(0), 3), **FAST)
     with pytest.raises(ValueError, match="2 images but 3 prompts"):
         pipe(images, ["a", "b", "c"], **FAST)
 

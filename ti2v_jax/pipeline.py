@@ -25,7 +25,6 @@ from __future__ import annotations
 import contextlib
 import dataclasses
 import functools
-import json
 import logging
 import os
 import time
@@ -202,16 +201,15 @@ class TI2VZeroPipeline:
         executables: a folder of programs compiled ahead (`ti2v-jax plan --save-executables`),
         used for the calls they were compiled for; other calls compile (one logged line says why).
         """
-        directory = resolve_model(path_or_repo_id)
+        folder = loading.read_folder(resolve_model(path_or_repo_id))  # its index parsed once, for load and here
         dtype = jnp.dtype(dtype)
         aux = dtype if vae_text_dtype is None else jnp.dtype(vae_text_dtype)
-        comps = loading.load(directory, dtype=dtype, component_dtypes={"vae": aux, "text_encoder": aux},
+        comps = loading.load(folder, dtype=dtype, component_dtypes={"vae": aux, "text_encoder": aux},
                              devices=devices, attention=attention, verify=verify)
-        index_path = directory / "model_index.json"
-        index = json.loads(index_path.read_text()) if index_path.is_file() else {}
+        index = folder.index or {}
         k = num_frames or int(index.get("num_frames", DEFAULT_NUM_FRAMES))
         n = int(index.get("num_new_frames", DEFAULT_NUM_NEW_FRAMES))  # a checkpoint may recommend its own N
-        name = "default" if directory == DEFAULT_MODEL else str(path_or_repo_id)
+        name = "default" if folder.path == DEFAULT_MODEL else str(path_or_repo_id)
         return cls(comps, num_frames=k, name=name, default_num_new_frames=n, devices=devices,
                    executables=executables)
 
@@ -234,8 +232,15 @@ class TI2VZeroPipeline:
         return text, jnp.broadcast_to(empty, text.shape)
 
     def _keys(self, seed, key, n):
+        """The videos' keys (B,): `key` (one per video, or one for one video), else jax.random.key
+        of each seed (an int for a batch: seed + i), so `seed=s` and `key=jax.random.key(s)` agree."""
         if key is not None:
-            return schedule.item_keys(key, n)
+            if not jnp.issubdtype(getattr(key, "dtype", np.uint32), jax.dtypes.prng_key):
+                key = jax.random.wrap_key_data(jnp.asarray(key, jnp.uint32))  # raw PRNGKey data: the same key
+            try:
+                return schedule.item_keys(key, n)
+            except ValueError as e:
+                raise SettingsError(str(e)) from None
         if isinstance(seed, (list, tuple, np.ndarray)):
             if len(seed) != n:
                 raise SettingsError(f"got {len(seed)} seeds for a batch of {n}")
@@ -350,9 +355,12 @@ class TI2VZeroPipeline:
         (`steps=25`, `guidance=7.5`, ..., or the aliases `num_inference_steps`, ...) change it.
         num_new_frames defaults to what the checkpoint recommends (model_index.json
         "num_new_frames"; 7 for the shipped model), else 15.
-        seed: an int (item i gets seed + i) or one seed per item; each item's noise comes
-        from `jax.random.key(seed)` alone. key: instead of seeds, one `jax.random.key`
-        for the batch, item i getting `fold_in(key, i)` (the samplers' own convention).
+        seed / key: each video draws all its noise from its own key, so it is the same video
+        alone, in any batch, on one device or many (the samplers' rule). seed: an int (item i
+        of a batch gets seed + i) or one seed per item; seed s means `jax.random.key(s)`.
+        key: instead of seeds, the keys themselves: shape (B,), one per video (e.g.
+        `jax.random.split(key, B)`), or one key for a single video; `key=jax.random.key(s)`
+        gives the video of `seed=s`.
         progress: True for a progress bar, or a callback `f(done, total)` over new frames.
         output_type: "uint8" (host array, (1 + N, H, W, 3) with the given image first, M + N
         for prediction; the baseline gives num_frames frames), "np" (the same as float32 in
