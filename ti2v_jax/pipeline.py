@@ -351,7 +351,7 @@ class TI2VZeroPipeline:
         `given_frames_as_video=True` the list is instead the M given frames of ONE
         video (video prediction; M <= num_frames - 1).
         settings: a `SamplerSettings`, or one per item of a batch (they may differ only in
-        guidance, eta and resample values: a sweep in one program); keyword arguments
+        guidance, eta and resample values: a grid in one program); keyword arguments
         (`steps=25`, `guidance=7.5`, ..., or the aliases `num_inference_steps`, ...) change it.
         num_new_frames defaults to what the checkpoint recommends (model_index.json
         "num_new_frames"; 7 for the shipped model), else 15.
