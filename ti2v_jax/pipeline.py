@@ -425,9 +425,9 @@ class TI2VZeroPipeline:
                       params=None, **setting_kwargs):
         """Plain text-to-video DDIM sampling (uses steps, guidance, eta, height, width).
 
-        `.frames`: uint8 (F, H, W, 3), or (B, F, ...) for a list of prompts; `output_type`,
-        `return_dict`, `params` and `progress` (over DDIM steps) as in `__call__` ("latent":
-        (F, h, w, C))."""
+        `.frames`: uint8 (F, H, W, 3), or (B, F, ...) for a list of prompts; `seed`/`key` (one
+        key per video), `output_type`, `return_dict`, `params` and `progress` (over DDIM steps)
+        as in `__call__` ("latent": (F, h, w, C))."""
         _check_output_type(output_type)
         self._check_params(params)
         single = isinstance(prompt, str)
