@@ -9,11 +9,15 @@ Each apply function is pure: `nnx.merge(graphdef, params)` happens inside it, so
 `jax.jit`, `jax.grad` and `jax.vmap` see only arrays (`params` is an nnx.State
 pytree). The graphdef is closed over, so jitting one of them compiles one program.
 
-`load` reads all three layouts (`weights.convert.detect_format`): a converted
-directory through orbax, after checking its files against `checksums.json`; a
-diffusers or original ModelScope directory through the one in-memory conversion
-(`weights.convert.convert_components`). Parameters go straight onto the devices given
-(replicated over the data axis of `parallel.data_mesh`), once.
+`load` reads all three layouts: a converted directory through orbax, after checking
+its files against `checksums.json`; a diffusers or original ModelScope directory
+through the one in-memory conversion (`weights.convert.convert_components`).
+Parameters go straight onto the devices given (replicated over the data axis of
+`parallel.data_mesh`), once. One pass over the folder: `read_folder` detects its
+layout and parses its index (or ModelScope configuration) once, and that record is
+what every reader below is handed; each network's config is parsed once and its
+abstract model built once (the same one gives the conversion its target shapes and
+the parameters their graphdef).
 """
 
 from __future__ import annotations
@@ -45,7 +49,8 @@ from ti2v_jax.weights.components import (
     TOKENIZER,
 )
 from ti2v_jax.weights.integrity import verify_checkpoint  # noqa: F401  (re-exported)
-from ti2v_jax.weights.convert import detect_format
+from ti2v_jax.weights.convert import detect_format  # noqa: F401  (re-exported)
+from ti2v_jax.weights.layout import CheckpointFolder, read_folder  # noqa: F401  (re-exported)
 
 log = logging.getLogger(__name__)
 
@@ -172,9 +177,11 @@ def load(directory, *, dtype=None, component_dtypes: dict | None = None, compone
          verify: bool = True) -> Components:
     """Load a checkpoint in any layout: converted, diffusers or original ModelScope.
 
-    dtype: parameter and compute dtype of every network ("float32" | "bfloat16" |
-    "float16"); default: as saved (converted) or float32. component_dtypes: per network
-    overrides, e.g. {"vae": "float32", "text_encoder": "float32"}. components: which
+    directory: the checkpoint directory, or its `read_folder` record (to read its
+    model_index.json fields beside the load without parsing it again). dtype: parameter
+    and compute dtype of every network ("float32" | "bfloat16" | "float16"); default: as
+    saved (converted) or float32. component_dtypes: per network overrides, e.g.
+    {"vae": "float32", "text_encoder": "float32"}. components: which
     networks to load. tokenizer: load the tokenizer too (a missing tokenizer/ is then a
     CheckpointNotFoundError). devices: where the parameters go, once: one device, or
     several (replicated over the "data" axis of `parallel.data_mesh(devices)`, the
@@ -189,9 +196,9 @@ def load(directory, *, dtype=None, component_dtypes: dict | None = None, compone
     Errors are one-line `ti2v_jax.errors` classes naming the file: CheckpointNotFoundError,
     CheckpointError, IntegrityError, SettingsError.
     """
-    directory = Path(directory)
-    fmt = detect_format(directory)
-    layout.check_index_fields(directory)
+    folder = read_folder(directory)  # the one detection and parse of the index; handed down from here
+    directory, fmt = folder.path, folder.format
+    layout.check_index_fields(folder)
     components = tuple(components)
     unknown = sorted(set(components) - set(MODEL_COMPONENTS))
     if unknown:
@@ -200,10 +207,12 @@ def load(directory, *, dtype=None, component_dtypes: dict | None = None, compone
     sharding = parallel.replicated(devices)
     if fmt == "converted":
         integrity.verify_for_loading(directory, components, verify=verify)
-        dtypes = resolve_dtypes(dtype, component_dtypes, components=components, default=ckpt.saved_dtype(directory))
-        splits = {n: ckpt.load_split(directory, n, dtype=dtypes[n], param_dtype=dtypes[n], sharding=sharding,
-                                     attention=attention) for n in components}
-        configs = {n: layout.read_config(directory, n) for n in components}
+        dtypes = resolve_dtypes(dtype, component_dtypes, components=components, default=ckpt.saved_dtype(folder))
+        splits, configs = {}, {}
+        for n in components:
+            configs[n] = ckpt.component_config(folder, n)
+            splits[n] = ckpt.load_split(folder, n, dtype=dtypes[n], param_dtype=dtypes[n], sharding=sharding,
+                                        attention=attention, config=configs[n])
         tok = _converted_tokenizer(directory) if tokenizer else None
         sched_path = directory / SCHEDULER / SCHEDULER_CONFIG
         sched = layout.read_json(sched_path, "scheduler config") if sched_path.is_file() else None
@@ -212,11 +221,9 @@ def load(directory, *, dtype=None, component_dtypes: dict | None = None, compone
                  directory, fmt)
         dtypes = resolve_dtypes(dtype, component_dtypes, components=components)
         splits, configs = {}, {}
-        for n, c in convert.convert_components(directory, dtype={k: v.name for k, v in dtypes.items()},
-                                               components=components, source_format=fmt):
-            model = ckpt.abstract_model(COMPONENTS[n], c.config, dtype=dtypes[n], param_dtype=dtypes[n],
-                                        attention=attention, where=f"{n} config")
-            g, state, rest = nnx.split(model, nnx.Param, ...)
+        for n, c in convert.convert_components(folder, dtype={k: v.name for k, v in dtypes.items()},
+                                               components=components, attention=attention):
+            g, state, rest = nnx.split(c.model, nnx.Param, ...)  # the abstract model the conversion fitted
             if jax.tree.leaves(rest):
                 raise CheckpointError(f"{n}: in-memory conversion of a model with non-parameter state; "
                                       f"convert it to a directory first (`ti2v-jax convert`)")
@@ -225,8 +232,8 @@ def load(directory, *, dtype=None, component_dtypes: dict | None = None, compone
             nnx.replace_by_pure_dict(state, tree)
             splits[n], configs[n] = (g, state, rest), c.config
             del c
-        tok = convert.source_tokenizer(directory, fmt) if tokenizer else None
-        sched = convert.source_scheduler_config(directory, fmt)
+        tok = convert.source_tokenizer(folder, fmt) if tokenizer else None
+        sched = convert.source_scheduler_config(folder, fmt)
     sched_file = "configuration.json" if fmt == "modelscope" else f"{SCHEDULER}/{SCHEDULER_CONFIG}"
     schedule.scheduler_values(sched, where=str(directory / sched_file))
     return from_splits(splits, configs, tokenizer=tok, scheduler_config=sched, dtypes=dtypes)
@@ -257,14 +264,14 @@ def describe(directory) -> dict:
     checksums checked: `verify_checkpoint` does that); a diffusers or original
     ModelScope directory is converted in memory first.
     """
-    directory = Path(directory)
-    fmt = detect_format(directory)
+    folder = read_folder(directory)
+    directory, fmt = folder.path, folder.format
     info: dict = {"directory": str(directory.absolute())}
     comps: dict = {}
     if fmt == "converted":
         import orbax.checkpoint as ocp
 
-        index = layout.read_index(directory)
+        index = folder.index
         info["format"] = "ti2v-jax (converted)"
         for key in ("version", "dtype", "source", "source_format"):
             if key in index:
@@ -294,7 +301,7 @@ def describe(directory) -> dict:
     else:
         info["format"] = {"diffusers": "diffusers (PyTorch)", "modelscope": "original ModelScope (PyTorch)"}[fmt] \
             + ", converted in memory for this report"
-        for name, c in convert.convert_components(directory, source_format=fmt):
+        for name, c in convert.convert_components(folder):
             comps[name] = _summary(name, c.config, [(tuple(v.shape), np.dtype(v.dtype).name)
                                                     for v in c.params.values()])
     info["components"] = comps

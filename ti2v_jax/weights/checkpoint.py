@@ -47,9 +47,9 @@ from ti2v_jax.weights.layout import (
     FORMAT_VERSION,
     INDEX,
     PARAMS,
-    is_converted,
+    CheckpointFolder,
     read_config,
-    read_index,
+    read_folder,
 )
 from ti2v_jax.weights.mapping import ConversionError
 
@@ -251,37 +251,55 @@ def abstract_model(spec, config: dict, *, dtype, param_dtype, attention=None, wh
                               f"{spec.class_name} ({first_line(e)})") from None
 
 
+def converted_folder(directory) -> CheckpointFolder:
+    """`layout.read_folder` of a converted directory (a `CheckpointFolder` as it is); another layout
+    is a CheckpointError."""
+    folder = read_folder(directory)
+    if folder.format != "converted":
+        raise CheckpointError(f"{folder.path} is not a converted ti2v-jax checkpoint (no {INDEX} with "
+                              f'"format": "{FORMAT}"); convert it with `ti2v-jax convert`')
+    return folder
+
+
 def saved_dtype(directory) -> str:
-    """The parameter dtype a converted directory was written in."""
-    name = read_index(directory).get("dtype", "float32")
+    """The parameter dtype a converted directory (or its `CheckpointFolder`) was written in."""
+    folder = read_folder(directory)
+    name = (folder.index or {}).get("dtype", "float32")
     if name not in DTYPES:
-        raise CheckpointError(f"{Path(directory) / INDEX}: unknown dtype {name!r} (one of {', '.join(DTYPES)})")
+        raise CheckpointError(f"{folder.path / INDEX}: unknown dtype {name!r} (one of {', '.join(DTYPES)})")
     return name
 
 
+def component_config(directory, name: str) -> dict:
+    """The config of component `name` of a converted directory (or its `CheckpointFolder`), which its
+    index must list."""
+    folder = converted_folder(directory)
+    listed = folder.index.get("components", {})
+    if name not in listed:
+        raise CheckpointNotFoundError(f"{folder.path} has no component {name!r}; it has {sorted(listed)}")
+    return read_config(folder.path, name)
+
+
 def load_split(directory, name: str, *, dtype=None, param_dtype=None, sharding=None, attention=None,
-               specs=COMPONENTS):
-    """(graphdef, params, rest) of one component of a converted directory.
+               specs=COMPONENTS, config: dict | None = None):
+    """(graphdef, params, rest) of one component of a converted directory (or its `CheckpointFolder`).
 
     dtype: computation dtype; param_dtype: parameter dtype (orbax casts while
     reading). Default: param_dtype = dtype, and both the saved dtype if neither is given.
     sharding: where the parameters are restored (default: the first device); orbax reads
     them straight there. attention: the attention implementation (see
-    `ComponentSpec.build`). `rest` holds non-parameter state (none in our models;
+    `ComponentSpec.build`). config: the component's config as `component_config` gave it
+    (read here if None). The one abstract model built from it gives both the graphdef and
+    the shapes orbax restores. `rest` holds non-parameter state (none in our models;
     materialised if a model ever has some). No checksum verification here: `loading.load`
     verifies.
     """
-    directory = Path(directory)
-    if not is_converted(directory):
-        raise CheckpointError(f"{directory} is not a converted ti2v-jax checkpoint (no {INDEX} with "
-                              f'"format": "{FORMAT}"); convert it with `ti2v-jax convert`')
-    index = read_index(directory)
-    if name not in index.get("components", {}):
-        raise CheckpointNotFoundError(f"{directory} has no component {name!r}; it has "
-                                      f"{sorted(index.get('components', {}))}")
+    folder = converted_folder(directory)
+    if config is None:
+        config = component_config(folder, name)
+    directory = folder.path
     spec = specs[name]
-    config = read_config(directory, name)
-    param_dtype = jnp.dtype(param_dtype or dtype or DTYPES[saved_dtype(directory)])
+    param_dtype = jnp.dtype(param_dtype or dtype or DTYPES[saved_dtype(folder)])
     compute = jnp.dtype(dtype or param_dtype)
     abstract = abstract_model(spec, config, dtype=compute, param_dtype=param_dtype, attention=attention,
                               where=str(directory / name / "config.json"))

@@ -9,7 +9,9 @@ Three layouts are read:
 - "modelscope": the original ModelScope release (`configuration.json`, .pth files;
   see `modelscope.py`).
 
-`detect_format` tells them apart (the only place that does). `convert_components` is
+`layout.read_folder` tells them apart (the only place that does; `detect_format` gives its
+answer) and every function here that reads a source takes its `CheckpointFolder` as well as a
+path, so one load or conversion parses the source's index once. `convert_components` is
 the one in-memory conversion of both PyTorch layouts: every model component (unet,
 vae, text_encoder) strictly through `mapping.fill_params` (every PyTorch tensor used
 once, every Flax parameter filled; only the model's `TORCH_IGNORE` keys, or tensors
@@ -51,43 +53,28 @@ _SOURCE_FORMATS = ("auto", "diffusers", "modelscope")
 # ---- which layout -----------------------------------------------------------------
 
 def detect_format(directory) -> str:
-    """"converted" | "diffusers" | "modelscope" for a checkpoint directory.
+    """"converted" | "diffusers" | "modelscope" for a checkpoint directory (`layout.read_folder`'s
+    format: a load reads the folder once with `read_folder` and passes the record on instead).
 
     Raises CheckpointNotFoundError when `directory` does not exist (or is a file), and
     CheckpointError (one line) when it is none of the three layouts.
     """
-    directory = Path(directory)
-    if not directory.exists():
-        raise CheckpointNotFoundError(f"checkpoint directory {directory} does not exist")
-    if not directory.is_dir():
-        raise CheckpointNotFoundError(f"checkpoint {directory} is a file; expected a checkpoint directory")
-    index_path = directory / layout.INDEX
-    if index_path.is_file():
-        index = layout.read_json(index_path, "model index")  # damaged JSON: a CheckpointError naming it
-        if index.get("format") == layout.FORMAT:
-            return "converted"
-        if "_class_name" in index:
-            return "diffusers"
-        raise CheckpointError(f"{index_path} is neither a ti2v-jax index (\"format\": \"{layout.FORMAT}\") nor a "
-                              f"diffusers pipeline index (\"_class_name\")")
-    if modelscope.is_modelscope(directory):
-        return "modelscope"
-    if (directory / modelscope.CONFIGURATION).is_file():
-        raise CheckpointError(f"{directory / modelscope.CONFIGURATION} has no model.model_cfg: not an original "
-                              f"ModelScope text-to-video release")
-    raise CheckpointNotFoundError(f"{directory} is not a checkpoint directory: no {layout.INDEX} (converted or "
-                                  f"diffusers layout) and no {modelscope.CONFIGURATION} (original ModelScope layout)")
+    return layout.read_folder(directory).format
 
 
 # ---- diffusers layout -------------------------------------------------------------
 
 def read_model_index(src) -> dict:
-    path = Path(src) / layout.INDEX
-    if not path.is_file():
-        raise CheckpointNotFoundError(f"{path} not found: {src} is not a diffusers pipeline directory")
-    index = layout.read_json(path, "model index")
+    """The model_index.json of a diffusers directory (a `CheckpointFolder`'s as it was parsed)."""
+    if isinstance(src, layout.CheckpointFolder):
+        path, index = src.path / layout.INDEX, src.index
+    else:
+        path = Path(src) / layout.INDEX
+        index = layout.read_json(path, "model index") if path.is_file() else None
+    if index is None:
+        raise CheckpointNotFoundError(f"{path} not found: {path.parent} is not a diffusers pipeline directory")
     if index.get("format") == layout.FORMAT:
-        raise InputError(f"{src} is already a converted ti2v-jax checkpoint")
+        raise InputError(f"{path.parent} is already a converted ti2v-jax checkpoint")
     return index
 
 
@@ -109,9 +96,10 @@ def _check_components(components, specs) -> tuple:
 
 def check_source(src, components=DEFAULT_COMPONENTS, *, variant=None, specs=COMPONENTS,
                  tokenizer: bool = True, scheduler: bool = True) -> dict:
-    """Fail fast, naming the file, if anything a diffusers conversion needs is missing."""
-    src = Path(src)
+    """Fail fast, naming the file, if anything a diffusers conversion needs is missing (src: a
+    directory or its `CheckpointFolder`). Returns its model index."""
     index = read_model_index(src)
+    src = layout.folder_path(src)
     for name in _check_components(components, specs):
         _check_class(index, name, specs[name])
         cfg = src / name / specs[name].config_name
@@ -134,40 +122,46 @@ def _check_tokenizer_dir(path: Path) -> None:
                                       f"source checkpoint, or load with tokenizer=False")
 
 
-def convert_component(src, name: str, *, dtype="float32", variant=None, specs=COMPONENTS) -> ConvertedComponent:
-    """One diffusers component directory (`src/name`) -> Flax parameters, strictly."""
+def convert_component(src, name: str, *, dtype="float32", variant=None, specs=COMPONENTS,
+                      attention=None) -> ConvertedComponent:
+    """One diffusers component directory (`src/name`) -> Flax parameters, strictly; its `model` is
+    the abstract network built in `dtype` with `attention` (see `ComponentSpec.build`)."""
     spec = specs[name]
-    d = Path(src) / name
+    d = layout.folder_path(src) / name
     cfg_path = d / spec.config_name
     config = layout.read_json(cfg_path, f"{name}: config file")
     weights = torch_io.find_weights(d, variant)
+    np_dtype = ckpt.DTYPES[ckpt.dtype_name(dtype)]
     try:
-        abstract = spec.abstract(config)
+        abstract = spec.abstract(config, dtype=np_dtype, param_dtype=np_dtype, attention=attention)
     except CheckpointError:
         raise
     except (TypeError, ValueError, KeyError, IndexError, AttributeError, ZeroDivisionError) as e:
         raise mapping.ConversionError(f"{name}: {cfg_path}: {first_line(e)}") from None
     state = torch_io.read_state(d, variant)
     state = mapping.rename_keys(state, spec.renames)
-    np_dtype = ckpt.DTYPES[ckpt.dtype_name(dtype)]
     params, skipped = mapping.fill_params(ckpt.param_shapes(abstract), state, ignore=spec.ignore,
                                           dtype=np_dtype, component=f"{name} ({weights})")
-    return ConvertedComponent(name, config, params, skipped, weights.name)
+    return ConvertedComponent(name, config, params, skipped, weights.name, abstract)
 
 
 # ---- the one in-memory conversion ----------------------------------------------------
 
 def convert_components(src, *, dtype="float32", components=DEFAULT_COMPONENTS, variant=None,
-                       source_format: str | None = None, specs=COMPONENTS):
-    """Yield `(name, mapping.ConvertedComponent)` of a diffusers or original ModelScope directory,
-    one network at a time (so only one network's PyTorch tensors are in memory at once).
+                       source_format: str | None = None, specs=COMPONENTS, attention=None):
+    """Yield `(name, mapping.ConvertedComponent)` of a diffusers or original ModelScope directory
+    (or its `CheckpointFolder`), one network at a time (so only one network's PyTorch tensors are
+    in memory at once).
 
     dtype: the converted parameters' dtype ("float32" | "bfloat16" | "float16"), or a
     {name: dtype} dict. source_format: "diffusers" | "modelscope" (default: detected).
-    Nothing is written.
+    attention: what each component's abstract `model` (the one the parameters were fitted to,
+    in that dtype) is built with. Nothing is written.
     """
-    src = Path(src)
-    fmt = source_format or detect_format(src)
+    # The folder as detected, unless the caller says which layout it is (then read as that one).
+    folder = src if isinstance(src, layout.CheckpointFolder) or source_format else layout.read_folder(src)
+    src = layout.folder_path(src)
+    fmt = source_format or folder.format
     components = _check_components(components, specs)
     if fmt == "converted":
         raise InputError(f"{src} is already a converted ti2v-jax checkpoint; load it, nothing to convert")
@@ -175,14 +169,16 @@ def convert_components(src, *, dtype="float32", components=DEFAULT_COMPONENTS, v
         raise InputError(f"source_format must be 'diffusers' or 'modelscope', got {fmt!r}")
     dtypes = dtype if isinstance(dtype, dict) else {n: dtype for n in components}
     if fmt == "diffusers":
-        check_source(src, components, variant=variant, specs=specs, tokenizer=False, scheduler=False)
+        check_source(folder, components, variant=variant, specs=specs, tokenizer=False, scheduler=False)
         for name in components:
-            yield name, convert_component(src, name, dtype=dtypes[name], variant=variant, specs=specs)
+            yield name, convert_component(src, name, dtype=dtypes[name], variant=variant, specs=specs,
+                                          attention=attention)
     else:
-        _, model_args = modelscope.read_configuration(src)
-        modelscope.weight_files(src, model_args)  # fail fast, naming the missing file
+        configuration = modelscope.read_configuration(folder)
+        modelscope.weight_files(src, configuration[1])  # fail fast, naming the missing file
         for name in components:
-            yield name, modelscope.convert_components(src, dtypes[name], components=(name,))[name]
+            yield name, modelscope.convert_components(src, dtypes[name], components=(name,), attention=attention,
+                                                      configuration=configuration)[name]
 
 
 def convert_in_memory(src, *, dtype="float32", variant=None, components=DEFAULT_COMPONENTS, specs=COMPONENTS):
@@ -190,18 +186,18 @@ def convert_in_memory(src, *, dtype="float32", variant=None, components=DEFAULT_
     nothing written (host arrays; `loading.load` places them on devices itself)."""
     out = {}
     for name, c in convert_components(src, dtype=dtype, variant=variant, components=components, specs=specs):
-        dt = ckpt.DTYPES[ckpt.dtype_name(dtype[name] if isinstance(dtype, dict) else dtype)]
-        state = nnx.state(specs[name].abstract(c.config, dtype=dt, param_dtype=dt), nnx.Param)
+        state = nnx.state(c.model, nnx.Param)
         nnx.replace_by_pure_dict(state, ckpt.nest(c.params))
         out[name] = (c.config, state)
     return out
 
 
 def source_tokenizer(src, source_format: str):
-    """The tokenizer of a diffusers or ModelScope directory (ModelScope's is the CLIP BPE shipped
-    with ti2v-jax), as `ti2v_jax.tokenizer.load_tokenizer` gives it."""
+    """The tokenizer of a diffusers or ModelScope directory or `CheckpointFolder` (ModelScope's is the
+    CLIP BPE shipped with ti2v-jax), as `ti2v_jax.tokenizer.load_tokenizer` gives it."""
     from ti2v_jax.tokenizer import load_tokenizer
 
+    src = layout.folder_path(src)
     if source_format == "modelscope":
         with tempfile.TemporaryDirectory() as tmp:
             return _load_tokenizer(load_tokenizer, modelscope.write_clip_tokenizer(Path(tmp) / TOKENIZER))
@@ -220,11 +216,11 @@ def _load_tokenizer(load, path):
 
 
 def source_scheduler_config(src, source_format: str) -> dict | None:
-    """The DDIM scheduler config of a checkpoint directory in any layout (None if it has none)."""
-    src = Path(src)
+    """The DDIM scheduler config of a checkpoint directory (or `CheckpointFolder`) in any layout
+    (None if it has none)."""
     if source_format == "modelscope":
         return modelscope.scheduler_config(modelscope.read_configuration(src)[0])
-    path = src / SCHEDULER / SCHEDULER_CONFIG
+    path = layout.folder_path(src) / SCHEDULER / SCHEDULER_CONFIG
     return layout.read_json(path, "scheduler config") if path.is_file() else None
 
 
@@ -243,8 +239,8 @@ def convert_checkpoint(src, dst, dtype="float32", *, source_format: str = "auto"
     """
     if source_format not in _SOURCE_FORMATS:
         raise InputError(f"source_format must be one of {', '.join(_SOURCE_FORMATS)}, got {source_format!r}")
-    src, dst = Path(src), Path(dst)
-    fmt = detect_format(src)
+    folder = layout.read_folder(src)
+    src, dst, fmt = folder.path, Path(dst), folder.format
     if fmt == "converted":
         raise InputError(f"{src} is already a converted ti2v-jax checkpoint")
     if source_format != "auto" and source_format != fmt:
@@ -252,15 +248,14 @@ def convert_checkpoint(src, dst, dtype="float32", *, source_format: str = "auto"
     dtype = ckpt.dtype_name(dtype)
     components = _check_components(components, specs)
     if fmt == "diffusers":
-        index = check_source(src, components, variant=variant, specs=specs)
+        index = check_source(folder, components, variant=variant, specs=specs)
         meta = {"source_index": index, "source_format": "diffusers"}
     else:
-        meta = {"source_index": None, "source_format": "modelscope",
-                "source_configuration": layout.read_json(src / modelscope.CONFIGURATION, "ModelScope configuration")}
-    sched = source_scheduler_config(src, fmt)
+        meta = {"source_index": None, "source_format": "modelscope", "source_configuration": folder.configuration}
+    sched = source_scheduler_config(folder, fmt)
     report = {}
     with atomic.directory(dst, overwrite=overwrite, protect=[src]) as tmp:
-        for name, c in convert_components(src, dtype=dtype, components=components, variant=variant,
+        for name, c in convert_components(folder, dtype=dtype, components=components, variant=variant,
                                           source_format=fmt, specs=specs):
             cfg_file = src / name / specs[name].config_name if fmt == "diffusers" else None
             ckpt.write_component(tmp, name, c.config, ckpt.nest(c.params), config_file=cfg_file)

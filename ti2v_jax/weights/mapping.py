@@ -40,6 +40,7 @@ class ConvertedComponent:
     params: dict            # {flax path: np.ndarray}
     skipped: list           # PyTorch keys left out on purpose (buffers, unused towers)
     weights_file: str       # the file (or shard index) the tensors came from
+    model: object = None    # the abstract nnx model `params` were fitted to (ShapeDtypeStructs, no memory)
 
 
 @dataclasses.dataclass

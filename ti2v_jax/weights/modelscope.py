@@ -22,7 +22,6 @@ writes the result in the layout of `checkpoint.py`. This module does not import 
 from __future__ import annotations
 
 import gzip
-import json
 import re
 from pathlib import Path
 
@@ -34,7 +33,7 @@ from ti2v_jax.weights import layout, mapping
 from ti2v_jax.weights.components import COMPONENTS
 from ti2v_jax.weights.mapping import ConvertedComponent
 
-CONFIGURATION = "configuration.json"
+CONFIGURATION = layout.CONFIGURATION
 # model.model_args keys naming the weight files, with the release's file names.
 DEFAULT_FILES = {"unet": ("ckpt_unet", "text2video_pytorch_model.pth"),
                  "vae": ("ckpt_autoencoder", "VQGAN_autoencoder.pth"),
@@ -52,19 +51,17 @@ SAMPLE_SIZE = 256  # the LDM ddconfig "resolution"
 
 def is_modelscope(directory) -> bool:
     """True for an original ModelScope release directory (a configuration.json with model.model_cfg)."""
-    path = Path(directory) / CONFIGURATION
-    if not path.is_file():
-        return False
-    try:
-        return "model_cfg" in json.loads(path.read_text()).get("model", {})
-    except (ValueError, AttributeError):
-        return False
+    return layout.modelscope_configuration(directory) is not None
 
 
 def read_configuration(directory) -> tuple[dict, dict]:
-    """(model_cfg, model_args) of `directory/configuration.json`."""
-    path = Path(directory) / CONFIGURATION
-    model = layout.read_json(path, "ModelScope configuration").get("model", {})
+    """(model_cfg, model_args) of `directory/configuration.json`; of a `layout.CheckpointFolder`, from
+    the configuration it parsed."""
+    path = layout.folder_path(directory) / CONFIGURATION
+    configuration = directory.configuration if isinstance(directory, layout.CheckpointFolder) else None
+    if configuration is None:
+        configuration = layout.read_json(path, "ModelScope configuration")
+    model = configuration.get("model", {})
     if not isinstance(model, dict) or not isinstance(model.get("model_cfg"), dict):
         raise CheckpointError(f"{path} has no model.model_cfg object")
     return dict(model["model_cfg"]), dict(model.get("model_args", {}))
@@ -446,18 +443,21 @@ def _original_names(raw: dict, state: dict) -> dict[str, str]:
     return out
 
 
-def _fill(name, config, state, dtype, weights_file, origin=None):
+def _fill(name, config, state, dtype, weights_file, origin=None, attention=None):
+    """(params, ignored keys, the abstract model they fit: built in `dtype` with `attention`)."""
     spec = COMPONENTS[name]
+    np_dtype = ckpt.DTYPES[ckpt.dtype_name(dtype)]
     try:
-        abstract = spec.abstract(config)
+        abstract = spec.abstract(config, dtype=np_dtype, param_dtype=np_dtype, attention=attention)
     except ValueError as e:
         raise mapping.ConversionError(f"{name}: {e}") from e
     # Our diffusers-named state goes through the model's own rules too (they are no-ops on
     # current diffusers names), exactly as the diffusers path does.
     state = mapping.rename_keys(state, spec.renames)
     try:
-        return mapping.fill_params(ckpt.param_shapes(abstract), state, ignore=spec.ignore,
-                                   dtype=ckpt.DTYPES[ckpt.dtype_name(dtype)], component=f"{name} ({weights_file})")
+        params, ignored = mapping.fill_params(ckpt.param_shapes(abstract), state, ignore=spec.ignore,
+                                              dtype=np_dtype, component=f"{name} ({weights_file})")
+        return params, ignored, abstract
     except mapping.ConversionError as e:
         # Name the offending tensors as the original checkpoint has them, too.
         lines = [f"{line}   [{weights_file}: {origin[key]}]" if (key := line.strip().split(":")[0]) in (origin or {})
@@ -465,10 +465,14 @@ def _fill(name, config, state, dtype, weights_file, origin=None):
         raise mapping.ConversionError("\n".join(lines)) from None
 
 
-def convert_components(src, dtype="float32", components=COMPONENT_NAMES):
-    """{name: mapping.ConvertedComponent} from an original ModelScope directory, nothing written."""
-    src = Path(src)
-    model_cfg, model_args = read_configuration(src)
+def convert_components(src, dtype="float32", components=COMPONENT_NAMES, *, attention=None, configuration=None):
+    """{name: mapping.ConvertedComponent} from an original ModelScope directory, nothing written.
+
+    Each one's `model` is the abstract network in `dtype`, built with `attention`.
+    configuration: (model_cfg, model_args) as `read_configuration` gave them (read here if None).
+    """
+    model_cfg, model_args = configuration or read_configuration(src)
+    src = layout.folder_path(src)
     files = weight_files(src, model_args)
     out = {}
     for name in components:
@@ -489,7 +493,7 @@ def convert_components(src, dtype="float32", components=COMPONENT_NAMES):
         unread = [origin.get(k, k) for k, v in state.items() if isinstance(v, _Unread)]
         if unread:
             raise mapping.ConversionError(f"{name} ({path.name}): unexpected tensors: {unread}")
-        params, ignored = _fill(name, config, state, dtype, path.name, origin)
-        out[name] = ConvertedComponent(name, config, params, sorted(skipped + ignored), path.name)
+        params, ignored, abstract = _fill(name, config, state, dtype, path.name, origin, attention)
+        out[name] = ConvertedComponent(name, config, params, sorted(skipped + ignored), path.name, abstract)
         del state, raw
     return out
