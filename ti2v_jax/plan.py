@@ -32,7 +32,6 @@ import functools
 import json
 import os
 import time
-from pathlib import Path
 
 import jax
 import jax.numpy as jnp
@@ -137,18 +136,17 @@ def checkpoint_configs(directory) -> dict:
     from ti2v_jax.weights import layout as ckpt
     from ti2v_jax.weights.components import SCHEDULER, SCHEDULER_CONFIG
 
-    directory = Path(directory)
-    fmt = loading.detect_format(directory)
-    if fmt == "modelscope":
+    folder = loading.read_folder(directory)
+    directory = folder.path
+    if folder.format == "modelscope":
         raise CheckpointError(f"{directory} is an original ModelScope checkpoint, whose VAE and text encoder "
                               f"configs are in its weights: `ti2v-jax convert` it first, or plan with --config ms-1.7b")
     out = {n: ckpt.read_config(directory, n) for n in loading.MODEL_COMPONENTS}
     sched = directory / SCHEDULER / SCHEDULER_CONFIG
     if sched.is_file():
         out["scheduler"] = ckpt.read_json(sched, "scheduler config")
-    index = directory / "model_index.json"
-    if index.is_file():
-        out["model_index"] = ckpt.read_json(index, "model_index.json")
+    if folder.index is not None:
+        out["model_index"] = folder.index
     return out
 
 
