@@ -2,6 +2,9 @@
 
 from __future__ import annotations
 
+import collections
+import json
+from pathlib import Path
 from typing import Callable, Iterable
 
 import jax.numpy as jnp
@@ -50,3 +53,36 @@ def flax_from_state(build: Callable[[], nnx.Module], torch_state: dict, *, renam
 def flax_from_torch(build: Callable[[], nnx.Module], torch_module, **kw):
     """Our Flax model with the weights of `torch_module` (see `flax_from_state`)."""
     return flax_from_state(build, torch_state_numpy(torch_module), **kw)[0]
+
+
+def count_folder_reads(monkeypatch, directory) -> collections.Counter:
+    """From now on, count in the returned Counter what reading the checkpoint `directory` costs:
+    "parse <file>": JSON parses of each of its own files (the tokenizer's and orbax's aside),
+    recognised by their bytes; "folder": `CheckpointFolder` records made (one per layout detection);
+    "build <network>": models constructed (`ComponentSpec.build`, abstract or not)."""
+    from ti2v_jax.weights import components, layout
+
+    directory = Path(directory)
+    names = {f.read_bytes(): f.relative_to(directory).as_posix() for f in directory.rglob("*.json")
+             if f.relative_to(directory).parts[0] != "tokenizer" and "params" not in f.relative_to(directory).parts}
+    counts = collections.Counter()
+    loads, build, init = json.loads, components.ComponentSpec.build, layout.CheckpointFolder.__init__
+
+    def counted_loads(s, *args, **kwargs):
+        name = names.get(s.encode() if isinstance(s, str) else bytes(s))
+        if name is not None:
+            counts[f"parse {name}"] += 1
+        return loads(s, *args, **kwargs)
+
+    def counted_build(spec, *args, **kwargs):
+        counts[f"build {spec.name}"] += 1
+        return build(spec, *args, **kwargs)
+
+    def counted_init(folder, *args, **kwargs):
+        counts["folder"] += 1
+        init(folder, *args, **kwargs)
+
+    monkeypatch.setattr(json, "loads", counted_loads)
+    monkeypatch.setattr(components.ComponentSpec, "build", counted_build)
+    monkeypatch.setattr(layout.CheckpointFolder, "__init__", counted_init)
+    return counts

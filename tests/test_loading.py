@@ -193,3 +193,29 @@ def test_make_tiny_is_deterministic_and_refuses_an_existing_folder_at_once(tmp_p
     make_tiny(tmp_path / "a", seed=6, overwrite=True)
     assert digest(tmp_path / "a") == digest(c)
     shutil.rmtree(tmp_path / "b")
+
+
+def test_one_pass_over_the_folder(tiny_diffusers_layout_dir, tiny_converted_dir, monkeypatch):
+    """A load reads its folder once (issue 33): one layout detection (one `CheckpointFolder`), each of
+    the folder's JSON files parsed at most once, one model built (abstractly) per network. Before,
+    a converted load parsed model_index.json 9 times and tested the format 4 times, and an
+    in-memory conversion built two abstract models per network."""
+    from helpers import count_folder_reads
+
+    from ti2v_jax.pipeline import TI2VZeroPipeline
+
+    networks = {f"build {n}": 1 for n in loading.MODEL_COMPONENTS}
+    cases = (("load", tiny_converted_dir, loading.load, networks),
+             ("load", tiny_diffusers_layout_dir, loading.load, networks),
+             ("from_pretrained", DEFAULT_MODEL, TI2VZeroPipeline.from_pretrained, networks),
+             ("from_pretrained", tiny_diffusers_layout_dir, TI2VZeroPipeline.from_pretrained, networks),
+             ("describe", tiny_diffusers_layout_dir, loading.describe, networks),
+             ("describe", tiny_converted_dir, loading.describe, {}))
+    for what, directory, read, built in cases:
+        with monkeypatch.context() as m:
+            counts = count_folder_reads(m, directory)
+            read(directory)
+        print(what, directory.name, dict(counts))
+        assert counts["folder"] == counts["parse model_index.json"] == 1, (what, directory, counts)
+        assert {k: v for k, v in counts.items() if k.startswith("build ")} == built, (what, directory, counts)
+        assert set(counts.values()) == {1}, (what, directory, counts)

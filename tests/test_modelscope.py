@@ -302,6 +302,17 @@ def test_in_memory_matches_converted(release, converted):
     assert tokenize(direct.tokenizer, ["a cat"]).tolist() == tokenize(converted[2].tokenizer, ["a cat"]).tolist()
 
 
+def test_one_pass_over_the_release(release, monkeypatch):
+    """Loading the release reads configuration.json once (it was parsed 6 times) and builds one
+    abstract model per network (the conversion and the load built one each before)."""
+    from helpers import count_folder_reads
+
+    counts = count_folder_reads(monkeypatch, release[0])
+    loading.load(release[0])
+    assert counts == {"folder": 1, "parse configuration.json": 1, "build unet": 1, "build vae": 1,
+                      "build text_encoder": 1}, counts
+
+
 def test_detect_and_dispatch(release, tmp_path):
     from ti2v_jax.weights.convert import convert_checkpoint
 
