@@ -157,3 +157,9 @@ def test_platform_tables_name_every_platform():
     assert platforms.default_batch_size("cpu") == 1
     assert platforms.default_batch_size("gpu", device_memory_gib=80) <= platforms.default_batch_size(
         "gpu", device_memory_gib=141)
+    # From the plans compiled for ms-1.7b: a v5e chip (16 GiB) held 14.33 GiB at 16 per chip,
+    # so 8 fit within 90%; an 8 GiB chip takes 4 (7.03 GiB), not 8 (9.46 GiB).
+    assert platforms.default_batch_size("tpu", device_memory_gib=16) == 8
+    assert platforms.default_batch_size("tpu", device_memory_gib=8) == 4
+    assert platforms.default_batch_size("gpu", device_memory_gib=80) == 8
+    assert platforms.default_batch_size("gpu", device_memory_gib=6) == 1

@@ -132,9 +132,9 @@ def _add_batch(p):
     p.add_argument("--batch-size", type=_number("--batch-size", int, 1), default=None,
                    help="items per call on each process (default per device: the batch --executables were "
                         "compiled for (`ti2v-jax plan --batch-per-chip auto` finds the largest that fits); else 1 "
-                        "on CPU, the fastest measured, and on GPU/TPU the largest of 1, 2, 4, 8 whose videos fit in "
-                        "60%% of the device's memory, a rule not yet measured (benchmarks/RESULTS.md); times the "
-                        "local device count with mesh/pmap)")
+                        "on CPU, the fastest measured, and on GPU/TPU the largest of 1, 2, 4, 8 that fits in 90%% of "
+                        "the device's memory by the memory plans compiled for the real model (benchmarks/RESULTS.md); "
+                        "times the local device count with mesh/pmap)")
     p.add_argument("--parallel", choices=("none", "mesh", "pmap"), default="mesh",
                    help="how a batch is split over devices (default mesh: all devices)")
     p.add_argument("--max-items", type=_number("--max-items", int, 0), default=None,

@@ -122,11 +122,14 @@ def jit(fn, *, platform: str | None = None, **kwargs):
 
 # ------------------------------------------------------------------ batch size
 
-# Provisional inputs of `default_batch_size` where no plan was made: one H200 run (config full,
-# bf16, 256x256, K=16) peaked at 5.5 GiB for one video, about 3.3 GiB of it weights; the rest,
-# ~2.2 GiB, is taken to grow with the batch (rounded up to 2.5 for the allocator's slack).
-_FIXED_GIB, _PER_VIDEO_GIB = 4.0, 2.5
+# Inputs of `default_batch_size` where no plan was made for the devices at hand: what `ti2v-jax
+# plan` compiled for the real model (ms-1.7b, bf16 U-Net, fp32 VAE and text encoder, 256x256, K=16,
+# S=10, R=4; benchmarks/RESULTS.md, "Compiled ahead, no chip"): GiB a chip holds for the first video
+# and for each further one. TPU, v5e:2x4: 5.20 at 1 per chip, 14.33 at 16. GPU, H100: 6.50 at 1,
+# 26.93 at 64.
+_PLANNED_GIB = {"tpu": (5.20, (14.33 - 5.20) / 15), "gpu": (6.50, (26.93 - 6.50) / 63)}
 _MAX_BATCH = {"cpu": 1, "gpu": 8, "tpu": 8}
+_MEMORY_SHARE = 0.9  # of the device's memory: the allocator's slack and the runtime's own
 
 
 def default_batch_size(platform: str | None = None, *, device_memory_gib: float | None = None) -> int:
@@ -135,9 +138,11 @@ def default_batch_size(platform: str | None = None, *, device_memory_gib: float 
     fit) say.
 
     CPU: 1, measured (benchmarks/RESULTS.md): batches of 2 and 4 made fewer new frames per
-    second than one at a time. GPU/TPU: the largest power of two up to 8 whose activations
-    (`_PER_VIDEO_GIB` each, the real model at 256x256) and weights fit in 60% of the device's
-    memory (default: the first device's `bytes_limit`, else 16 GiB, the smallest TPU's).
+    second than one at a time. GPU/TPU: the largest power of two up to 8 whose memory, as the
+    plans compiled for the real model at 256x256 give it (`_PLANNED_GIB`: first video, each
+    further one), fits in 90% of the device's memory (default: the first device's
+    `bytes_limit`, else 16 GiB, the smallest TPU's). Up to 8: larger batches fit on most chips,
+    but their speed is not measured.
     """
     platform = platform or jax.default_backend()
     cap = _MAX_BATCH.get(platform, 1)
@@ -149,8 +154,9 @@ def default_batch_size(platform: str | None = None, *, device_memory_gib: float 
             device_memory_gib = stats.get("bytes_limit", 16 << 30) / 2**30
         except Exception:  # noqa: BLE001 - no such device here: the smallest memory in the table
             device_memory_gib = 16.0
+    first, more = _PLANNED_GIB[platform]
     b = 1
-    while 2 * b <= cap and _FIXED_GIB + 2 * b * _PER_VIDEO_GIB <= 0.6 * device_memory_gib:
+    while 2 * b <= cap and first + (2 * b - 1) * more <= _MEMORY_SHARE * device_memory_gib:
         b *= 2
     return b
 
