@@ -386,7 +386,9 @@ def test_remat_grad_equals_plain_default_model():
         scale = float(jnp.abs(a).max())
         err = float(jnp.abs(a - b).max())
         print(f"default model: remat vs plain grad max abs diff {err:.2e} (max |grad| {scale:.2e})")
-        assert scale > 0 and err <= 1e-5 * scale
+        # float32 rounding: the backward pass recomputes the activations in other fusions
+        # (measured with key(0): 1.7e-6 and 1.2e-5 of max |grad|); a wrong gradient is off by O(1).
+        assert scale > 0 and err <= 1e-4 * scale
 
 
 # --- precision policy ------------------------------------------------------------------------
