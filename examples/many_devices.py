@@ -4,7 +4,7 @@
     XLA_FLAGS=--xla_force_host_platform_device_count=4 python examples/many_devices.py   # try it on a CPU
 
 On a TPU pod slice, run the same script on every host with --distributed (it calls
-jax.distributed.initialize() first); each host passes its own items. For big jobs
+ti2v_jax.distributed.initialize_distributed first); each host passes its own items. For big jobs
 use `ti2v-jax batch` (README: "Batch jobs").
 """
 
@@ -24,9 +24,11 @@ p.add_argument("--out-prefix", default="many_devices", help="GIFs PREFIX_<proces
 p.add_argument("--distributed", action="store_true")
 a = p.parse_args()
 if a.distributed:
-    jax.distributed.initialize()
+    from ti2v_jax.distributed import initialize_distributed
 
-from ti2v_jax.io import save_video  # noqa: E402  (after jax.distributed.initialize)
+    initialize_distributed(True)
+
+from ti2v_jax.io import save_video  # noqa: E402  (after initialize_distributed)
 from ti2v_jax.pipeline import TI2VZeroPipeline  # noqa: E402
 
 HERE = Path(__file__).parent

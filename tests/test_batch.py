@@ -113,6 +113,28 @@ def test_shares_and_process_env(monkeypatch):
         distributed.process_share(3)
 
 
+def test_processes_get_the_cpu_thread_pool_of_one_process(monkeypatch):
+    """PJRT_NPROC: max(cores, processes x CPU devices per process), unless the user set it
+    (the two-process batch test shows the frames it keeps equal)."""
+    cores = len(os.sched_getaffinity(0))
+    for var in ("PJRT_NPROC", "NPROC"):
+        monkeypatch.delenv(var, raising=False)
+    monkeypatch.setattr(distributed, "cpu_only", lambda: False)
+    monkeypatch.setenv("XLA_FLAGS", "--xla_cpu_enable_fast_math=false --xla_force_host_platform_device_count=2")
+    assert distributed.local_cpu_devices() == 2
+    assert distributed.match_cpu_threads(cores) == 2 * cores and os.environ["PJRT_NPROC"] == str(2 * cores)
+    monkeypatch.delenv("PJRT_NPROC")
+    assert distributed.match_cpu_threads(1) == cores  # never below the cores XLA would use anyway
+    monkeypatch.setenv("PJRT_NPROC", "3")
+    assert distributed.match_cpu_threads(8) is None and os.environ["PJRT_NPROC"] == "3"
+    monkeypatch.delenv("PJRT_NPROC")
+    monkeypatch.setenv("XLA_FLAGS", "")
+    assert distributed.local_cpu_devices() == 1
+    assert distributed.match_cpu_threads(4) is None and "PJRT_NPROC" not in os.environ  # GPU/TPU hosts: untouched
+    monkeypatch.setattr(distributed, "cpu_only", lambda: True)
+    assert distributed.match_cpu_threads(4 * cores) == 4 * cores
+
+
 def test_grid():
     grid = manifest.parse_grid(["resample=0,2", "inversion=on,off"], '{"guidance": [7.5, 9]}')
     assert grid == {"guidance": [7.5, 9.0], "resample": [0, 2], "inversion": [True, False]}

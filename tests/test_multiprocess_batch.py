@@ -2,16 +2,14 @@
 
 The real command (tiny converted checkpoint, 5 items, S=2, R=1, N=2, 16x16, PNG frames) runs
 once as one process with 4 CPU devices and once as a Slurm-style launch of two processes with
-4 CPU devices each (`--parallel mesh`, lockstep over 8 devices), and every frame of every
+2 CPU devices each (`--parallel mesh`, lockstep over the 4 devices), and every frame of every
 item must be equal bit for bit.
 
-Each process has the same number of CPU devices in both runs on purpose: XLA:CPU splits its
-loop fusions over the process's intra-op threads (`outer_dimension_partitions` in the
-optimized HLO, the only difference between the programs), and on a host with fewer cores
-than forced devices that count follows the device count, which moves some pixels by a few
-levels (measured in the issue-34 note: 2 processes x 2 devices against 1 x 4). Here the
-comparison isolates what ti2v-jax does across processes: sharing, padding, the global
-batch and the gather back.
+XLA:CPU sizes its thread pool max(cores, the process's CPU devices), and its Eigen
+convolutions sum in an order that follows that size (the VAE's 3-channel output conv moves
+by ~1e-6, a pixel by up to 22 levels after a slide). On this 2-core host the one process
+has a pool of 4 and each of the two a pool of 2 unless `distributed.match_cpu_threads`
+gives them the one process's 4, which is what this test checks.
 """
 
 from __future__ import annotations
@@ -44,7 +42,8 @@ def _free_slurm_port() -> int:
 
 
 def _env(devices: int, **extra) -> dict:
-    env = {k: v for k, v in os.environ.items() if not k.startswith(("SLURM_", "JAX_COORDINATOR", "OMPI_"))}
+    env = {k: v for k, v in os.environ.items()
+           if not k.startswith(("SLURM_", "JAX_COORDINATOR", "OMPI_")) and k not in ("PJRT_NPROC", "NPROC")}
     env.update(XLA_FLAGS=f"--xla_force_host_platform_device_count={devices}", JAX_PLATFORMS="cpu",
                PYTHONPATH=os.pathsep.join([str(ROOT), env.get("PYTHONPATH", "")]), TI2V_DEBUG="1", **extra)
     return env
@@ -90,7 +89,8 @@ def test_two_process_batch_equals_one_process(tiny_converted_dir, tmp_path):
     slurm = dict(SLURM_JOB_ID=str(port - _SLURM_PORT_BASE), SLURM_STEP_NODELIST="localhost", SLURM_NTASKS="2",
                  JAX_CPU_COLLECTIVES_IMPLEMENTATION="gloo")
     two = _finish([_batch(tiny_converted_dir, manifest, tmp_path / "two",
-                          _env(4, **slurm, SLURM_PROCID=str(i), SLURM_LOCALID=str(i))) for i in (0, 1)])
+                          _env(2, **slurm, SLURM_PROCID=str(i), SLURM_LOCALID=str(i)))
+                    for i in (0, 1)])
     assert [s.strip().splitlines()[-1].split(": ")[1] for s in two] == ["3 generated, 0 already done, 0 failed",
                                                                       "2 generated, 0 already done, 0 failed"]
     _finish([_batch(tiny_converted_dir, manifest, tmp_path / "one", _env(4))])
@@ -104,4 +104,4 @@ def test_two_process_batch_equals_one_process(tiny_converted_dir, tmp_path):
     print("largest difference per frame (uint8 levels):", worst)
     assert all(d == 0 for frames in worst.values() for d in frames), worst
     meta = json.loads((tmp_path / "two" / "it1.json").read_text())
-    assert meta["process"] == [1, 2] and meta["devices"] == 8
+    assert meta["process"] == [1, 2] and meta["devices"] == 4

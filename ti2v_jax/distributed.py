@@ -8,11 +8,17 @@
   tasks). Under it a "mesh" or "pmap" call spans every host, so `ti2v_jax.batch` runs its
   processes in lockstep, starting with one all-gather of the per-group work
   (`allgather_counts`).
+- CPU devices: XLA:CPU sizes its thread pool to max(cores, the process's CPU devices), and
+  some of its kernels (Eigen's convolutions, the split of loop fusions) sum in an order
+  that follows that size. `initialize_distributed` gives every process the pool one
+  process holding all the job's CPU devices would have (`PJRT_NPROC`, unless set), so a
+  job of several processes makes the same video, bit for bit, as that one process.
 """
 
 from __future__ import annotations
 
 import os
+import re
 
 import numpy as np
 
@@ -49,12 +55,49 @@ def wants_distributed(flag: bool | None = None) -> bool:
 
 
 def initialize_distributed(flag: bool | None = None) -> bool:
-    """`jax.distributed.initialize()` (arguments auto-detected) if `wants_distributed(flag)`."""
+    """`jax.distributed.initialize()` (arguments auto-detected) if `wants_distributed(flag)`,
+    then `match_cpu_threads` for the job's process count. Call it before anything uses JAX."""
     if not wants_distributed(flag):
         return False
     import jax
+    from jax._src import distributed as jax_distributed  # the process count before the backends start
+
     jax.distributed.initialize()
+    match_cpu_threads(jax_distributed.global_state.num_processes)
     return True
+
+
+def local_cpu_devices() -> int:
+    """CPU devices each process will have: `jax_num_cpu_devices`, else XLA_FLAGS' forced count, else 1."""
+    import jax
+    n = jax.config.jax_num_cpu_devices
+    if n is not None and n >= 0:
+        return int(n)
+    forced = re.findall(r"--xla_force_host_platform_device_count=(\d+)", os.environ.get("XLA_FLAGS", ""))
+    return int(forced[-1]) if forced else 1
+
+
+def cpu_only() -> bool:
+    """Whether JAX is limited to the CPU (`jax_platforms` or JAX_PLATFORMS is "cpu")."""
+    import jax
+    return (jax.config.jax_platforms or os.environ.get("JAX_PLATFORMS") or "").strip().lower() == "cpu"
+
+
+def match_cpu_threads(processes: int) -> int | None:
+    """Give this process the XLA:CPU thread pool of one process holding all `processes` x
+    `local_cpu_devices()` CPU devices, by setting PJRT_NPROC (read when the CPU backend
+    starts) to max(cores, that count). Left alone when PJRT_NPROC or NPROC is set, or when a
+    process has a single CPU device and JAX is not limited to the CPU (the pool then only
+    serves host work). Returns the size set, or None."""
+    if os.environ.get("PJRT_NPROC") or os.environ.get("NPROC"):
+        return None
+    devices = local_cpu_devices()
+    if devices <= 1 and not cpu_only():
+        return None
+    cores = len(os.sched_getaffinity(0)) if hasattr(os, "sched_getaffinity") else (os.cpu_count() or 1)
+    size = max(cores, int(processes) * devices)
+    os.environ["PJRT_NPROC"] = str(size)
+    return size
 
 
 def allgather_counts(counts: np.ndarray) -> np.ndarray:

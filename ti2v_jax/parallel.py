@@ -22,10 +22,11 @@ last item and the padding is cut from the outputs, which the contract makes
 harmless. Every output leaf must have the leading batch axis.
 
 Running on a multi-host TPU pod (or several GPU hosts): start the same
-program on every host, call `jax.distributed.initialize()` first thing, and
+program on every host, call `distributed.initialize_distributed(True)` first thing
+(`jax.distributed.initialize()` plus, on CPUs, one thread-pool size for every process), and
 have each process pass ITS OWN items (its slice of the global batch):
 
-    jax.distributed.initialize()
+    distributed.initialize_distributed(True)
     seeds = all_seeds[jax.process_index()::jax.process_count()]
     out = run_batched(sample, (per_item_keys(seeds), images), replicated=state,
                       mode="mesh")
