@@ -63,7 +63,9 @@ def initialize_distributed(flag: bool | None = None) -> bool:
     from jax._src import distributed as jax_distributed  # the process count before the backends start
 
     jax.distributed.initialize()
-    match_cpu_threads(jax_distributed.global_state.num_processes)
+    processes = getattr(getattr(jax_distributed, "global_state", None), "num_processes", None)
+    if isinstance(processes, int) and processes >= 1:  # else (another jax) the pools are left to XLA
+        match_cpu_threads(processes)
     return True
 
 
