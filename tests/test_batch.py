@@ -203,6 +203,7 @@ def test_resume_split_and_lockstep(pipe, tmp_path, monkeypatch):
     assert sorted(p.name for p in out.glob("errors*")) == ["errors.jsonl"]
 
 
+@pytest.mark.slow
 def test_batch_equals_single_calls_and_stale(pipe, tmp_path):
     """A job's videos are exactly the pipeline's for the same seeds; changed settings are flagged."""
     m = _write_manifest(tmp_path, ids=["i0", "i1"])

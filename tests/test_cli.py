@@ -50,6 +50,7 @@ def test_console_script_help():
         assert option in r.stdout
 
 
+@pytest.mark.slow
 @pytest.mark.parametrize("name", ["video.mp4", "video.gif", "frames"])
 def test_generate_formats(converted, image, tmp_path, name, capsys):
     out = tmp_path / name
@@ -62,6 +63,7 @@ def test_generate_formats(converted, image, tmp_path, name, capsys):
     assert f"wrote {out}" in capsys.readouterr().out
 
 
+@pytest.mark.slow
 def test_generate_is_deterministic_and_the_pipelines_video(converted, image, tmp_path):
     import jax
 
@@ -77,6 +79,7 @@ def test_generate_is_deterministic_and_the_pipelines_video(converted, image, tmp
         np.testing.assert_array_equal(video, got)
 
 
+@pytest.mark.slow
 def test_t2v(converted, tmp_path):
     out = tmp_path / "t2v.gif"
     assert cli.main(["t2v", "--model", str(converted), "--prompt", "a red ball", "--out", str(out),
@@ -84,6 +87,7 @@ def test_t2v(converted, tmp_path):
     assert io.read_video(out).shape[1:] == (32, 32, 3)
 
 
+@pytest.mark.slow
 def test_info_reports_counts(converted, capsys):
     from ti2v_jax.loading import load
 
@@ -107,6 +111,7 @@ def _fails(argv, capsys, message):
     assert message in err, err
 
 
+@pytest.mark.slow
 def test_bad_input(converted, image, tmp_path, capsys):
     base = ["generate", "--model", str(converted), "--image", str(image), "--prompt", "x"]
     _fails(["generate", "--model", str(tmp_path / "nope"), "--image", str(image), "--prompt", "x",
@@ -136,6 +141,7 @@ def test_convert_refuses_existing_destination(tiny_diffusers_layout_dir, convert
     _fails(["convert", str(tiny_diffusers_layout_dir), str(converted)], capsys, "exists")
 
 
+@pytest.mark.slow
 def test_make_tiny_then_generate(tmp_path, image):
     assert cli.main(["make-tiny", str(tmp_path / "tiny")]) == 0
     assert cli.main(["convert", str(tmp_path / "tiny"), str(tmp_path / "conv")]) == 0

@@ -109,6 +109,7 @@ def _err(name, got, want):
     return err
 
 
+@pytest.mark.slow
 def test_unet_matches_diffusers(loaded, torch_models):
     import torch
 
@@ -120,6 +121,7 @@ def test_unet_matches_diffusers(loaded, torch_models):
     assert _err("unet", got, want) <= TOL
 
 
+@pytest.mark.slow
 def test_vae_matches_diffusers(loaded, torch_models):
     import torch
 
@@ -151,6 +153,7 @@ def test_text_encoder_matches_transformers(loaded, torch_models):
     assert loaded.scheduler_config["_class_name"] == "DDIMScheduler"
 
 
+@pytest.mark.slow
 def test_round_trip_is_bit_exact(tiny_diffusers_dir, tiny_converted_dir, loaded):
     """convert -> save -> load gives exactly the in-memory converted parameters, and outputs."""
     mem = convert_in_memory(tiny_diffusers_dir)
@@ -176,6 +179,7 @@ def test_round_trip_is_bit_exact(tiny_diffusers_dir, tiny_converted_dir, loaded)
                                   np.asarray(loaded.text_encode(loaded.text_encoder_params, i["ids"])))
 
 
+@pytest.mark.slow
 def test_load_restores_without_torch(tiny_converted_dir):
     code = (
         "import sys; sys.modules['torch'] = None\n"
@@ -389,6 +393,7 @@ def test_convert_checkpoint_detects_the_layout(tiny_diffusers_dir, tiny_converte
 REAL_CONFIGS = MS17B_CONFIGS
 
 
+@pytest.mark.slow
 def test_real_configs_map_strictly():
     """ModelScope 1.7B's configs: every PyTorch tensor (built on torch's meta device) maps, no memory used."""
     torch = pytest.importorskip("torch")

@@ -29,6 +29,7 @@ def model():
     return loading.load(MODEL)
 
 
+@pytest.mark.slow
 def test_default_model_directory_is_consistent(model):
     index = json.loads((MODEL / "model_index.json").read_text())
     assert index["num_frames"] == synthetic.NUM_FRAMES

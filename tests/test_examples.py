@@ -2,7 +2,8 @@
 
 Each runs in its own process on the shipped default model, with its own flags shrunk to
 one or two DDIM steps and new frames, writing into a scratch folder; the test checks the
-exit code and that the files it announces were written. Two are in the slow tier (SLOW).
+exit code and that the files it announces were written. Each compiles the sampler in a fresh
+process (a minute or more on the 2-core host): slow tier.
 """
 
 from __future__ import annotations
@@ -34,16 +35,13 @@ TINY = {
 }
 
 
-# The two that compile most even when tiny (a gradient through the whole sampler; the batch
-# program twice, over a mesh and on one device) run in the slow tier.
-SLOW = {"optimize_noise.py", "many_devices.py"}
-
 
 def test_every_example_has_tiny_settings():
     assert sorted(TINY) == EXAMPLES
 
 
-@pytest.mark.parametrize("name", [pytest.param(n, marks=pytest.mark.slow) if n in SLOW else n for n in EXAMPLES])
+@pytest.mark.slow
+@pytest.mark.parametrize("name", EXAMPLES)
 def test_example_runs(name, tmp_path):
     flags, outputs = TINY[name]
     env = {**os.environ, "JAX_PLATFORMS": "cpu", "PYTHONPATH": str(ROOT)}

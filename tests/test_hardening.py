@@ -401,9 +401,20 @@ def _no_index_model(t: Path) -> Path:
 KNOWN_GAPS: dict = {}  # case id -> why it still fails (none now)
 
 
+# Cases that get as far as loading the model (about 10 s each on the 2-core host): slow tier.
+LOADING_CASES = {
+    "config-not-json", "height-not-multiple", "image-decompression-bomb", "image-empty-file",
+    "image-is-directory", "image-missing", "image-not-an-image", "image-truncated-png",
+    "model-data-truncated-unverified", "safetensors-impossible-header", "scheduler-beta-start-negative",
+    "scheduler-betas-swapped", "scheduler-timesteps-null", "size-too-big-for-memory", "tokenizer-missing",
+    "too-many-given-frames"
+}
+
+
 @pytest.mark.parametrize("case,argv,needle", [
-    pytest.param(*c, id=c[0], marks=[pytest.mark.xfail(reason=KNOWN_GAPS[c[0]], strict=True)] if c[0] in KNOWN_GAPS
-                 else []) for c in GENERATE_CASES])
+    pytest.param(*c, id=c[0], marks=([pytest.mark.xfail(reason=KNOWN_GAPS[c[0]], strict=True)] if c[0] in KNOWN_GAPS
+                                     else []) + ([pytest.mark.slow] if c[0] in LOADING_CASES else []))
+    for c in GENERATE_CASES])
 def test_generate_refuses_bad_input(case, argv, needle, start_image, tmp_path, capsys):
     (tmp_path / "o").mkdir()
     args = argv(tmp_path, start_image, tmp_path / "o" / "v.gif")
@@ -440,7 +451,8 @@ T2V_CASES = [
 ]
 
 
-@pytest.mark.parametrize("case,args", T2V_CASES, ids=[c[0] for c in T2V_CASES])
+@pytest.mark.parametrize("case,args", [pytest.param(*c, id=c[0], marks=[pytest.mark.slow] if c[0] == "num-frames-huge-for-memory"
+                                                    else []) for c in T2V_CASES])
 def test_t2v_refuses_bad_input(case, args, tmp_path, capsys):
     msg = _cli(["t2v", "--prompt", "x", "--steps", "1", "--out", tmp_path / "v.gif", *args], capsys)
     print(f"{case}: {msg}")
@@ -472,6 +484,7 @@ BATCH_CASES = [
 BATCH_GAPS: dict = {}  # case id -> why it still fails (none now)
 
 
+@pytest.mark.slow
 @pytest.mark.parametrize("case,manifest,needle", [
     pytest.param(*c, id=c[0], marks=[pytest.mark.xfail(reason=BATCH_GAPS[c[0]], strict=True)] if c[0] in BATCH_GAPS
                  else []) for c in BATCH_CASES])
@@ -522,6 +535,7 @@ def test_other_commands_refuse_bad_input(tmp_path, capsys):
     assert _listing(tmp_path) == before
 
 
+@pytest.mark.slow
 def test_debug_shows_the_traceback(tmp_path, capsys, monkeypatch):
     argv = ["generate", "--image", str(tmp_path), "--prompt", "x", "--out", str(tmp_path / "v.gif"), *TINY]
     assert cli.main(argv) == 2
@@ -713,6 +727,7 @@ _STARTED_CLI = ("import os, runpy, signal, threading; os.write(1, b'R'); "
                 "runpy.run_module('ti2v_jax.cli', run_name='__main__', alter_sys=True)")
 
 
+@pytest.mark.slow
 @pytest.mark.parametrize("command", ["info", "generate"])
 def test_damaged_metadata_is_one_line_without_orbax_log(command, start_image, tmp_path):
     """orbax logs "Failed to get item metadata" before our error says the same: one line only."""

@@ -77,6 +77,7 @@ def test_bit_flips_in_the_unet_data_are_caught(copy):
     loading.load(copy, components=("text_encoder",), tokenizer=False)
 
 
+@pytest.mark.slow
 def test_verify_false_and_the_environment_skip_the_check(copy, tiny_converted_dir, monkeypatch):
     data = _largest(copy / "unet")
     _flip_bits(data)

@@ -306,6 +306,7 @@ def test_gif_palette_and_indices():
     assert abs(out.mean() - 128) < 2
 
 
+@pytest.mark.slow
 def test_gif_flat_colours_come_back_undithered(tmp_path):
     """A flat background (the examples' (30, 30, 30)) and a flat shape come back within a few
     levels as one colour each, also under mild noise; the rest of the frame stays dithered."""

@@ -124,6 +124,7 @@ def test_attention_is_part_of_the_model_spec(tiny_converted_dir):
                                np.asarray(auto.text_encode(auto.text_encoder_params, ids)), atol=1e-5)
 
 
+@pytest.mark.slow
 def test_weights_modules_import_one_way():
     """Each weights module imports alone, and their imports form no cycle."""
     mods = sorted(p.stem for p in WEIGHTS.glob("*.py") if p.stem != "__init__")
@@ -157,6 +158,7 @@ def test_weights_modules_import_one_way():
         assert out.returncode == 0, (m, out.stderr[-2000:])
 
 
+@pytest.mark.slow
 def test_default_model_loads(caplog):
     with caplog.at_level(logging.WARNING):
         c = loading.load(DEFAULT_MODEL)
@@ -164,6 +166,7 @@ def test_default_model_loads(caplog):
     assert set(c.params) == {"unet", "vae", "text_encoder"}
 
 
+@pytest.mark.slow
 def test_make_tiny_is_deterministic_and_refuses_an_existing_folder_at_once(tmp_path, monkeypatch):
     import hashlib
 
@@ -195,6 +198,7 @@ def test_make_tiny_is_deterministic_and_refuses_an_existing_folder_at_once(tmp_p
     shutil.rmtree(tmp_path / "b")
 
 
+@pytest.mark.slow
 def test_one_pass_over_the_folder(tiny_diffusers_layout_dir, tiny_converted_dir, monkeypatch):
     """A load reads its folder once (issue 33): one layout detection (one `CheckpointFolder`), each of
     the folder's JSON files parsed at most once, one model built (abstractly) per network. Before,

@@ -75,6 +75,7 @@ def _report(name, ours, ref):
     return err, rel
 
 
+@pytest.mark.slow
 @pytest.mark.parametrize("shape", [(2, 8, 32, 32), (1, 11, 40, 56)], ids=["2x8x32x32", "1x11x40x56"])
 def test_trunk_matches_pytorch_i3d(ref_i3d, jax_i3d, shape):
     import jax

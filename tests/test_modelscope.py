@@ -183,6 +183,7 @@ def test_unet_parity(release, converted):
     assert err <= TOL
 
 
+@pytest.mark.slow
 def test_vae_parity(release, converted):
     _, _, ae, _ = release
     c = converted[2]

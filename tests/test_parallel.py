@@ -61,6 +61,7 @@ def _run(script, devices=4, args=(), timeout=300):
     return json.loads(lines[-1][len("RESULT "):])
 
 
+@pytest.mark.slow
 def test_mesh_and_pmap_equal_single_device_and_position_free():
     r = _run("""
         assert jax.device_count() == 4
@@ -88,6 +89,7 @@ def test_mesh_and_pmap_equal_single_device_and_position_free():
     assert max(r.values()) <= 1e-6
 
 
+@pytest.mark.slow
 def test_padding_trimming_and_sharding():
     r = _run("""
         from jax.sharding import NamedSharding
@@ -129,6 +131,7 @@ def test_padding_trimming_and_sharding():
     assert r["raw_keys_err"] <= 1e-6
 
 
+@pytest.mark.slow
 def test_callable_cached_no_recompile():
     r = _run("""
         res = {}
@@ -179,6 +182,7 @@ def _free_port():
         return s.getsockname()[1]
 
 
+@pytest.mark.slow
 def test_multiprocess_mesh_matches_single_device():
     """2 processes x 2 CPU devices, uneven local batches (3 and 1 items), as on a pod; the
     (host) weights become a global array once, not on every call."""
@@ -294,6 +298,7 @@ SPY = textwrap.dedent("""
 """)
 
 
+@pytest.mark.slow
 def test_weights_placed_once():
     """No parameter bytes move on later calls, in "mesh" and "pmap" modes.
 
@@ -337,6 +342,7 @@ def test_weights_placed_once():
         assert got["calls_seen"] == 3 and got["program_got_same_object_each_call"], (case, got)
 
 
+@pytest.mark.slow
 def test_load_places_weights_on_the_devices_once(tiny_converted_dir):
     """`loading.load(..., devices=all 4)` restores every parameter replicated over the data axis,
     in the layout "mesh" and "pmap" calls take as is: no parameter bytes move on any call."""

@@ -37,6 +37,7 @@ def images():
     return [(rng.rand(40, 56, 3) * 255).astype(np.uint8) for _ in range(2)]
 
 
+@pytest.mark.slow
 def test_video_shape_first_frame_and_determinism(pipe, images):
     v1 = pipe(images[0], "a red ball", seed=3, **FAST).frames
     assert v1.shape == (3, 32, 32, 3) and v1.dtype == np.uint8
@@ -51,6 +52,7 @@ def test_video_shape_first_frame_and_determinism(pipe, images):
     assert np.abs(v3[1:].astype(int) - v1[1:].astype(int)).max() > 0  # another seed, another video
 
 
+@pytest.mark.slow
 def test_batch_equals_single_runs(pipe, images):
     batch = pipe(images, ["a red ball", "a blue cube"], seed=[5, 9], **FAST).frames
     assert batch.shape == (2, 3, 32, 32, 3)
@@ -65,11 +67,13 @@ def test_batch_equals_single_runs(pipe, images):
         assert diff <= 1
 
 
+@pytest.mark.slow
 def test_video_prediction_and_latent_slide(pipe, images):
     v = pipe(images, "a red ball", given_frames_as_video=True, slide="latent", **FAST).frames
     assert v.shape == (4, 32, 32, 3)  # 2 given + 2 new
 
 
+@pytest.mark.slow
 def test_text_to_video(pipe):
     v = pipe.text_to_video("a red ball", num_inference_steps=2).frames
     assert v.shape == (4, 32, 32, 3) and v.dtype == np.uint8
@@ -140,6 +144,7 @@ def _count_compiles():
     return events, lambda: jax.monitoring.unregister_event_duration_listener(listener)
 
 
+@pytest.mark.slow
 def test_what_recompiles(pipe, images):
     """The README's claim, exactly: per-step values are arguments, except three static facts
     (any guidance != 1, any eta != 0, the largest resample) which select the program."""
@@ -165,6 +170,7 @@ def test_what_recompiles(pipe, images):
     assert all(n >= 1 for n in new.values())
 
 
+@pytest.mark.slow
 def test_params_swap_without_recompiling(pipe, images):
     """params= runs other weights of the same shapes through the same compiled program."""
     ref = pipe(images[0], "x", seed=2, **FAST).frames
@@ -230,6 +236,7 @@ def test_offline_repo_id_fails_at_once(monkeypatch):
         TI2VZeroPipeline.from_pretrained("someone/some-model")
 
 
+@pytest.mark.slow
 def test_diffusers_dir_converted_on_the_fly(tiny_diffusers_dir, tiny_converted_dir, images, caplog):
     with caplog.at_level(logging.INFO, logger="ti2v_jax"):
         a = TI2VZeroPipeline.from_pretrained(tiny_diffusers_dir, num_frames=4)

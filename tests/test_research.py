@@ -141,6 +141,7 @@ def rows(v, steps, dtype=jnp.float32, b=B):
 
 # --- 1, 2: the wrapper and array schedules reproduce today's videos exactly -------------------
 
+@pytest.mark.slow
 @pytest.mark.parametrize("slide", ["pixel", "latent"])
 @pytest.mark.parametrize("g,eta,R", [(9.0, 0.0, 2), (1.0, 0.5, 2), (7.5, 0.3, 0)])
 def test_wrapper_and_array_schedules_reproduce_legacy(slide, g, eta, R):
@@ -211,6 +212,7 @@ def test_baseline_and_t2v_reproduce_legacy():
         assert_same(got, want, True)
 
 
+@pytest.mark.slow
 def test_cfg_denoiser_per_item_scale_and_context_broadcast():
     denoise = TOY.jax_fns()[0]
     _, ctx, uctx = inputs(1, jnp.float32)
@@ -234,6 +236,7 @@ SCHEDULES = [  # per item: g, R, eta (one value per step, S = 3)
 ]
 
 
+@pytest.mark.slow
 @pytest.mark.parametrize("slide", ["pixel", "latent"])
 def test_per_item_per_step_schedules_match_reference(x64, slide):
     frames, ctx, uctx = inputs(1, jnp.float64)
@@ -280,6 +283,7 @@ def test_resample_schedule_skips_unet_passes():
 
 # --- grids in one program ----------------------------------------------------------------
 
+@pytest.mark.slow
 def test_sample_grid_equals_points_one_by_one():
     frames, ctx, uctx = inputs(1, jnp.float32)
     frames, ctx, uctx = frames[:1], ctx[:1], uctx[:1]
@@ -405,6 +409,7 @@ def _bf16_toy():
 PRECISION_TOL = 1e-2  # of max |latent|: the float32 state gives ~5e-3 here, the bf16 state ~2e-2
 
 
+@pytest.mark.slow
 def test_bf16_network_stays_close_to_float32():
     """A bf16 network with the float32 sampler state stays within PRECISION_TOL of the float32 run;
     today's behaviour (the state and queues in bfloat16 too) does not."""
@@ -430,6 +435,7 @@ def test_bf16_network_stays_close_to_float32():
     assert err_new < PRECISION_TOL < err_old
 
 
+@pytest.mark.slow
 def test_state_is_float32_with_bf16_network():
     """Every value the sampler hands a network, and its state, is float32 when the network is bf16."""
     frames, ctx, uctx = inputs(1, jnp.float32)
@@ -467,6 +473,7 @@ def _scan_carry_dtypes(jaxpr, out):
     return out
 
 
+@pytest.mark.slow
 def test_program_state_float32_with_bf16_unet():
     """The compiled program with the default model's U-Net in bfloat16: every scan carry (frame
     queue, step latent, pass latent) is float32, the U-Net computes in bfloat16, the outputs are
@@ -519,6 +526,7 @@ def _toy_spec():
     return spec
 
 
+@pytest.mark.slow
 def test_progress_callback_per_call_without_recompiling():
     spec = _toy_spec()
     frames, ctx, uctx = inputs(1, jnp.float32)
@@ -557,6 +565,7 @@ def test_progress_callback_per_call_without_recompiling():
 
 # --- one seeding rule: a video's noise comes from its own key ------------------------------------
 
+@pytest.mark.slow
 def test_one_key_per_video_program_sampler_and_vmap():
     """What the pipeline runs for seeds [s, t] (its keys: jax.random.key of each seed) is, item by
     item, the research sampler's video for that one key alone, and jax.vmap of the one-video sampler

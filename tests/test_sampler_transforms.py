@@ -95,6 +95,7 @@ def _jitted(fn):
     return jax.jit(fn)
 
 
+@pytest.mark.slow
 @pytest.mark.parametrize("fn", SAMPLERS, ids=lambda f: f.__name__)
 def test_jit(fn):
     args = _inputs()
@@ -104,6 +105,7 @@ def test_jit(fn):
     np.testing.assert_allclose(np.asarray(jitted), np.asarray(eager), atol=1e-5)
 
 
+@pytest.mark.slow
 @pytest.mark.parametrize("fn", SAMPLERS, ids=lambda f: f.__name__)
 def test_grad(fn):
     frames, ctx, uctx = _inputs()

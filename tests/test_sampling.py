@@ -248,6 +248,7 @@ def test_ti2v_zero_matches_reference(x64, inversion, R, steps, g, slide, eta, M,
     assert err_l < 1e-5 and err_p < 1e-5
 
 
+@pytest.mark.slow
 def test_ti2v_zero_given_latents_and_fp32(x64):
     """Latent mode from given latents; and the fp32 path against the float64 reference."""
     frames, ctx, uctx = inputs(2, jnp.float64)
@@ -270,6 +271,7 @@ def test_ti2v_zero_given_latents_and_fp32(x64):
     assert err64 < 1e-5 and err32 < 1e-3
 
 
+@pytest.mark.slow
 def test_replacing_baseline_matches_reference(x64):
     frames, ctx, uctx = inputs(1, jnp.float64)
     key, ts = batch_keys(5), S.ddim_timesteps(10)
@@ -287,6 +289,7 @@ def test_replacing_baseline_matches_reference(x64):
         assert got.shape == (B, K, 4, 4, 4) and err < 1e-5
 
 
+@pytest.mark.slow
 def test_t2v_matches_reference(x64):
     _, ctx, uctx = inputs(1, jnp.float64)
     key, ts = batch_keys(6), S.ddim_timesteps(7)
@@ -303,6 +306,7 @@ def test_t2v_matches_reference(x64):
 
 # --- properties -----------------------------------------------------------------------
 
+@pytest.mark.slow
 def test_queue_frames_are_the_noised_queue_at_every_pass():
     """Every U-Net input holds, in its first K-1 frames, the replaced (noised) queue:
     q_sample(s0, t, z) on the first pass of a step, the pushed-back noisy_next after."""
@@ -351,6 +355,7 @@ def test_queue_frames_are_the_noised_queue_at_every_pass():
     assert worst < 1e-4
 
 
+@pytest.mark.slow
 def test_ddpm_inversion_initial_frames():
     s0 = jax.random.normal(jax.random.key(0), (B, K - 1, 4, 4, 4))
     fk = batch_keys(1)
@@ -367,6 +372,7 @@ def test_ddpm_inversion_initial_frames():
     np.testing.assert_allclose(x0, want, atol=0)
 
 
+@pytest.mark.slow
 @pytest.mark.parametrize("slide", ["pixel", "latent"])
 def test_shapes_batch_independence_and_bfloat16(slide):
     frames, ctx, uctx = inputs(1, jnp.float32)
@@ -409,6 +415,7 @@ def test_jit_does_not_recompile():
     assert run._cache_size() == 1
 
 
+@pytest.mark.slow
 @pytest.mark.parametrize("slide", ["latent", "pixel"])
 def test_grad_matches_finite_differences(x64, slide):
     """d(scalar of the new frames)/d(given latent or image), 2 steps, R = 1, through the slide."""
@@ -461,6 +468,7 @@ def tiny_unet():
     return tm, graphdef, state
 
 
+@pytest.mark.slow
 @pytest.mark.parametrize("steps,g", [(2, 9.0), (2, 1.0), (5, 9.0), (5, 1.0)])
 def test_t2v_matches_diffusers_pipeline(tiny_unet, steps, g):
     import torch

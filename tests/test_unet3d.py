@@ -80,6 +80,7 @@ def _inputs(config, frames, hw, seed=0):
     return sample, context
 
 
+@pytest.mark.slow
 @pytest.mark.parametrize("name,frames,hw,timesteps", CASES, ids=[f"{c}-f{f}-{h}x{w}" for c, f, (h, w), _ in CASES])
 def test_parity(ported, name, frames, hw, timesteps):
     p = ported(name)
@@ -96,6 +97,7 @@ def test_parity(ported, name, frames, hw, timesteps):
     assert err <= TOL
 
 
+@pytest.mark.slow
 @pytest.mark.parametrize("name", ["lpb2", "plain_first"])
 def test_shared_samples_match_diffusers_on_tiled_batch(ported, name):
     """n contexts per sample: as diffusers on the samples tiled n times (context-major), with
@@ -119,6 +121,7 @@ def test_shared_samples_match_diffusers_on_tiled_batch(ported, name):
                 jnp.asarray(contexts.numpy()[:3]))
 
 
+@pytest.mark.slow
 @pytest.mark.skipif(jax.default_backend() != "cpu", reason="the CPU formulation's blocks")
 def test_parity_in_small_cpu_blocks(ported, monkeypatch):
     """Attention and the transformers' per-sequence layers forced through many small blocks
@@ -147,6 +150,7 @@ def _rebuilt(p, **kw):
     return model
 
 
+@pytest.mark.slow
 def test_parity_with_xla_attention(ported):
     """attention="xla" (no blocked layers on any platform): still diffusers' output, and a
     graph definition of its own (so no compiled program is shared with the automatic choice)."""
@@ -167,6 +171,7 @@ def test_parity_with_xla_attention(ported):
     assert err <= TOL
 
 
+@pytest.mark.slow
 def test_parity_with_one_pass_group_norm(ported):
     """The opt-in one-pass GroupNorm (sum and sum of squares in one reduction) in float32: still
     diffusers' output, and its own graph definition."""
@@ -226,6 +231,7 @@ def test_layout_round_trip():
     assert (unet3d.to_torch_layout(unet3d.from_torch_layout(x)) == x).all()
 
 
+@pytest.mark.slow
 def test_real_config_parameter_count():
     config = json.loads(REAL_CONFIG.read_text())
     model = nnx.eval_shape(lambda: unet3d.UNet3DConditionModel(config, param_dtype=jnp.bfloat16))

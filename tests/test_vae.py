@@ -39,6 +39,7 @@ CONFIGS = [
 ]
 
 
+@pytest.mark.slow
 @pytest.mark.parametrize("cfg_i,hw", [(0, (32, 48)), (1, (24, 40))])
 def test_vae_matches_diffusers(cfg_i, hw):
     from diffusers import AutoencoderKL as TorchAutoencoderKL
@@ -89,6 +90,7 @@ def jax_equal(a, b):
     return fa.keys() == fb.keys() and all(np.array_equal(fa[k].get_value(), fb[k].get_value()) for k in fa)
 
 
+@pytest.mark.slow
 def test_vae_without_mid_attention_and_config_errors():
     cfg = dict(block_out_channels=[8], norm_num_groups=4, mid_block_add_attention=False)
     model = vae.AutoencoderKL(cfg)
