@@ -96,6 +96,7 @@ def test_bad_settings(pipe, images, kwargs, message):
         pipe(images[0], "x", **{**FAST, **kwargs})
 
 
+@pytest.mark.slow
 def test_settings_object_and_aliases_agree(pipe, images):
     """A SamplerSettings, its field names and the diffusers-style aliases are one setting."""
     s = SamplerSettings(num_new_frames=2, steps=2, resample=1)
@@ -123,6 +124,7 @@ def test_output_types(pipe, images):
         pipe(images[0], "x", output_type="png", **FAST)
 
 
+@pytest.mark.slow
 def test_batch_axis_rule(pipe, images):
     """A list of images or of prompts adds a leading axis (a list level for "pil"), whatever its length."""
     assert pipe([images[0]], "x", **FAST).frames.shape == (1, 3, 32, 32, 3)

@@ -76,7 +76,8 @@ def test_pallas_attention_compiles_for_a_tpu_mesh_from_this_cpu():
 
 
 @needs_libtpu
-@pytest.mark.parametrize("topology", ["v5e:2x2", pytest.param("v4:2x2x1", marks=pytest.mark.slow)])
+@pytest.mark.slow
+@pytest.mark.parametrize("topology", ["v5e:2x2", "v4:2x2x1"])
 def test_pallas_blocks_fit_vmem_at_the_full_models_shapes(topology):
     """`pallas_blocks`' choice compiles by Mosaic for one chip with 16 MiB of VMEM at each Pallas
     call of the 1.7B model at 256x256 (U-Net self-attention at 32x32 and 16x16, bfloat16, 64-wide

@@ -125,6 +125,7 @@ def test_grad(fn):
     np.testing.assert_allclose(float(analytic), float(numeric), rtol=2e-2, atol=1e-5)
 
 
+@pytest.mark.slow
 @pytest.mark.parametrize("fn", SAMPLERS, ids=lambda f: f.__name__)
 def test_vmap(fn):
     frames, ctx, uctx = _inputs(b=2, seed=2)
