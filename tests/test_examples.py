@@ -35,7 +35,6 @@ TINY = {
 }
 
 
-
 def test_every_example_has_tiny_settings():
     assert sorted(TINY) == EXAMPLES
 

@@ -451,8 +451,9 @@ T2V_CASES = [
 ]
 
 
-@pytest.mark.parametrize("case,args", [pytest.param(*c, id=c[0], marks=[pytest.mark.slow] if c[0] == "num-frames-huge-for-memory"
-                                                    else []) for c in T2V_CASES])
+@pytest.mark.parametrize("case,args", [
+    pytest.param(*c, id=c[0], marks=[pytest.mark.slow] if c[0] == "num-frames-huge-for-memory" else [])  # loads
+    for c in T2V_CASES])
 def test_t2v_refuses_bad_input(case, args, tmp_path, capsys):
     msg = _cli(["t2v", "--prompt", "x", "--steps", "1", "--out", tmp_path / "v.gif", *args], capsys)
     print(f"{case}: {msg}")

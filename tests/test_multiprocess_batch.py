@@ -7,7 +7,7 @@ item must be equal bit for bit.
 
 XLA:CPU sizes its thread pool max(cores, the process's CPU devices), and its Eigen
 convolutions sum in an order that follows that size (the VAE's 3-channel output conv moves
-by ~1e-6, a pixel by up to 22 levels after a slide). On this 2-core host the one process
+by ~1e-6, a pixel by tens of levels after a slide). On this 2-core host the one process
 has a pool of 4 and each of the two a pool of 2 unless `distributed.match_cpu_threads`
 gives them the one process's 4, which is what this test checks.
 """

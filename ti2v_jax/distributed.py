@@ -9,8 +9,8 @@
   processes in lockstep, starting with one all-gather of the per-group work
   (`allgather_counts`).
 - CPU devices: XLA:CPU sizes its thread pool to max(cores, the process's CPU devices), and
-  some of its kernels (Eigen's convolutions, the split of loop fusions) sum in an order
-  that follows that size. `initialize_distributed` gives every process the pool one
+  some of its kernels (Eigen's convolutions with few output channels) sum in an order that
+  follows that size. `initialize_distributed` gives every process the pool one
   process holding all the job's CPU devices would have (`PJRT_NPROC`, unless set), so a
   job of several processes makes the same video, bit for bit, as that one process.
 """
