@@ -76,6 +76,19 @@ def test_pallas_attention_compiles_for_a_tpu_mesh_from_this_cpu():
 
 
 @needs_libtpu
+def test_tpu_targets_have_one_device_per_chip(monkeypatch):
+    """Figures are per chip, so a target's devices are its chips: v4 and v5p compile for megacore
+    (one device of a chip's two TensorCores, as they run), where libtpu's default v4 topology has
+    a device per core; a topology with more devices than chips is refused in one line."""
+    for name, chips in (("v4:2x2x1", 4), ("v5p:2x2x1", 4), ("v6e:2x2", 4), ("v4:2x2x2", 8)):
+        target = plan.resolve_target(name)
+        assert target.chips == chips == len({tuple(d.coords) for d in target.devices}), name
+    monkeypatch.setitem(platforms.CHIPS, "v4", platforms.Chip("TPU v4", "tpu", 32, 275, 1228, "default"))
+    with pytest.raises(SettingsError, match=r"^topology 'v4:2x2x1' has 8 devices on fewer chips"):
+        plan.resolve_target("v4:2x2x1")
+
+
+@needs_libtpu
 @pytest.mark.slow
 @pytest.mark.parametrize("topology", ["v5e:2x2", "v4:2x2x1"])
 def test_pallas_blocks_fit_vmem_at_the_full_models_shapes(topology):

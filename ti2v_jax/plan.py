@@ -115,10 +115,13 @@ def resolve_target(name: str) -> Target:
                             f"pip install 'jax[tpu]=={jax.__version__}' (or the ti2v-jax[tpu] extra)") from None
     _tpu_environment()
     try:
-        topo = topologies.get_topology_desc(platform="tpu", topology_name=name)
+        topo = topologies.get_topology_desc(platform="tpu", topology_name=name, chip_config_name=chip.chip_config)
     except Exception as e:  # noqa: BLE001 - libtpu's refusal of a topology name, whatever its type
         raise SettingsError(f"libtpu does not know the topology {name!r}: {first_line(e, with_type=False)}") from None
-    return Target(name, "tpu", chip, tuple(topo.devices))
+    devices = tuple(topo.devices)
+    if len({tuple(d.coords) for d in devices}) != len(devices):  # the report's figures are per chip
+        raise SettingsError(f"topology {name!r} has {len(devices)} devices on fewer chips; compile for one device per chip")
+    return Target(name, "tpu", chip, devices)
 
 
 # ------------------------------------------------------------------ model shapes

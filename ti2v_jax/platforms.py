@@ -171,12 +171,15 @@ class Chip:
     hbm_gib: float          # memory per chip
     bf16_tflops: float      # dense bf16 peak
     hbm_gbps: float         # memory bandwidth, GB/s
+    # libtpu's chip configuration to compile for: "megacore" makes one JAX device of a chip's two
+    # TensorCores (how v4 and v5p run by default); a "default" v4 topology has one device per core.
+    chip_config: str = "default"
 
 
 CHIPS = {
-    "v4": Chip("TPU v4", "tpu", 32, 275, 1228),
+    "v4": Chip("TPU v4", "tpu", 32, 275, 1228, "megacore"),
     "v5e": Chip("TPU v5e", "tpu", 16, 197, 819),
-    "v5p": Chip("TPU v5p", "tpu", 95, 459, 2765),
+    "v5p": Chip("TPU v5p", "tpu", 95, 459, 2765, "megacore"),
     "v6e": Chip("TPU v6e (Trillium)", "tpu", 32, 918, 1640),
     "h100": Chip("NVIDIA H100 SXM", "gpu", 80, 989, 3350),
     "h200": Chip("NVIDIA H200 SXM", "gpu", 141, 989, 4800),
