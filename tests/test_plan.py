@@ -228,17 +228,32 @@ def test_plan_errors_are_one_line(capsys, monkeypatch):
     assert len(lines) == 1 and "needs libtpu" in lines[0] and "pip install 'jax[tpu]==" in lines[0], lines
 
 
+def _v5e_report(**fields):
+    """A v5e plan's report (64 per chip, 15 new frames) with `fields` changed."""
+    r = dict(target="v5e:2x2", platform="tpu", chip="TPU v5e", chips=4, program="ti2v", batch_per_chip=64,
+             settings=dict(steps=10, max_resample=4, num_new_frames=15, height=256, width=256, num_frames=16,
+                           slide="pixel", guided=True, dtype="bfloat16", vae_text_dtype="float32"),
+             hbm_gib=16, argument_gib=3.0, temp_gib=30.0, output_gib=0.1, weights_gib=3.0, resident_gib=33.1,
+             fits=False, flops_per_new_frame=1e15, bytes_per_new_frame=1e12, pallas_flops_per_new_frame=0.0,
+             attention=[], compile_s=1.0, xla_optimal_seconds=None)
+    return plan.Report(**{**r, **fields})
+
+
+def test_xla_estimate_is_reported_only_where_sane():
+    """XLA's `optimal_seconds` counts a loop body once: negative, or under the roofline bound of
+    the whole call (here 15 new frames x 5.08 s), it is left out of the text and the JSON."""
+    bound = 1e15 / 197e12 * 15
+    for given, shown in ((-352.0, None), (0.063, None), (bound * 0.99, None), (bound * 2, bound * 2), (None, None)):
+        r = _v5e_report(xla_optimal_seconds=given)
+        assert r.xla_seconds() == shown and r.as_dict()["xla_optimal_seconds"] == shown, given
+        assert ("XLA's own estimate" in r.text()) == (shown is not None), given
+
+
 def test_a_batch_that_does_not_fit_is_one_line(monkeypatch, capsys):
     from ti2v_jax import cli
 
     def fake_plan(target, **kw):
-        return plan.Report(target="v5e:2x2", platform="tpu", chip="TPU v5e", chips=4, program="ti2v",
-                           batch_per_chip=64, settings=dict(steps=10, max_resample=4, num_new_frames=15, height=256,
-                                                            width=256, num_frames=16, slide="pixel", guided=True,
-                                                            dtype="bfloat16", vae_text_dtype="float32"),
-                           hbm_gib=16, argument_gib=3.0, temp_gib=30.0, output_gib=0.1, weights_gib=3.0,
-                           resident_gib=33.1, fits=False, flops_per_new_frame=1e15, bytes_per_new_frame=1e12,
-                           pallas_flops_per_new_frame=0.0, attention=[], compile_s=1.0, xla_optimal_seconds=None)
+        return _v5e_report()
 
     monkeypatch.setattr(plan, "plan", fake_plan)
     monkeypatch.setattr(plan, "resolve_target", lambda name: plan.Target(name, "tpu", platforms.CHIPS["v5e"], ()))

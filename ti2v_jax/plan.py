@@ -193,8 +193,18 @@ class Report:
         t = self.flops_per_new_frame / (c.bf16_tflops * 1e12)
         return t if self.bytes_per_new_frame is None else max(t, self.bytes_per_new_frame / (c.hbm_gbps * 1e9))
 
+    def xla_seconds(self) -> float | None:
+        """XLA's own `optimal_seconds` for the whole program where it is sane: positive and not
+        under the roofline bound of the whole call (XLA counts a loop body once, so at full size
+        it comes back negative, or far under the bound). None otherwise."""
+        opt, t = self.xla_optimal_seconds, self.bound_s_per_new_frame()
+        if opt is None or opt <= 0:
+            return None
+        return opt if t is None or opt >= t * (self.settings.get("num_new_frames") or 1) else None
+
     def as_dict(self) -> dict:
         d = dataclasses.asdict(self)
+        d["xla_optimal_seconds"] = self.xla_seconds()
         t = self.bound_s_per_new_frame()
         frames = self.settings.get("num_new_frames") or 1
         d["bound"] = None if t is None else {
@@ -238,8 +248,8 @@ class Report:
                          f"(batch {self.batch_per_chip}), <= {d['new_frames_per_s_per_chip']:.2f} new frames/s per chip, "
                          f"<= {d['videos_per_hour']:.0f} videos ({s['num_new_frames'] + 1} frames) per hour on "
                          f"{self.chips} chips")
-        if self.xla_optimal_seconds is not None:
-            lines.append(f"  XLA's own estimate for the whole program: {self.xla_optimal_seconds:.3f} s")
+        if self.xla_seconds() is not None:
+            lines.append(f"  XLA's own estimate for the whole program: {self.xla_seconds():.3f} s")
         runs = {}
         for a in self.attention:
             runs[a["kernel"]] = runs.get(a["kernel"], 0) + a["count"]
@@ -497,7 +507,7 @@ def plan(target, *, configs: dict, dtype="bfloat16", vae_text_dtype="float32", b
     if isinstance(ca, (list, tuple)):
         ca = ca[0] if ca else {}
     opt = ca.get("optimal_seconds")
-    opt = float(opt) if opt is not None and opt > 0 else None
+    opt = None if opt is None else float(opt)  # reported where sane (`Report.xla_seconds`)
     att = _attention_summary(units["unet"][3] + units["decode"][3] + units["encode"][3])
     report = Report(
         target=target.name, platform=target.platform, chip=None if target.chip is None else target.chip.name,
