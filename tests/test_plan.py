@@ -70,6 +70,8 @@ def test_pallas_attention_compiles_for_a_tpu_mesh_from_this_cpu():
     with attention.record_kernels() as calls:
         compiled = jax.jit(body).lower(q, kv).compile()
     assert [c["kernel"] for c in calls] == ["pallas", "xla"], calls
+    assert [c["batch"] for c in calls] == [2, 2]  # each chip's share of the 8 items
+    assert plan._pallas_flops(calls) == 4 * 2 * 2 * 256 * 256 * 64  # items x heads x Tq x Tk x D
     assert "multiples of 128" in calls[1]["fallback"]
     assert "tpu_custom_call" in compiled.as_text()  # Mosaic's kernel is in the TPU program
     assert compiled.memory_analysis().argument_size_in_bytes == 2 * 256 * 128 * 2 + 2 * 77 * 128 * 2

@@ -64,7 +64,7 @@ def blocked_layers(attention) -> bool:
 @contextlib.contextmanager
 def record_kernels():
     """Collect, while programs are traced inside the block, one dict per attention call:
-    q_len, kv_len, heads, head_dim, dtype, causal, the kernel asked for and the one it runs,
+    batch, q_len, kv_len, heads, head_dim, dtype, causal, the kernel asked for and the one it runs,
     and why it falls back (empty when it does not)."""
     calls: list = []
     token = _record.set(calls)
@@ -75,7 +75,7 @@ def record_kernels():
 
 
 def attention_kernel(attention, *, dtype, head_dim: int, q_len: int, kv_len: int, is_causal: bool = False,
-                     heads: int = 1) -> str:
+                     heads: int = 1, batch: int = 1) -> str:
     """The kernel one attention call runs: `attention`, or "xla" where that kernel cannot take
     the call (dtype, head width, sequence lengths, causal mask)."""
     asked = resolve_attention(attention)
@@ -90,7 +90,8 @@ def attention_kernel(attention, *, dtype, head_dim: int, q_len: int, kv_len: int
     impl = "xla" if why else asked
     calls = _record.get()
     if calls is not None:
-        calls.append(dict(q_len=q_len, kv_len=kv_len, heads=heads, head_dim=head_dim, dtype=jnp.dtype(dtype).name,
+        calls.append(dict(batch=batch, q_len=q_len, kv_len=kv_len, heads=heads, head_dim=head_dim,
+                          dtype=jnp.dtype(dtype).name,
                           causal=is_causal, asked=asked, kernel=impl, fallback=why))
     return impl
 
@@ -109,7 +110,7 @@ def attention(q, k, v, heads: int, *, is_causal: bool = False, implementation: s
     k = k.reshape(b, tk, heads, d)
     v = v.reshape(b, tk, heads, d)
     impl = attention_kernel(implementation, dtype=q.dtype, head_dim=d, q_len=tq, kv_len=tk, is_causal=is_causal,
-                            heads=heads)
+                            heads=heads, batch=b)
     if impl == "blocked":
         out = _attention_blocked(q, k, v)
     elif impl in ("pallas", "pallas_interpret"):
