@@ -248,8 +248,9 @@ class Report:
                          f"(batch {self.batch_per_chip}), <= {d['new_frames_per_s_per_chip']:.2f} new frames/s per chip, "
                          f"<= {d['videos_per_hour']:.0f} videos ({s['num_new_frames'] + 1} frames) per hour on "
                          f"{self.chips} chips")
-        if self.xla_seconds() is not None:
-            lines.append(f"  XLA's own estimate for the whole program: {self.xla_seconds():.3f} s")
+        xla = self.xla_seconds()
+        if xla is not None:
+            lines.append(f"  XLA's own estimate for the whole program: {xla:.3f} s")
         runs = {}
         for a in self.attention:
             runs[a["kernel"]] = runs.get(a["kernel"], 0) + a["count"]
